@@ -1,0 +1,206 @@
+"""Checkpoint folders in the Hugging Face layout: find them, read them, write them.
+
+A folder holds config.json and the weights as model.safetensors (preferred) or
+pytorch_model.bin (read only through `torch.load(weights_only=True)`), or a sharded
+`*.index.json` of either. A source is such a folder or a hub repository id, fetched
+through huggingface_hub's cache (HF_HUB_OFFLINE and HF_HOME are honoured).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from model_core.config import PerceiverConfig
+from model_core.errors import CheckpointError, CheckpointNotFoundError, StateDictMismatchError
+from model_core.tasks import build_model
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+PICKLE_FILE = "pytorch_model.bin"
+WEIGHT_FILES = (SAFETENSORS_FILE, PICKLE_FILE, SAFETENSORS_FILE + ".index.json", PICKLE_FILE + ".index.json")
+OPTIONAL_FILES = ("preprocessor_config.json",)
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", ".", "~")) or source.count("/") != 1 or Path(source).exists()
+
+
+def resolve_source(source: str | Path, *, revision: str | None = None, cache_dir: str | None = None) -> Path:
+    """A local checkpoint folder for `source`: the folder itself, or the hub snapshot."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if isinstance(source, Path) or _looks_like_path(str(source)):
+        raise CheckpointNotFoundError(f"checkpoint folder {str(source)!r} does not exist")
+    return download(str(source), revision=revision, cache_dir=cache_dir)
+
+
+def download(repo_id: str, *, revision: str | None = None, cache_dir: str | None = None) -> Path:
+    """Fetch config.json and one weights file of a hub repository into the cache."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    def fetch(name: str) -> Path:
+        return Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir))
+
+    try:
+        folder = fetch(CONFIG_FILE).parent
+        for name in WEIGHT_FILES:
+            try:
+                index = fetch(name)
+            except EntryNotFoundError:
+                continue
+            if name.endswith(".index.json"):
+                for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+                    fetch(shard)
+            break
+        else:
+            raise CheckpointNotFoundError(f"hub repository {repo_id!r} has no {' or '.join(WEIGHT_FILES[:2])}")
+        for name in OPTIONAL_FILES:
+            try:
+                fetch(name)
+            except (EntryNotFoundError, LocalEntryNotFoundError):
+                pass
+        return folder
+    except LocalEntryNotFoundError as exc:
+        raise CheckpointNotFoundError(
+            f"{repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached "
+            f"(offline, or HF_HUB_OFFLINE=1). Download it where the hub is reachable "
+            f"(`perceiver-serve download` or `huggingface-cli download {repo_id}`) into the cache "
+            f"(HF_HOME), or point the model's source at a local folder with config.json and "
+            f"model.safetensors. ({type(exc).__name__})"
+        ) from exc
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointNotFoundError(f"cannot fetch {repo_id!r} from the hub: {exc}") from exc
+
+
+def read_config(folder: Path) -> PerceiverConfig:
+    path = folder / CONFIG_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise CheckpointNotFoundError(f"{folder} has no {CONFIG_FILE}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    try:
+        return PerceiverConfig.from_dict(raw)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # an unpickler refusal or a corrupt file: never fall back
+        raise CheckpointError(f"cannot read {path} with torch.load(weights_only=True): {exc}") from exc
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return _read_file(path)
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(_read_file(folder / shard))
+        return state
+    raise CheckpointNotFoundError(f"{folder} has none of {', '.join(WEIGHT_FILES)}")
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Raise StateDictMismatchError listing every missing, unexpected and mis-shaped key."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)}, model {expected[k]}"
+        for k in set(expected) & set(state)
+        if tuple(state[k].shape) != expected[k]
+    )
+    if missing or unexpected or mismatched:
+        raise StateDictMismatchError(missing=missing, unexpected=unexpected, mismatched=mismatched)
+
+
+def _finish(model: nn.Module, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_pretrained(
+    source: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+) -> nn.Module:
+    """The model a checkpoint folder (or hub id) describes, weights loaded strictly,
+    in eval mode on `device` in `dtype`. The assembly follows config.json's architectures."""
+    folder = resolve_source(source, revision=revision, cache_dir=cache_dir)
+    config = read_config(folder)
+    with torch.device("meta"):
+        model = build_model(config)
+    state = read_state_dict(folder)
+    check_state_dict(model, state)
+    model.load_state_dict(state, strict=True, assign=True)
+    return _finish(model, device, dtype)
+
+
+def init_weights(model: nn.Module, *, std: float = 0.02, seed: int = 0) -> None:
+    """Random weights as transformers initialises them: normal(0, std), zero biases,
+    unit norm scales."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.zero_()
+            else:
+                param.normal_(0.0, std, generator=gen)
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm | nn.BatchNorm2d):
+                module.weight.fill_(1.0)
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_running_stats()
+
+
+def from_config(
+    config: PerceiverConfig | dict[str, Any],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> nn.Module:
+    """A randomly initialised model (deterministic in `seed`) for a config or config.json dict."""
+    if not isinstance(config, PerceiverConfig):
+        config = PerceiverConfig.from_dict(config)
+    model = build_model(config)
+    init_weights(model, std=config.initializer_range, seed=seed)
+    return _finish(model, device, dtype)
+
+
+def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
+    """Write config.json and model.safetensors, readable by load_pretrained and transformers."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True))
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / SAFETENSORS_FILE), metadata={"format": "pt"})
+    return folder
