@@ -40,33 +40,23 @@ def resolve_source(source: str | Path, *, revision: str | None = None, cache_dir
     return download(str(source), revision=revision, cache_dir=cache_dir)
 
 
-def download(repo_id: str, *, revision: str | None = None, cache_dir: str | None = None) -> Path:
-    """Fetch config.json and one weights file of a hub repository into the cache."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+def download(
+    repo_id: str, *, revision: str | None = None, cache_dir: str | None = None, local_files_only: bool | None = None
+) -> Path:
+    """Fetch config.json and one weights file of a hub repository into the cache.
 
-    def fetch(name: str) -> Path:
-        return Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir))
+    The cache is tried first, so a cached checkpoint loads with no network at all; the hub
+    is asked only for what is missing (never with HF_HUB_OFFLINE=1 or local_files_only).
+    """
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        folder = fetch(CONFIG_FILE).parent
-        for name in WEIGHT_FILES:
-            try:
-                index = fetch(name)
-            except EntryNotFoundError:
-                continue
-            if name.endswith(".index.json"):
-                for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-                    fetch(shard)
-            break
-        else:
-            raise CheckpointNotFoundError(f"hub repository {repo_id!r} has no {' or '.join(WEIGHT_FILES[:2])}")
-        for name in OPTIONAL_FILES:
-            try:
-                fetch(name)
-            except (EntryNotFoundError, LocalEntryNotFoundError):
-                pass
-        return folder
+        try:
+            return _fetch_files(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True)
+        except LocalEntryNotFoundError:
+            if local_files_only:
+                raise
+            return _fetch_files(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=False)
     except LocalEntryNotFoundError as exc:
         raise CheckpointNotFoundError(
             f"{repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached "
@@ -79,6 +69,37 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | None
         if isinstance(exc, CheckpointError):
             raise
         raise CheckpointNotFoundError(f"cannot fetch {repo_id!r} from the hub: {exc}") from exc
+
+
+def _fetch_files(repo_id: str, *, local_files_only: bool, **hub_kwargs: Any) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    def fetch(name: str) -> Path:
+        return Path(hf_hub_download(repo_id, name, local_files_only=local_files_only, **hub_kwargs))
+
+    folder = fetch(CONFIG_FILE).parent
+    for name in WEIGHT_FILES:
+        try:
+            index = fetch(name)
+        except EntryNotFoundError:
+            continue
+        except LocalEntryNotFoundError:
+            if local_files_only and name != WEIGHT_FILES[-1]:
+                continue  # not cached under this name; maybe under the next one
+            raise
+        if name.endswith(".index.json"):
+            for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+                fetch(shard)
+        break
+    else:
+        raise CheckpointNotFoundError(f"hub repository {repo_id!r} has no {' or '.join(WEIGHT_FILES[:2])}")
+    for name in OPTIONAL_FILES:
+        try:
+            fetch(name)
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            pass
+    return folder
 
 
 def read_config(folder: Path) -> PerceiverConfig:

@@ -49,7 +49,7 @@ def fourier_features(
     freqs = torch.stack(
         [torch.linspace(1.0, res / 2, num_bands, device=pos.device) for res in max_resolution]
     )  # (D, K)
-    scaled = (pos[:, :, None] * freqs[None]).reshape(pos.shape[0], -1)  # (N, D*K)
+    scaled = (pos[:, :, None] * freqs[None]).reshape(pos.shape[0], freqs.numel())  # (N, D*K)
     parts = [torch.sin(math.pi * scaled)]
     if not sine_only:
         parts.append(torch.cos(math.pi * scaled))

@@ -105,7 +105,7 @@ class BasicDecoder(nn.Module):
             else:
                 flat = points.to(device).reshape(-1)
                 q = enc.encode(subsampled_positions(flat, self.output_index_dims), dtype)
-                q = q.reshape(*points.shape, -1)
+                q = q.reshape(*points.shape, q.shape[-1])
                 q = q.expand(batch_size, *q.shape) if q.dim() == 2 else q
         if self.concat_preprocessed_input:
             if inputs_without_pos is None:

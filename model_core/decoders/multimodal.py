@@ -60,7 +60,7 @@ class MultimodalDecoder(nn.Module):
             q = self.modalities[name].queries(
                 batch_size=batch_size, points=points.get(name), device=device, dtype=dtype
             )
-            q = q.reshape(batch_size, -1, q.shape[-1])
+            q = q.flatten(1, -2)  # (B, N, C) whatever the point layout
             pad = self.padding[name].to(q.dtype).expand(batch_size, q.shape[1], -1)
             parts.append(torch.cat([q, pad], dim=2))
             sizes[name] = q.shape[1]

@@ -63,7 +63,17 @@ def hf_model(architecture: str, seed: int = 0, **overrides: Any) -> torch.nn.Mod
 
 
 def save(model: torch.nn.Module, folder: Path, *, safetensors: bool = True) -> Path:
-    model.save_pretrained(folder, safe_serialization=safetensors)
+    """save_pretrained; with safetensors=False the weights are re-written as the pickled
+    pytorch_model.bin that most hub checkpoints still ship (current transformers only
+    writes safetensors)."""
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    if not safetensors:
+        from safetensors.torch import load_file
+
+        weights = folder / "model.safetensors"
+        torch.save(load_file(str(weights)), folder / "pytorch_model.bin")
+        weights.unlink()
     return folder
 
 
