@@ -1,0 +1,258 @@
+"""Model-level benchmark: model_core against transformers on the same weights and inputs.
+
+Each assembly is built at its real DeepMind config with random weights, saved once, and
+loaded by both implementations in separate worker processes (so peak memory is each
+one's own). Reports latency and peak resident memory during the forward, as ratios.
+
+    python -m loadtest.bench_model                      # everything (long on a 2-core CPU)
+    python -m loadtest.bench_model --tasks fill-mask --dtypes float32,bfloat16
+    python -m loadtest.bench_model --tasks video --hf-chunks 4   # extrapolates transformers' 128-chunk loop
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+# Real DeepMind configs (shared/REFERENCE.md section 1a); weights are random.
+REAL_CONFIGS = {
+    "fill-mask": dict(
+        architectures=["PerceiverForMaskedLM"], num_latents=256, d_latents=1280, d_model=768, num_blocks=1,
+        num_self_attends_per_block=26, num_self_attention_heads=8, num_cross_attention_heads=8,
+        qk_channels=256, v_channels=1280, max_position_embeddings=2048, vocab_size=262,
+    ),
+    "image-conv": dict(
+        architectures=["PerceiverForImageClassificationConvProcessing"], num_latents=512, d_latents=1024,
+        d_model=322, num_blocks=8, num_self_attends_per_block=6, num_self_attention_heads=8,
+        num_cross_attention_heads=1, num_labels=1000,
+    ),
+    "optical-flow": dict(
+        architectures=["PerceiverForOpticalFlow"], num_latents=2048, d_latents=512, d_model=322, num_blocks=1,
+        num_self_attends_per_block=24, num_self_attention_heads=16, num_cross_attention_heads=1,
+        train_size=[368, 496],
+    ),
+    "video": dict(
+        architectures=["PerceiverForMultimodalAutoencoding"], num_latents=784, d_latents=512, d_model=704,
+        num_blocks=1, num_self_attends_per_block=8, num_self_attention_heads=8, num_cross_attention_heads=1,
+        num_labels=700, num_frames=16, audio_samples_per_frame=1920, samples_per_patch=16, image_size=56,
+        output_num_channels=512, output_shape=[1, 16, 224, 224],
+    ),
+}
+TEXT = (
+    "Perceiver IO is a general-purpose architecture that handles data from arbitrary settings "
+    "while scaling linearly with the size of inputs and outputs. This sentence is about two hundred bytes."
+)
+MASK_SPAN = (88, 98)  # ~10 masked bytes
+
+
+class PeakRSS:
+    """Samples the process's resident memory every 2 ms; peak above the starting level."""
+
+    def __enter__(self):
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    def _run(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    @property
+    def delta_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def _fill_mask_inputs(batch: int):
+    from model_core.tokenizer import MASK_ID, ByteTokenizer
+
+    ids = ByteTokenizer().encode(TEXT)
+    start, stop = MASK_SPAN
+    ids[start:stop] = [MASK_ID] * (stop - start)
+    positions = torch.arange(start, stop)
+    return [ids] * batch, positions
+
+
+def _worker(task: str, impl: str, dtype_name: str, batch: int, folder: str, repeats: int, hf_chunks: int) -> dict:
+    torch.manual_seed(0)
+    dtype = getattr(torch, dtype_name)
+    if impl == "ours":
+        from model_core import load_pretrained
+
+        model = load_pretrained(folder, dtype=dtype)
+    else:
+        import transformers
+
+        arch = REAL_CONFIGS[task]["architectures"][0]
+        model = getattr(transformers, arch).from_pretrained(folder, dtype=dtype).eval()
+    g = torch.Generator().manual_seed(0)
+    extra: dict = {}
+    if task == "fill-mask":
+        from model_core.tokenizer import ByteTokenizer
+
+        batch_ids, positions = _fill_mask_inputs(batch)
+        if impl == "ours":
+            ids, mask = ByteTokenizer().pad(batch_ids)  # a length bucket (256 here)
+            run = lambda: model(ids, mask, positions.expand(batch, -1)).logits  # noqa: E731
+        else:
+            ids, mask = ByteTokenizer().pad(batch_ids, length=2048)  # as transformers' docs pad
+            run = lambda: model(inputs=ids, attention_mask=mask).logits[:, positions]  # noqa: E731
+    elif task == "image-conv":
+        images = torch.randn(batch, 3, 224, 224, generator=g).to(dtype)
+        run = lambda: model(inputs=images).logits  # noqa: E731
+    elif task == "optical-flow":
+        pair = torch.randn(batch, 2, 27, 368, 496, generator=g).to(dtype)
+        run = lambda: model(inputs=pair).logits  # noqa: E731
+    else:  # video: full 16-frame reconstruction, 128 chunks
+        from model_core.chunking import output_chunks, reconstruct
+
+        inputs = dict(
+            image=torch.rand(batch, 16, 3, 224, 224, generator=g).to(dtype),
+            audio=(torch.rand(batch, 30720, 1, generator=g) * 2 - 1).to(dtype),
+            label=torch.zeros(batch, 700, dtype=dtype),
+        )
+        chunks = output_chunks(num_chunks=128, image_points=16 * 224 * 224, audio_points=1920)
+        if impl == "ours":
+            run = lambda: reconstruct(model, model.encode(inputs), chunks, chunks_per_pass=16)  # noqa: E731
+        else:
+            measured = chunks[:hf_chunks]
+            run = lambda: [model(inputs=inputs, subsampled_output_points=c).logits for c in measured]  # noqa: E731
+            extra["extrapolated_from_chunks"] = hf_chunks
+    with torch.inference_mode():
+        run()  # warm-up
+        times, peaks = [], []
+        for _ in range(repeats):
+            gc.collect()
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                out = run()
+                times.append(time.perf_counter() - t0)
+            peaks.append(mem.delta_mb)
+            del out
+    latency = min(times)
+    if "extrapolated_from_chunks" in extra:
+        latency *= 128 / hf_chunks
+    return dict(latency_s=latency, peak_mb=max(peaks), **extra)
+
+
+def _make_checkpoint(task: str, root: Path) -> str:
+    from model_core import from_config, save_pretrained
+
+    folder = root / task
+    if not (folder / "model.safetensors").exists():
+        save_pretrained(from_config(REAL_CONFIGS[task], seed=0), folder)
+    return str(folder)
+
+
+def _spawn(args: list[str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "loadtest.bench_model", "--worker", *args], capture_output=True, text=True
+    )
+    if out.returncode:
+        raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", default="fill-mask,image-conv,optical-flow,video")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--hf-chunks", type=int, default=4, help="transformers video chunks measured (of 128)")
+    p.add_argument("--checkpoints", default=None, help="folder for the random checkpoints (default: temp)")
+    p.add_argument("--out", default="bench-results/model.json")
+    p.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        task, impl, dtype, batch, folder, repeats, hf_chunks = a.worker
+        print(json.dumps(_worker(task, impl, dtype, int(batch), folder, int(repeats), int(hf_chunks))))
+        return
+    root = Path(a.checkpoints or tempfile.mkdtemp(prefix="perceiver-bench-"))
+    rows = []
+    for task in a.tasks.split(","):
+        folder = _make_checkpoint(task, root)
+        batches = a.batches.split(",") if task in ("fill-mask", "image-conv") else ["1"]
+        for dtype in a.dtypes.split(","):
+            for batch in batches:
+                res = {impl: _spawn([task, impl, dtype, batch, folder, str(a.repeats), str(a.hf_chunks)])
+                       for impl in ("ours", "transformers")}
+                row = dict(
+                    task=task, dtype=dtype, batch=int(batch),
+                    ours_s=res["ours"]["latency_s"], transformers_s=res["transformers"]["latency_s"],
+                    latency_ratio=res["ours"]["latency_s"] / res["transformers"]["latency_s"],
+                    ours_peak_mb=res["ours"]["peak_mb"], transformers_peak_mb=res["transformers"]["peak_mb"],
+                    memory_ratio=res["ours"]["peak_mb"] / max(res["transformers"]["peak_mb"], 1e-9),
+                    note="transformers extrapolated from %d chunks" % res["transformers"]["extrapolated_from_chunks"]
+                    if "extrapolated_from_chunks" in res["transformers"] else "",
+                )
+                rows.append(row)
+                print(
+                    f"{task:13s} {dtype:9s} b={batch:2s} ours {row['ours_s']:8.3f}s  transformers "
+                    f"{row['transformers_s']:8.3f}s  latency x{row['latency_ratio']:.2f}  peak "
+                    f"{row['ours_peak_mb']:8.0f} / {row['transformers_peak_mb']:8.0f} MB  "
+                    f"memory x{row['memory_ratio']:.2f} {row['note']}",
+                    flush=True,
+                )
+    if "fill-mask" in a.tasks and "bfloat16" in a.dtypes:
+        rows.append(dict(task="fill-mask", metric="bf16_top1_agreement", value=_bf16_agreement(root)))
+        print(f"fill-mask bfloat16 top-1 agreement with float32: {rows[-1]['value']:.3f}")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(dict(machine=_machine(), rows=rows), indent=2))
+
+
+def _bf16_agreement(root: Path) -> float:
+    """Share of masked positions whose argmax byte is the same in bfloat16 and float32."""
+    from model_core import load_pretrained
+    from model_core.tokenizer import ByteTokenizer
+
+    folder = root / "fill-mask"
+    batch_ids, positions = _fill_mask_inputs(1)
+    texts = [TEXT[i:] + TEXT[:i] for i in range(0, 200, 25)]
+    tok = ByteTokenizer()
+    agree = total = 0
+    for dtype in (torch.float32, torch.bfloat16):
+        model = load_pretrained(folder, dtype=dtype)
+        batch = []
+        for t in texts:
+            ids = tok.encode(t)
+            ids[MASK_SPAN[0]:MASK_SPAN[1]] = [3] * (MASK_SPAN[1] - MASK_SPAN[0])
+            batch.append(ids)
+        ids, mask = tok.pad(batch)
+        with torch.inference_mode():
+            top = model(ids, mask, positions.expand(len(texts), -1)).logits.float().argmax(-1)
+        if dtype == torch.float32:
+            ref = top
+        else:
+            agree, total = int((top == ref).sum()), ref.numel()
+        del model
+    return agree / total
+
+
+def _machine() -> dict:
+    return dict(cpus=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads())
+
+
+if __name__ == "__main__":
+    main()

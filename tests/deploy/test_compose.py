@@ -1,0 +1,125 @@
+"""docker-compose.yml against the compose-spec schema, plus the monitoring wiring it sets up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.support import (
+    DOCKER,
+    compose,
+    duration_s,
+    exported_metrics,
+    image_env,
+    perceiver_metrics_in,
+)
+
+SERVER_SERVICES = ("perceiver", "perceiver-cpu")
+
+
+def _check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
+    # The compose-spec schema vendored in check-jsonschema: no network.
+    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                           str(path)], capture_output=True, text=True, timeout=120)
+
+
+def test_compose_file_matches_the_compose_spec() -> None:
+    proc = _check_jsonschema(DOCKER / "docker-compose.yml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda c: c["x-perceiver"]["healthcheck"].update(start_perod="10m"),
+    lambda c: c["services"]["perceiver"]["deploy"]["resources"]["reservations"]["devices"][0].pop("capabilities"),
+    lambda c: c["services"]["grafana"].update(port=["3000:3000"]),
+], ids=["typo-in-shared-anchor", "device-without-capabilities", "unknown-service-key"])
+def test_schema_check_catches_mistakes(tmp_path: Path, mutate) -> None:
+    # The services share the anchored block's objects, so a mistake there reaches both of them.
+    data = compose()
+    mutate(data)
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(data))
+    assert _check_jsonschema(path).returncode != 0
+
+
+def test_gpu_service_reserves_nvidia_gpus() -> None:
+    services = compose()["services"]
+    (device,) = services["perceiver"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert device.get("count", "all") == "all" or int(device["count"]) >= 1
+    assert "deploy" not in services["perceiver-cpu"], "the CPU variant must run without a GPU"
+    assert services["perceiver"]["profiles"] == ["gpu"] and services["perceiver-cpu"]["profiles"] == ["cpu"]
+    assert "TORCH_INDEX_URL" in services["perceiver-cpu"]["build"]["args"]
+
+
+@pytest.mark.parametrize("name", SERVER_SERVICES)
+def test_server_service(name: str) -> None:
+    data = compose()
+    service = data["services"][name]
+    build = service["build"]
+    assert (DOCKER / build["context"] / build["dockerfile"]).resolve() == (DOCKER / "Dockerfile").resolve()
+    check = service["healthcheck"]
+    assert check["test"][0] == "CMD" and "/health/" in " ".join(check["test"])
+    assert duration_s(check["start_period"]) >= 300, "start period must cover a first model download + load"
+    assert duration_s(service["stop_grace_period"]) >= 35  # request_timeout_s (30) + 5: the server's drain
+    cache_parent = "/" + image_env()["HF_HOME"].strip("/").split("/")[0]
+    volumes = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+    assert volumes[cache_parent] in data["volumes"], "the model cache must be a named volume"
+    assert "perceiver" in service["networks"]["default"]["aliases"]
+    assert service["environment"]["HF_HUB_OFFLINE"].startswith("${HF_HUB_OFFLINE")
+
+
+def test_prometheus_scrapes_the_server() -> None:
+    data = compose()
+    prom = data["services"]["prometheus"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in prom["volumes"]}
+    config_path = DOCKER / mounts["/etc/prometheus/prometheus.yml"]
+    config = yaml.safe_load(config_path.read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "perceiver-serve"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    (target,) = job["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    for name in SERVER_SERVICES:
+        service = data["services"][name]
+        assert host in service["networks"]["default"]["aliases"]
+        assert service["command"][service["command"].index("--port") + 1] == port
+
+
+def _dashboard() -> dict:
+    return json.loads((DOCKER / "grafana" / "dashboards" / "perceiver-serve.json").read_text())
+
+
+def test_grafana_is_provisioned() -> None:
+    data = compose()
+    grafana = data["services"]["grafana"]
+    mounts = {v.split(":")[1]: DOCKER / v.split(":")[0] for v in grafana["volumes"] if v.startswith("./")}
+    provisioning = mounts["/etc/grafana/provisioning"]
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "dashboards.yml").read_text())["providers"]
+    dashboards_dir = mounts[provider["options"]["path"]]
+    assert (dashboards_dir / "perceiver-serve.json").is_file()
+    for panel in _dashboard()["panels"]:
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+
+
+def test_dashboard_queries_use_exported_metrics() -> None:
+    exported = exported_metrics()
+    used: set[str] = set()
+    for panel in _dashboard()["panels"]:
+        for target in panel["targets"]:
+            names = perceiver_metrics_in(target["expr"])
+            assert names, f"{panel['title']}: no perceiver metric in {target['expr']}"
+            missing = names - set(exported)
+            assert not missing, f"{panel['title']}: the server exports no {sorted(missing)}"
+            used |= names
+    # What people came to look at: request rate, latency percentiles, queue depth, batch size, GPU memory.
+    assert {"perceiver_requests_total", "perceiver_request_duration_seconds_bucket", "perceiver_queue_depth",
+            "perceiver_batch_size_sum", "perceiver_device_memory_bytes", "perceiver_inflight_requests"} <= used
+    exprs = " ".join(t["expr"] for p in _dashboard()["panels"] for t in p["targets"])
+    assert "histogram_quantile(0.99" in exprs and "histogram_quantile(0.5" in exprs

@@ -1,0 +1,160 @@
+"""The containers' command lines, run outside a container: they start the real server, which
+answers its probes and exits on SIGTERM within the time the orchestrator gives it.
+
+Only what cannot run here is changed: the console script is this venv's, --host/--port point
+at a free loopback port, paths (config, caches) go to a temporary folder, and the hub is
+offline. tini (the image's ENTRYPOINT) is used too where the host has it at the same path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.support import (
+    CLI,
+    config_map_toml,
+    console_script,
+    container,
+    effective_command,
+    env_of,
+    free_port,
+    healthcheck,
+    http_get,
+    image_env,
+    image_exec,
+    pod_spec,
+    rendered,
+    wait_until_up,
+)
+
+pytestmark = pytest.mark.slow
+
+STARTUP_TIMEOUT_S = 120
+OK_EXIT = {0, -signal.SIGTERM, 128 + signal.SIGTERM}  # uvicorn may re-raise SIGTERM after its shutdown
+
+
+def _set_option(argv: list[str], option: str, value: str) -> list[str]:
+    argv = list(argv)
+    if option in argv:
+        argv[argv.index(option) + 1] = value
+    else:
+        argv += [option, value]
+    return argv
+
+
+def _local_argv(argv: list[str], port: int) -> list[str]:
+    """`[tini --] perceiver-serve ...` with this venv's script and a loopback port."""
+    start = argv.index(CLI)
+    prefix = argv[:start] if argv[:start] and Path(argv[0]).exists() else []
+    local = [*prefix, str(console_script()), *argv[start + 1:]]
+    return _set_option(_set_option(local, "--host", "127.0.0.1"), "--port", str(port))
+
+
+def _base_env(tmp_path: Path, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERCEIVER_SERVE_", "HF_"))}
+    env.update({k: v for k, v in extra.items() if k != "PATH"})
+    env.update(HF_HOME=str(tmp_path / "hf"), HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
+    (tmp_path / "home").mkdir(exist_ok=True)
+    return env
+
+
+@contextmanager
+def _running(argv: list[str], env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen]:
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        log.close()
+
+
+def _terminate(proc: subprocess.Popen, budget_s: float, tmp_path: Path) -> float:
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=budget_s)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running {budget_s} s after SIGTERM:\n{(tmp_path / 'server.log').read_text()}")
+    assert code in OK_EXIT, f"exit code {code}:\n{(tmp_path / 'server.log').read_text()[-3000:]}"
+    return time.monotonic() - started
+
+
+def _shutdown_budget_s(overlay: str = "overlays/gpu") -> float:
+    """What Kubernetes allows after SIGTERM: the grace period minus the preStop sleep before it."""
+    docs = rendered(overlay)
+    pre_stop = float(container(docs)["lifecycle"]["preStop"]["exec"]["command"][1])
+    return pod_spec(docs)["terminationGracePeriodSeconds"] - pre_stop
+
+
+def test_image_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    argv = _local_argv(image_exec("ENTRYPOINT") + image_exec("CMD"), port)
+    argv += ["--demo", "--demo-dir", str(tmp_path / "demo")]  # random-weight models: no downloads
+    with _running(argv, _base_env(tmp_path, image_env()), tmp_path) as proc:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(base + "/health/live", proc, STARTUP_TIMEOUT_S)
+
+        # The image's HEALTHCHECK command, as Docker would run it, pointed at our port.
+        _, check = healthcheck()
+        check = [sys.executable if a == "python" else a.replace(":8000/", f":{port}/") for a in check]
+        assert subprocess.run(check, timeout=30).returncode == 0
+
+        status, body = http_get(base + "/metrics")
+        assert status == 200 and "perceiver_inflight_requests" in body
+        deadline = time.monotonic() + 60
+        while http_get(base + "/health/ready")[0] != 200:
+            assert time.monotonic() < deadline, "never became ready"
+            time.sleep(0.2)
+
+        _terminate(proc, _shutdown_budget_s(), tmp_path)
+
+
+def test_kubernetes_server_command_serves_the_configmap_config(tmp_path: Path) -> None:
+    docs = rendered("overlays/gpu")
+    server = container(docs)
+    config_path, text = config_map_toml(docs)
+    local_config = tmp_path / "config.toml"
+    local_config.write_text(text)
+    port = free_port()
+    argv = _local_argv(effective_command(server), port)
+    argv[argv.index(config_path)] = str(local_config)
+    env = _base_env(tmp_path, {k: v for k, v in env_of(server).items() if v is not None})
+    assert env_of(server)["HF_HUB_OFFLINE"] == "1"  # as in the pod: serve from the cache only
+    with _running(argv, env, tmp_path) as proc:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(base + "/health/live", proc, STARTUP_TIMEOUT_S)
+        status, body = http_get(base + "/v1/models")
+        assert status == 200
+        served = {m["name"] for m in json.loads(body)["models"]}
+        assert set(tomllib.loads(text)["models"]) <= served
+        _terminate(proc, _shutdown_budget_s(), tmp_path)
+
+
+def test_init_container_command_resolves_its_models(tmp_path: Path) -> None:
+    docs = rendered("overlays/gpu")
+    warm = container(docs, "warm-cache")
+    config_path, text = config_map_toml(docs)
+    (tmp_path / "config.toml").write_text(text)
+    argv = effective_command(warm)
+    argv = [str(console_script()), *argv[argv.index(CLI) + 1:]]
+    argv[argv.index(config_path)] = str(tmp_path / "config.toml")
+    # No hub here: offline, `download` must fail fast per model (exit 1), not reject its arguments (2).
+    proc = subprocess.run(argv, env=_base_env(tmp_path, {}), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    names = argv[argv.index(str(tmp_path / "config.toml")) + 1:]
+    assert names and all(f"FAILED {name}:" in proc.stderr for name in names), proc.stderr
