@@ -128,12 +128,13 @@ class BasicDecoder(nn.Module):
         return self(q, latents), None
 
 
-class ClassificationDecoder(nn.Module):
-    """One learned query -> logits (B, num_labels)."""
+class _Wrapped(nn.Module):
+    """A basic decoder (at `.decoder`, as the checkpoints nest it) whose outputs a subclass
+    reshapes in `forward`; queries come from the inner decoder."""
 
     def __init__(self, **decoder_kwargs) -> None:
         super().__init__()
-        self.decoder = BasicDecoder(output_index_dims=(1,), **decoder_kwargs)
+        self.decoder = BasicDecoder(**decoder_kwargs)
 
     @property
     def num_query_channels(self) -> int:
@@ -142,19 +143,25 @@ class ClassificationDecoder(nn.Module):
     def queries(self, **kwargs) -> torch.Tensor:
         return self.decoder.queries(**kwargs)
 
-    def forward(self, queries: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        return self.decoder(queries, latents)[:, 0, :]
-
     decode = BasicDecoder.decode
 
 
-class OpticalFlowDecoder(nn.Module):
+class ClassificationDecoder(_Wrapped):
+    """One learned query -> logits (B, num_labels)."""
+
+    def __init__(self, **decoder_kwargs) -> None:
+        super().__init__(output_index_dims=(1,), **decoder_kwargs)
+
+    def forward(self, queries: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        return self.decoder(queries, latents)[:, 0, :]
+
+
+class OpticalFlowDecoder(_Wrapped):
     """Queries are the preprocessed input pixels themselves; outputs (B, H, W, 2) / rescale."""
 
     def __init__(self, *, rescale_factor: float = 100.0, **decoder_kwargs) -> None:
-        super().__init__()
+        super().__init__(**decoder_kwargs)
         self.rescale_factor = rescale_factor
-        self.decoder = BasicDecoder(**decoder_kwargs)
 
     def forward(self, queries: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         return self.decoder(queries, latents) / self.rescale_factor
@@ -167,30 +174,20 @@ class OpticalFlowDecoder(nn.Module):
         return self(pre.inputs[:, points.to(pre.inputs.device)], latents), None
 
 
-class VideoAutoencodingDecoder(nn.Module):
+class VideoAutoencodingDecoder(_Wrapped):
     """Queries over a (T, H, W) grid; decoding every point gives (B, T, H, W, C)."""
 
     def __init__(self, *, output_shape: Sequence[int], **decoder_kwargs) -> None:
-        super().__init__()
         if len(output_shape) != 4:
             raise ValueError(f"expected a rank-4 output_shape (B, T, H, W), got {list(output_shape)}")
+        super().__init__(output_index_dims=tuple(output_shape)[1:], **decoder_kwargs)
         self.output_shape = tuple(output_shape)
-        self.decoder = BasicDecoder(output_index_dims=self.output_shape[1:], **decoder_kwargs)
-
-    @property
-    def num_query_channels(self) -> int:
-        return self.decoder.num_query_channels
-
-    def queries(self, **kwargs) -> torch.Tensor:
-        return self.decoder.queries(**kwargs)
 
     def forward(self, queries: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         out = self.decoder(queries, latents)
         if out.shape[1] == self.decoder.num_outputs:
             out = out.reshape(out.shape[0], *self.output_shape[1:], out.shape[-1])
         return out
-
-    decode = BasicDecoder.decode
 
 
 class ProjectionDecoder(nn.Module):
