@@ -52,6 +52,6 @@ def test_video_decoder_full_grid_and_subset_agree():
     part = model(video, points=points)  # (1, 3, 3)
     # Explicit points use the decoder's subsampling positions (-1 + 2 i / n, not the full
     # grid's linspace), so compare a subset with all points asked for explicitly.
-    every = model(video, points=torch.arange(2 * 8 * 8))  # (1, 128, 3)
-    torch.testing.assert_close(part, every[:, points], atol=1e-5, rtol=1e-4)
+    every = model(video, points=torch.arange(2 * 8 * 8))  # all 128 points: (1, 2, 8, 8, 3)
+    torch.testing.assert_close(part, every.reshape(1, -1, 3)[:, points], atol=1e-5, rtol=1e-4)
     assert isinstance(decoder.decoder, BasicDecoder) and part.shape == (1, 3, 3)
