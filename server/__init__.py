@@ -1,0 +1,1 @@
+"""perceiver-serve: the HTTP serving layer over model_core. Entry points: `server.app.build_app`, `server.cli.main`."""

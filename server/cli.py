@@ -1,0 +1,132 @@
+"""`perceiver-serve` (also `python -m server`): serve, or `perceiver-serve download NAME...` to warm the HF cache."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import uvicorn
+
+from server.settings import CONFIG_ENV, Settings, SettingsError, load_settings
+
+log = logging.getLogger("server")
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="perceiver-serve", description=(
+        "Serve Perceiver IO models over HTTP. Subcommand: `perceiver-serve download NAME...` pre-fetches hub files."))
+    p.add_argument("--config", help=f"TOML config file (default: ${CONFIG_ENV})")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--preload", nargs="+", metavar="NAME", help="models to load at start-up ('all' for every one)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    p.add_argument("--demo", action="store_true", default=None,
+                   help="serve small RANDOMLY INITIALISED checkpoints of every task (answers are meaningless)")
+    p.add_argument("--demo-dir", help="where --demo keeps its checkpoints (default ~/.cache/perceiver-serve/demo)")
+    return p
+
+
+def _download_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="perceiver-serve download",
+                                description="Fetch configured (or catalog) models' hub files into the HF cache.")
+    p.add_argument("names", nargs="+", metavar="NAME", help="configured model names, hub ids, or 'all'")
+    p.add_argument("--config", help=f"TOML config file (default: ${CONFIG_ENV})")
+    return p
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def download(argv: Sequence[str]) -> int:
+    from server.errors import ServeError
+    from server.hub import HubRepo, is_hub_id
+    from server.hub import download as fetch
+
+    args = _download_parser().parse_args(argv)
+    settings = load_settings(args.config)
+    names = list(settings.models) if "all" in args.names else args.names
+    by_source = {m.source: m for m in settings.models.values()}
+    specs = {n: settings.models.get(n) or by_source.get(n) or (HubRepo(n, n) if "/" in n and is_hub_id(n) else None)
+             for n in names}
+    unknown = [n for n, spec in specs.items() if spec is None]
+    if unknown:
+        print(f"perceiver-serve: unknown model(s) {', '.join(unknown)}; give configured names "
+              f"({', '.join(settings.models)}) or hub ids (owner/name)", file=sys.stderr)
+        return 2
+    failed = 0
+    for name, spec in specs.items():
+        try:
+            folder = fetch(spec)
+        except ServeError as exc:
+            print(f"FAILED {name}: {exc.message}", file=sys.stderr)
+            failed += 1
+            continue
+        files = ", ".join(sorted(p.name for p in folder.iterdir() if p.is_file()))
+        verb = "fetched" if is_hub_id(spec.source) else "local folder, nothing to fetch:"
+        print(f"{verb} {name} ({spec.source}) -> {folder} [{files}]")
+    return 1 if failed else 0
+
+
+def serve(argv: Sequence[str]) -> int:
+    args = _serve_parser().parse_args(argv)
+    overrides = {"host": args.host, "port": args.port, "preload": args.preload, "device": args.device,
+                 "dtype": args.dtype, "log_level": args.log_level, "demo": args.demo, "demo_dir": args.demo_dir}
+    settings = load_settings(args.config, overrides=overrides)
+    _configure_logging(settings.server.log_level)
+    from server.devices import check_devices
+
+    check_devices(settings)
+    if settings.server.demo:
+        from server.demo import demo_settings
+
+        settings = demo_settings(settings)
+        log.warning("DEMO MODE: serving RANDOMLY INITIALISED checkpoints (%s); answers are meaningless",
+                    ", ".join(settings.models))
+    _run(settings)
+    return 0
+
+
+def _run(settings: Settings) -> None:
+    from server.app import build_app
+
+    app = build_app(settings)
+    server = settings.server
+    config = uvicorn.Config(app, host=server.host, port=server.port, log_level=server.log_level,
+                            timeout_graceful_shutdown=int(server.request_timeout_s) + 5, access_log=False)
+    DrainingServer(config, on_drain=app.state.lifecycle.begin_drain, drain_s=server.drain_seconds).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """First SIGTERM/SIGINT: mark the app not-ready, keep serving `drain_s`, then shut down gracefully."""
+
+    def __init__(self, config: uvicorn.Config, *, on_drain: Callable[[], None], drain_s: float) -> None:
+        super().__init__(config)
+        self.on_drain, self.drain_s, self.draining = on_drain, drain_s, False
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        first, self.draining = not self.draining, True
+        self.on_drain()
+        if first and self.drain_s > 0:
+            log.info("draining for %.1fs before shutdown", self.drain_s)
+            timer = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
+            timer.daemon = True
+            timer.start()
+            return
+        super().handle_exit(sig, frame)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = download(argv[1:]) if argv[:1] == ["download"] else serve(argv)
+    except SettingsError as exc:
+        print(f"perceiver-serve: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)

@@ -1,0 +1,43 @@
+"""Annotated dependencies, one place: what routes may ask for."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+
+from server.lifecycle import Lifecycle
+from server.metrics import Metrics
+from server.registry import Registry
+from server.serving import InferenceService
+from server.settings import Settings
+
+
+def _service(request: Request) -> InferenceService:
+    return request.app.state.service
+
+
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+def _metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def _lifecycle(request: Request) -> Lifecycle:
+    return request.app.state.lifecycle
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+ServiceDep = Annotated[InferenceService, Depends(_service)]
+RegistryDep = Annotated[Registry, Depends(_registry)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+ModelParam = Annotated[str | None, Query(
+    max_length=256, description="A configured model of this task (name, alias or source); default model if unset")]
+TopKParam = Annotated[int | None, Query(ge=1, le=1000, description="How many labels to return")]

@@ -1,0 +1,134 @@
+"""One error vocabulary: every failure the server reports is a `ServeError` with an `ErrorCode`.
+
+The code -> HTTP status map lives here and only here; the JSON shape is
+`{"error": {"code": ..., "message": ..., "status": ...}}`.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"
+    INVALID_INPUT = "invalid_input"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNKNOWN_MODEL = "unknown_model"
+    NO_MODEL_FOR_TASK = "no_model_for_task"
+    OVERLOADED = "overloaded"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    NOT_READY = "not_ready"
+    UNHEALTHY = "unhealthy"
+    OUT_OF_MEMORY = "out_of_memory"
+    TIMEOUT = "timeout"
+    CLIENT_CLOSED = "client_closed"
+    INTERNAL = "internal_error"
+
+
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.INVALID_INPUT: 422,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.UNKNOWN_MODEL: 404,
+    ErrorCode.NO_MODEL_FOR_TASK: 404,
+    ErrorCode.OVERLOADED: 429,
+    ErrorCode.MODEL_UNAVAILABLE: 503,
+    ErrorCode.NOT_READY: 503,
+    ErrorCode.UNHEALTHY: 503,
+    ErrorCode.OUT_OF_MEMORY: 503,
+    ErrorCode.TIMEOUT: 504,
+    ErrorCode.CLIENT_CLOSED: 499,
+    ErrorCode.INTERNAL: 500,
+}
+
+_BY_STATUS = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.PAYLOAD_TOO_LARGE,
+              415: ErrorCode.UNSUPPORTED_MEDIA_TYPE, 422: ErrorCode.INVALID_INPUT, 429: ErrorCode.OVERLOADED,
+              503: ErrorCode.NOT_READY, 504: ErrorCode.TIMEOUT}
+
+
+class ServeError(Exception):
+    """A failure with a public message; `retry_after` (seconds) becomes a Retry-After header."""
+
+    def __init__(self, code: ErrorCode, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.code]
+
+
+class ErrorBody(BaseModel):
+    code: ErrorCode
+    message: str
+    status: int
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape of every route."""
+
+    error: ErrorBody
+
+
+def code_for_status(status: int) -> ErrorCode:
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
+    return ErrorCode.BAD_REQUEST if 400 <= status < 500 else ErrorCode.INTERNAL
+
+
+def error_payload(code: ErrorCode, message: str, status: int | None = None) -> dict[str, Any]:
+    return {"error": {"code": code.value, "message": message, "status": status or STATUS[code]}}
+
+
+def error_response(error: ServeError, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    return JSONResponse(error_payload(error.code, error.message), status_code=error.status, headers=headers)
+
+
+def responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for a route: the error shape under each status it may answer."""
+    return {STATUS[c]: {"model": ErrorResponse, "description": c.value} for c in codes}
+
+
+def _describe_validation(exc: Any) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: Any) -> None:
+    """Route every error FastAPI/Starlette raises through the one error shape."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    async def on_serve_error(_request: Any, exc: ServeError) -> JSONResponse:
+        return error_response(exc)
+
+    async def on_validation(_request: Any, exc: RequestValidationError) -> JSONResponse:
+        return error_response(ServeError(ErrorCode.INVALID_INPUT, _describe_validation(exc)))
+
+    async def on_http(_request: Any, exc: HTTPException) -> JSONResponse:
+        code = code_for_status(exc.status_code)
+        body = error_payload(code, str(exc.detail), exc.status_code)
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    app.add_exception_handler(ServeError, on_serve_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)

@@ -1,0 +1,1 @@
+"""One router per route group; each endpoint is thin and calls the serving object."""

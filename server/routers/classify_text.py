@@ -1,0 +1,31 @@
+"""POST /classify-text (Hugging Face Inference API payload: text-classification)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from server.deps import ModelParam, ServiceDep
+from server.errors import ErrorCode, responses
+from server.schemas import ClassifyTextRequest, ClassifyTextResponse
+from server.serving import prepare_each
+from server.settings import Task
+from server.tasks.labels import as_labels
+
+router = APIRouter(tags=["text"])
+ERRORS = responses(ErrorCode.INVALID_INPUT, ErrorCode.PAYLOAD_TOO_LARGE, ErrorCode.NO_MODEL_FOR_TASK,
+                   ErrorCode.OVERLOADED, ErrorCode.MODEL_UNAVAILABLE, ErrorCode.TIMEOUT)
+
+
+@router.post("/classify-text", response_model=ClassifyTextResponse, responses=ERRORS,
+             summary="Classify text; one list of labels per input")
+async def classify_text(body: ClassifyTextRequest, request: Request, response: Response, service: ServiceDep,
+                        model: ModelParam = None) -> ClassifyTextResponse:
+    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+    service.check_inputs(len(texts))
+    params = body.parameters
+    async with service.open(request, Task.TEXT_CLASSIFICATION, model) as call:
+        items = prepare_each(texts, lambda t: call.runner.prepare(t, top_k=params.top_k,
+                                                                  function=params.function_to_apply))
+        results = await call.infer(items)
+        call.apply_headers(response)
+    return ClassifyTextResponse([as_labels(r) for r in results])

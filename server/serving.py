@@ -1,0 +1,131 @@
+"""The serving object routers call: pick the model, wait for it, run items through its batcher.
+
+Every request has one deadline (arrival + request_timeout_s); a client that disconnects while its
+items are queued has them dropped before they reach the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Request, Response
+
+from server.batching import Outcome, Pending
+from server.errors import ErrorCode, ServeError
+from server.registry import Entry, Registry
+from server.settings import Settings, Task
+
+STARTED_KEY = "perceiver_started"  # scope["state"] keys shared with the middleware
+MODEL_KEY = "perceiver_model"
+_DROP_REASONS = {ErrorCode.TIMEOUT: "expired", ErrorCode.CLIENT_CLOSED: "disconnected"}
+
+
+class Call:
+    """One request's use of one model."""
+
+    def __init__(self, request: Request, entry: Entry, deadline: float) -> None:
+        self.request, self.entry, self.deadline = request, entry, deadline
+        self.runner: Any = entry.model.runner if entry.model else None
+        self.outcomes: list[Outcome] = []
+
+    async def infer(self, items: Sequence[Any]) -> list[Any]:
+        """Results of `items`, in order; they may share batches with other requests' items."""
+        batcher = self.entry.batcher
+        if batcher is None:
+            raise ServeError(ErrorCode.MODEL_UNAVAILABLE, f"model {self.entry.spec.name!r} is not loaded")
+        queued: list[Pending] = []
+        try:
+            for item in items:
+                queued.append(batcher.enqueue(item, deadline=self.deadline))
+            self.outcomes = await self._wait(queued)
+        except ServeError as exc:
+            for pending in queued:
+                batcher.abandon(pending, _DROP_REASONS.get(exc.code))
+            raise
+        except asyncio.CancelledError:
+            for pending in queued:
+                batcher.abandon(pending, "disconnected")
+            raise
+        return [o.result for o in self.outcomes]
+
+    async def _wait(self, queued: list[Pending]) -> list[Outcome]:
+        watcher = asyncio.ensure_future(_disconnected(self.request))
+        waiting = {p.future for p in queued}
+        try:
+            while waiting:
+                remaining = self.deadline - time.monotonic()
+                done, waiting = await asyncio.wait(waiting | {watcher}, timeout=max(0.0, remaining),
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                if watcher in done:
+                    raise ServeError(ErrorCode.CLIENT_CLOSED, "client disconnected")
+                waiting.discard(watcher)
+                if not done:
+                    raise ServeError(ErrorCode.TIMEOUT, "request timed out before inference finished")
+                for future in done:
+                    if future.exception() is not None:
+                        raise future.exception()  # type: ignore[misc]
+            return [p.future.result() for p in queued]
+        finally:
+            watcher.cancel()
+
+    def apply_headers(self, response: Response) -> None:
+        spec = self.entry.spec
+        response.headers["X-Model"] = spec.name
+        if self.outcomes:
+            response.headers["X-Queue-Time-Ms"] = f"{max(o.queue_s for o in self.outcomes) * 1000:.2f}"
+            response.headers["X-Inference-Time-Ms"] = f"{max(o.inference_s for o in self.outcomes) * 1000:.2f}"
+            response.headers["X-Batch-Size"] = str(max(o.batch_size for o in self.outcomes))
+        if spec.random_weights:
+            response.headers["X-Perceiver-Random-Weights"] = "true"
+
+
+def prepare_each(values: Sequence[Any], prepare: Callable[[Any], Any]) -> list[Any]:
+    """prepare(v) for each input; an error in a list names the input (`inputs[2]: ...`)."""
+    items = []
+    for i, value in enumerate(values):
+        try:
+            items.append(prepare(value))
+        except ServeError as exc:
+            if len(values) == 1:
+                raise
+            raise ServeError(exc.code, f"inputs[{i}]: {exc.message}", retry_after=exc.retry_after) from None
+    return items
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client goes away (the body has been read; receive() then waits for disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class InferenceService:
+    def __init__(self, *, registry: Registry, settings: Settings) -> None:
+        self.registry, self.settings = registry, settings
+
+    def check_inputs(self, count: int) -> None:
+        limit = self.settings.server.max_inputs
+        if count > limit:
+            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"{count} inputs in one request; at most {limit}")
+
+    @asynccontextmanager
+    async def open(self, request: Request, task: Task, model: str | None) -> AsyncIterator[Call]:
+        """The ready model of `task` named `model` (default when None), held for the block."""
+        spec = self.registry.resolve(task, model)
+        state = request.scope.setdefault("state", {})
+        state[MODEL_KEY] = spec.name
+        deadline = state.get(STARTED_KEY, time.monotonic()) + self.settings.server.request_timeout_s
+        try:
+            entry = await asyncio.wait_for(self.registry.acquire(spec), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise ServeError(ErrorCode.TIMEOUT, f"model {spec.name!r} is still loading; retry shortly",
+                             retry_after=5) from None
+        entry.active += 1
+        try:
+            yield Call(request, entry, deadline)
+        finally:
+            entry.active -= 1
+            entry.last_used = time.monotonic()

@@ -1,0 +1,188 @@
+"""Typed settings: defaults < TOML file < PERCEIVER_SERVE_* environment < command line.
+
+Invalid or unsafe values are refused at start-up with a `SettingsError` naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, model_validator
+
+from server.catalog import catalog_models
+
+CONFIG_ENV = "PERCEIVER_SERVE_CONFIG"
+ENV_PREFIX = "PERCEIVER_SERVE_"
+
+
+class Task(StrEnum):
+    FILL_MASK = "fill-mask"
+    TEXT_CLASSIFICATION = "text-classification"
+    IMAGE_CLASSIFICATION = "image-classification"
+    OPTICAL_FLOW = "optical-flow"
+    VIDEO_AUTOENCODING = "video-autoencoding"
+
+
+class SettingsError(ValueError):
+    """The configuration cannot be served; the message says which key and why."""
+
+
+Device = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$")]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+# A hub id (`owner/name`) or a filesystem path; no whitespace or control characters.
+Source = Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f]{1,1024}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """One `[models.NAME]` table."""
+
+    name: Name
+    task: Task
+    source: Source
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    max_delay_ms: float = Field(5.0, ge=0, le=1000)
+    max_queue: int = Field(256, ge=1, le=100_000)
+    device: Device | None = None
+    dtype: Dtype | None = None
+    default: bool = False
+    aliases: list[Name] = []
+    random_weights: bool = False
+
+
+class ServerSettings(_Strict):
+    """The `[server]` table."""
+
+    host: str = Field("127.0.0.1", min_length=1, max_length=255)
+    port: int = Field(8000, ge=1, le=65535)
+    device: Device = "auto"
+    dtype: Dtype = "auto"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    memory_budget_mb: int | None = Field(None, gt=0, le=16_777_216)
+    request_timeout_s: float = Field(30.0, gt=0, le=3600)
+    max_body_mb: float = Field(32.0, gt=0, le=1024)
+    max_inputs: int = Field(64, ge=1, le=4096)
+    load_retry_s: float = Field(30.0, ge=0, le=86_400)
+    drain_seconds: float = Field(0.0, ge=0, le=600)
+    stall_seconds: float = Field(300.0, ge=1, le=86_400)  # a batch running longer fails /health/live
+    preload: list[Name] = []
+    catalog: bool | None = None
+    admin_api: bool = False
+    demo: bool = False
+    demo_dir: Path = Path("~/.cache/perceiver-serve/demo")
+
+
+class Settings(_Strict):
+    server: ServerSettings = ServerSettings()
+    models: dict[Name, ModelSpec] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        for task in Task:
+            specs = [m for m in self.models.values() if m.task == task]
+            defaults = [m.name for m in specs if m.default]
+            if len(defaults) > 1:
+                raise ValueError(f"task {task.value} has several default models: {', '.join(defaults)}")
+            names = [n for m in specs for n in (m.name, *m.aliases)]
+            if len(names) != len(set(names)):
+                raise ValueError(f"task {task.value}: a model name or alias is used twice")
+        unknown = sorted(set(self.server.preload) - set(self.models) - {"all"})
+        if unknown:
+            raise ValueError(f"preload names unknown models: {', '.join(unknown)}")
+        if self.server.dtype == "float16" and self.server.device == "cpu":
+            raise ValueError("dtype float16 is not supported on device cpu; use float32 or bfloat16")
+        return self
+
+    def default_model(self, task: Task) -> ModelSpec | None:
+        specs = [m for m in self.models.values() if m.task == task]
+        return next((m for m in specs if m.default), specs[0] if specs else None)
+
+    def find_model(self, task: Task, name: str) -> ModelSpec | None:
+        """A model of `task` by name, alias or source."""
+        specs = [m for m in self.models.values() if m.task == task]
+        return next((m for m in specs if name == m.name or name in m.aliases or name == m.source), None)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"config file {path}: {exc}") from None
+
+
+def _from_env(environ: dict[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for field, info in ServerSettings.model_fields.items():
+        value = environ.get(ENV_PREFIX + field.upper())
+        if value is not None and info.annotation == list[Name]:
+            found[field] = [v.strip() for v in value.split(",") if v.strip()]
+        elif value is not None:
+            found[field] = value
+    return found
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        got = f" (got {err['input']!r})" if not isinstance(err.get("input"), dict) else ""
+        lines.append(f"  {where}: {err['msg']}{got}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def _catalog_under(models: dict[str, Any]) -> dict[str, Any]:
+    """The catalog, minus its default mark for tasks where the configured models name a default."""
+    taken = {t.get("task") for t in models.values() if isinstance(t, dict) and t.get("default")}
+    return {name: {**e, "default": e.get("default", False) and e["task"] not in taken}
+            for name, e in catalog_models().items()}
+
+
+def build_settings(data: dict[str, Any]) -> Settings:
+    """Validate a config dict (the TOML shape); model tables get their `name` from the key."""
+    data = dict(data)
+    unknown = sorted(set(data) - {"server", "models"})
+    if unknown:
+        raise SettingsError(f"invalid configuration: unknown table(s) {', '.join(unknown)}; "
+                            "expected [server] and [models.NAME]")
+    server, models = data.get("server") or {}, data.get("models") or {}
+    if not isinstance(server, dict) or not isinstance(models, dict):
+        raise SettingsError("invalid configuration: [server] and [models.NAME] must be tables")
+    try:
+        include_catalog = TypeAdapter(bool | None).validate_python(server.get("catalog"))
+    except ValidationError:
+        include_catalog = None  # reported with every other error below
+    try:
+        if include_catalog or (include_catalog is None and not models):
+            models = {**_catalog_under(models), **models}
+        specs = {name: {**table, "name": name} if isinstance(table, dict) else table for name, table in models.items()}
+        return Settings.model_validate({"server": server, "models": specs})
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Settings from an optional TOML file, the environment and command-line `overrides` ([server] keys)."""
+    environ = dict(os.environ if environ is None else environ)
+    path = path or environ.get(CONFIG_ENV)
+    data = _read_toml(Path(path).expanduser()) if path else {}
+    if not isinstance(data.get("server") or {}, dict):
+        raise SettingsError("invalid configuration: [server] must be a table")
+    server = {**(data.get("server") or {}), **_from_env(environ)}
+    server.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return build_settings({**data, "server": server})

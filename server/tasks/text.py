@@ -1,0 +1,47 @@
+"""Shared text plumbing: byte tokenization with length buckets, so batches pad only to a bucket."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from model_core.tokenizer import ByteTokenizer
+from server.errors import ErrorCode, ServeError
+
+_SMALLEST_BUCKET = 16
+
+
+def length_buckets(max_length: int) -> list[int]:
+    """Powers of two from 16 up to, and including, the model's maximum length."""
+    sizes, size = [], _SMALLEST_BUCKET
+    while size < max_length:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, max_length]
+
+
+class TextCodec:
+    """Tokenize one text, check its length, and pad a group of them to their shared bucket."""
+
+    def __init__(self, *, max_length: int) -> None:
+        self.tokenizer = ByteTokenizer()
+        self.max_length = max_length
+        self.buckets = length_buckets(max_length)
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=True)
+        if len(ids) > self.max_length:
+            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
+                f"input is {len(ids)} tokens (UTF-8 bytes plus 2 special tokens); this model takes at most "
+                f"{self.max_length}"))
+        return ids
+
+    def bucket(self, ids: Sequence[int]) -> int:
+        return next(size for size in self.buckets if size >= len(ids))
+
+    def pad(self, rows: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask), each (B, L) on `device`, L the bucket of the longest row."""
+        length = max(self.bucket(r) for r in rows)
+        input_ids, attention_mask = self.tokenizer.pad([list(r) for r in rows], length=length)
+        return input_ids.to(device), attention_mask.to(device)

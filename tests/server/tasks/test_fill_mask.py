@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from server.errors import ErrorCode, ServeError
+from server.loading import load_model
+from server.settings import ModelSpec, Settings, Task
+from server.tasks.fill_mask import FillMaskRunner
+
+# 33..64 tokens each: one length bucket (64), different lengths and mask counts.
+TEXTS = ["Hello [MASK]orld, how are you doing today?", "The capital of France is[MASK][MASK][MASK][MASK][MASK][MASK].",
+         "[MASK] is the first byte of this long sentence", "a[MASK]b[MASK][MASK]c and then some more text here",
+         "ünïcode [MASK] text, with a few more words in it"]
+
+
+@pytest.fixture(scope="module")
+def runner(checkpoints: dict[str, Path]) -> FillMaskRunner:
+    spec = ModelSpec(name="mlm", task=Task.FILL_MASK, source=str(checkpoints["mlm"]))
+    return load_model(spec, Settings()).runner
+
+
+def run(runner: FillMaskRunner, items: list) -> list:
+    with torch.inference_mode():
+        return runner.split(runner.forward(runner.collate(items)), items)
+
+
+def test_prepare_finds_masks_and_refuses_text_without_one(runner: FillMaskRunner) -> None:
+    item = runner.prepare("a[MASK]b[MASK][MASK]c", top_k=None)
+    assert item.positions == (2, 4, 5) and item.top_k == 5  # [CLS] a [MASK] b [MASK] [MASK] c [SEP]
+    with pytest.raises(ServeError) as info:
+        runner.prepare("no mask here", top_k=3)
+    assert info.value.code is ErrorCode.INVALID_INPUT and "[MASK]" in info.value.message
+
+
+def test_too_long_input_is_refused(runner: FillMaskRunner) -> None:
+    with pytest.raises(ServeError) as info:
+        runner.prepare("x" * 300 + "[MASK]", top_k=None)
+    assert info.value.code is ErrorCode.PAYLOAD_TOO_LARGE and "256" in info.value.message
+
+
+def test_output_is_identical_alone_and_in_a_batch(runner: FillMaskRunner) -> None:
+    items = [runner.prepare(t, top_k=4) for t in TEXTS]
+    assert len({runner.key(i) for i in items}) == 1  # one bucket, so they can share a batch
+    together = run(runner, items)
+    alone = [run(runner, [item])[0] for item in items]
+    assert together == alone
+
+
+def test_response_shape(runner: FillMaskRunner) -> None:
+    one = runner.prepare("Hello [MASK]orld", top_k=3)
+    [result] = run(runner, [one])
+    answer = runner.respond(one, result)
+    assert len(answer) == 3 and all(c.sequence.startswith("Hello ") for c in answer)
+    assert answer[0].score >= answer[1].score >= answer[2].score
+    assert answer[0].run.start == 6 and answer[0].run.end == 12
+
+    several = runner.prepare("a[MASK]b[MASK][MASK]c", top_k=2)
+    [result] = run(runner, [several])
+    per_mask = runner.respond(several, result)
+    assert len(per_mask) == 3 and all(len(c) == 2 for c in per_mask)
+    first_run, second_run = per_mask[0][0].run, per_mask[1][0].run
+    assert (first_run.start, first_run.end) == (1, 7)
+    assert per_mask[2][0].run == second_run and (second_run.start, second_run.end) == (8, 20)
+    assert first_run.sequence.count("[MASK]") == 2 and second_run.sequence.count("[MASK]") == 1
+    assert per_mask[1][0].sequence.count("[MASK]") == 2  # only this mask is filled

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from server.errors import ErrorCode, ServeError
+from server.loading import load_model
+from server.settings import ModelSpec, Settings, Task
+from server.tasks.image_classification import ImageClassificationRunner, decode_image
+
+
+def png(width: int = 64, height: int = 48, seed: int = 0, mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def runner(checkpoints: dict[str, Path]) -> ImageClassificationRunner:
+    spec = ModelSpec(name="conv", task=Task.IMAGE_CLASSIFICATION, source=str(checkpoints["conv"]))
+    return load_model(spec, Settings()).runner
+
+
+@pytest.mark.parametrize("mode, fmt", [("RGB", "PNG"), ("L", "PNG"), ("RGBA", "PNG"), ("RGB", "JPEG"),
+                                       ("P", "GIF"), ("RGB", "WEBP")])
+def test_decode_any_pillow_format_to_rgb(mode: str, fmt: str) -> None:
+    image = decode_image(png(mode=mode, fmt=fmt))
+    assert image.mode == "RGB" and image.size == (64, 48)
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"", ErrorCode.INVALID_INPUT),
+    (b"definitely not an image", ErrorCode.UNSUPPORTED_MEDIA_TYPE),
+    (png()[:60], ErrorCode.INVALID_INPUT),  # truncated
+])
+def test_undecodable_input_is_refused(data: bytes, code: ErrorCode) -> None:
+    with pytest.raises(ServeError) as info:
+        decode_image(data)
+    assert info.value.code is code
+
+
+def test_output_is_identical_alone_and_in_a_batch(runner: ImageClassificationRunner) -> None:
+    items = [runner.prepare(decode_image(png(seed=s, width=40 + 30 * s)), top_k=4, function=None) for s in range(3)]
+    with torch.inference_mode():
+        together = runner.split(runner.forward(runner.collate(items)), items)
+        alone = [runner.split(runner.forward(runner.collate([i])), [i])[0] for i in items]
+    assert together == alone
+    assert {label for label, _ in together[0]} == {"tabby cat", "golden retriever", "espresso", "volcano"}

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from server.loading import load_model
+from server.settings import ModelSpec, Settings, Task
+from server.tasks.text import length_buckets
+from server.tasks.text_classification import TextClassificationRunner
+
+
+@pytest.fixture(scope="module")
+def runner(checkpoints: dict[str, Path]) -> TextClassificationRunner:
+    spec = ModelSpec(name="sentiment", task=Task.TEXT_CLASSIFICATION, source=str(checkpoints["sentiment"]))
+    return load_model(spec, Settings()).runner
+
+
+def run(runner: TextClassificationRunner, items: list) -> list:
+    with torch.inference_mode():
+        return runner.split(runner.forward(runner.collate(items)), items)
+
+
+def test_length_buckets() -> None:
+    assert length_buckets(256) == [16, 32, 64, 128, 256]
+    assert length_buckets(2048)[-1] == 2048 and length_buckets(100) == [16, 32, 64, 100]
+
+
+def test_labels_from_id2label_ranked(runner: TextClassificationRunner) -> None:
+    [labels] = run(runner, [runner.prepare("I loved it", top_k=None, function=None)])
+    assert sorted(label for label, _ in labels) == ["negative", "neutral", "positive"]
+    scores = [s for _, s in labels]
+    assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-5
+    [top] = run(runner, [runner.prepare("I loved it", top_k=1, function="none")])
+    assert len(top) == 1 and top[0][0] == labels[0][0]
+
+
+def test_output_is_identical_alone_and_in_a_batch(runner: TextClassificationRunner) -> None:
+    texts = ["short one", "a slightly longer sentence", "é" * 6, "x"]
+    items = [runner.prepare(t, top_k=None, function=None) for t in texts]
+    assert run(runner, items) == [run(runner, [i])[0] for i in items]

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_main(*argv: str) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    return int(info.value.code)
+
+
+def test_invalid_config_exits_2_with_a_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "serve.toml"
+    config.write_text('[server]\nport = 99999\n[models.m]\ntask = "fill-mask"\nsource = "a/b"\nmax_queue = 0\n')
+    assert run_main("--config", str(config)) == 2
+    err = capsys.readouterr().err
+    assert "server.port" in err and "models.m.max_queue" in err and "Traceback" not in err
+
+
+def test_env_config_path_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "serve.toml"
+    config.write_text('[server]\ndevice = "gpu"\n')
+    monkeypatch.setenv("PERCEIVER_SERVE_CONFIG", str(config))
+    assert run_main() == 2
+    assert "server.device" in capsys.readouterr().err
+
+
+def test_download_offline_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main("download", "language-perceiver") == 1
+    err = capsys.readouterr().err
+    assert "FAILED language-perceiver" in err and "HF_HUB_OFFLINE" in err
+
+
+def test_download_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main("download", "nope") == 2
+    assert "unknown model(s) nope" in capsys.readouterr().err
+
+
+def test_download_of_a_local_folder_reports_it(tmp_path: Path, checkpoints: dict[str, Path],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "serve.toml"
+    config.write_text(f'[models.mlm]\ntask = "fill-mask"\nsource = "{checkpoints["mlm"]}"\n')
+    assert run_main("download", "--config", str(config), "all") == 0
+    out = capsys.readouterr().out
+    assert "nothing to fetch: mlm" in out and "config.json" in out and "model.safetensors" in out
+
+
+def test_console_script_and_module_entry_points() -> None:
+    for command in ([sys.executable, "-m", "server", "--help"], [str(Path(sys.executable).parent / "perceiver-serve"),
+                                                                   "download", "--help"]):
+        if not Path(command[0]).exists():
+            pytest.skip("perceiver-serve console script not installed in this environment")
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "perceiver-serve" in done.stdout
+
+
+def test_download_accepts_hub_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main("download", "deepmind/language-perceiver", "someone/their-perceiver") == 1
+    err = capsys.readouterr().err
+    assert "FAILED deepmind/language-perceiver" in err and "FAILED someone/their-perceiver" in err
