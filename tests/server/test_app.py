@@ -7,17 +7,16 @@ import base64
 import io
 import json
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from fastapi import FastAPI
 from PIL import Image
 
 from server.app import build_app
 from server.settings import Settings
+from tests.server.support import open_client
 
 pytestmark = pytest.mark.anyio
 
@@ -34,14 +33,6 @@ def image_bytes(seed: int = 0, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=fmt)
     return buffer.getvalue()
-
-
-@asynccontextmanager
-async def open_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
-            yield client
 
 
 @pytest.fixture

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from server.app import build_app
 from server.settings import Settings
+from tests.server.support import open_client
 
 pytestmark = pytest.mark.anyio
 MASKED = {"inputs": "Hello [MASK]orld"}
-
-
-@asynccontextmanager
-async def open_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
-            yield client
 
 
 async def until_ready(client: httpx.AsyncClient) -> None:
