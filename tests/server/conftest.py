@@ -30,6 +30,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
                   "id2label": {"0": "negative", "1": "neutral", "2": "positive"}},
     "conv": {"architectures": ["PerceiverForImageClassificationConvProcessing"], **_LATENTS, "image_size": 224,
              "id2label": {"0": "tabby cat", "1": "golden retriever", "2": "espresso", "3": "volcano"}},
+    # Tiles of 48x64 (the real model's are 368x496): big enough for the 20-px tile overlap.
+    "flow": {"architectures": ["PerceiverForOpticalFlow"], **_LATENTS, "train_size": [48, 64]},
+    # 2 frames of 16x16 and 2 x 32 audio samples (the real clip: 16 frames of 224x224, 16 x 1920 samples).
+    "video": {"architectures": ["PerceiverForMultimodalAutoencoding"], **_LATENTS, "num_frames": 2, "image_size": 8,
+              "audio_samples_per_frame": 32, "samples_per_patch": 4, "output_shape": [1, 2, 16, 16],
+              "output_num_channels": 12, "_label_trainable_num_channels": 20,
+              "id2label": {str(i): name for i, name in enumerate(
+                  ["abseiling", "juggling balls", "playing drums", "surfing water", "zumba"])}},
 }
 
 
@@ -46,7 +54,7 @@ def hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Folders written by model_core.save_pretrained: mlm, sentiment, conv, conv-b (another seed)."""
+    """Folders written by model_core.save_pretrained: mlm, sentiment, conv, conv-b (another seed), flow, video."""
     import torch
 
     from model_core import from_config, save_pretrained
@@ -69,6 +77,8 @@ def models_table(checkpoints: dict[str, Path], **batching: Any) -> dict[str, dic
                  "aliases": ["c"], **limits},
         "conv-b": {"task": "image-classification", "source": str(checkpoints["conv-b"]),
                    "random_weights": True, **limits},
+        "flow": {"task": "optical-flow", "source": str(checkpoints["flow"]), **limits},
+        "video": {"task": "video-autoencoding", "source": str(checkpoints["video"]), **limits},
     }
 
 

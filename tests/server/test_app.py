@@ -156,7 +156,7 @@ async def test_no_text_classifier_configured(make_settings: Callable[..., Settin
 async def test_models_listing(client: httpx.AsyncClient) -> None:
     await client.post("/classify-text", json={"inputs": "hi"})
     models = {m["name"]: m for m in (await client.get("/v1/models")).json()["models"]}
-    assert set(models) == {"mlm", "offline", "sentiment", "conv", "conv-b"}
+    assert set(models) == {"mlm", "offline", "sentiment", "conv", "conv-b", "flow", "video"}
     sentiment = models["sentiment"]
     assert sentiment["status"] == "ready" and sentiment["task"] == "text-classification"
     assert (sentiment["device"], sentiment["dtype"], sentiment["is_default"]) == ("cpu", "float32", True)
