@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from model_core.cpu_packing import packing_supported, prepack_linears
 from model_core.config import PerceiverConfig
 from model_core.errors import CheckpointError, CheckpointNotFoundError, StateDictMismatchError
 from model_core.tasks import build_model
@@ -160,6 +161,8 @@ def _finish(model: nn.Module, device: torch.device | str, dtype: torch.dtype) ->
     model.to(device=device, dtype=dtype)
     model.eval()
     model.requires_grad_(False)
+    if packing_supported(device, dtype):
+        prepack_linears(model)
     return model
 
 
