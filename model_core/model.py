@@ -114,10 +114,10 @@ class PerceiverModel(nn.Module):
         """attention_mask: (B, M), nonzero where an input token is real (text padding)."""
         pre = self.input_preprocessor(inputs, **prep_kwargs)
         mask = None
-        if attention_mask is not None:
-            mask = attention_mask.to(device=pre.inputs.device, dtype=torch.bool)
-            if bool(mask.all()):
-                mask = None
+        # An all-ones mask is dropped (the unmasked kernels are faster) when that can be seen
+        # without a device sync: a host tensor is checked before its copy, a device one is kept.
+        if attention_mask is not None and not (attention_mask.device.type == "cpu" and bool(attention_mask.all())):
+            mask = attention_mask.to(device=pre.inputs.device, dtype=torch.bool, non_blocking=True)
         latents = self.encoder(self.embeddings(pre.inputs.shape[0]), pre.inputs, mask)
         return Encoded(latents=latents, pre=pre)
 
