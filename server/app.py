@@ -9,13 +9,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from server.auth import AuthMiddleware, configured_keys, document_auth, public_paths
 from server.errors import install_error_handlers
 from server.lifecycle import Lifecycle
+from server.limits import AdmissionMiddleware
 from server.loading import load_model
 from server.metrics import Metrics
 from server.middleware import RequestMiddleware
 from server.registry import Loader, Registry
-from server.routers import classify_image, classify_text, fill_mask, health, models
+from server.jobs import JobStore
+from server.routers import classify_image, classify_text, fill_mask, health, models, optical_flow, v2
+from server.routers import autoencode_video, jobs as jobs_router
 from server.serving import InferenceService
 from server.settings import Settings
 
@@ -25,42 +29,41 @@ log = logging.getLogger(__name__)
 def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
     metrics = Metrics()
     registry = Registry(settings=settings, metrics=metrics, loader=loader)
-    lifecycle = Lifecycle()
+    lifecycle = Lifecycle(registry=registry, preload=settings.server.preload, retry_s=settings.server.load_retry_s)
+    api_keys = configured_keys(settings.server)  # SettingsError for an unreadable or malformed key file
+    jobs = JobStore()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if any(spec.random_weights for spec in settings.models.values()):
             log.warning("RANDOM WEIGHTS: some models are randomly initialised; their answers are meaningless")
-        lifecycle.preloading = bool(settings.server.preload)
-        preload = asyncio.create_task(_preload(registry, lifecycle, settings.server.preload))
+        preload = asyncio.create_task(lifecycle.preload())
         lifecycle.started = True
         try:
             yield
         finally:
             lifecycle.begin_drain()
             preload.cancel()
+            await jobs.close()
             await registry.close()
 
     app = FastAPI(title="perceiver-serve", version="0.1.0", lifespan=lifespan,
                   summary="Inference server for the Perceiver IO model family")
     app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
-    app.state.lifecycle = lifecycle
+    app.state.lifecycle, app.state.jobs = lifecycle, jobs
     app.state.service = InferenceService(registry=registry, settings=settings)
     install_error_handlers(app)
-    # Auth (a later release) goes here, as plain ASGI middleware inside RequestMiddleware.
-    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=int(settings.server.max_body_mb * 2**20))
-    for router in (health.router, models.router, fill_mask.router, classify_text.router, classify_image.router):
+    # Outermost last: RequestMiddleware -> AuthMiddleware -> AdmissionMiddleware -> routes.
+    app.add_middleware(AdmissionMiddleware, max_json_depth=settings.server.max_json_depth,
+                       timeout_cap_s=settings.server.request_timeout_cap_s)
+    app.add_middleware(AuthMiddleware, keys=api_keys, public=public_paths(settings.server))
+    app.add_middleware(RequestMiddleware, metrics=metrics, lifecycle=lifecycle,
+                       max_body_bytes=int(settings.server.max_body_mb * 2**20))
+    for router in (health.router, models.router, fill_mask.router, classify_text.router, classify_image.router,
+                   optical_flow.router, v2.router, autoencode_video.router, jobs_router.router):
         app.include_router(router)
     if settings.server.admin_api:
         app.include_router(models.admin)
+    if api_keys:
+        document_auth(app, public_paths(settings.server))
     return app
-
-
-async def _preload(registry: Registry, lifecycle: Lifecycle, names: list[str]) -> None:
-    if not names:
-        return
-    lifecycle.preloading = True
-    try:
-        await registry.preload(names)
-    finally:
-        lifecycle.preloading = False

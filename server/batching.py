@@ -23,6 +23,10 @@ from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# Out of memory on any device (torch.cuda.OutOfMemoryError is an alias on recent torch), or of host RAM.
+OUT_OF_MEMORY: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+                                                  torch.cuda.OutOfMemoryError, MemoryError)
+
 
 class BatchFunctions(Protocol):
     """What a task supplies. `collate`, `forward` and `split` run on the worker thread."""
@@ -61,6 +65,7 @@ class Batcher:
         self._closing = False
         self._batch_s = 0.01  # moving average of a batch's run time, for Retry-After
         self._running_since: float | None = None
+        self._finished_at = time.monotonic()  # when the collector last finished a batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{name}")
         self._task = asyncio.get_running_loop().create_task(self._collect(), name=f"batcher-{name}")
 
@@ -69,9 +74,17 @@ class Batcher:
         return self._depth
 
     @property
-    def busy_for(self) -> float:
-        """Seconds the batch now on the worker thread has been running (0 when idle): the liveness signal."""
-        return 0.0 if self._running_since is None else time.monotonic() - self._running_since
+    def stalled_for(self) -> float:
+        """Seconds without progress (0 when idle or moving): the liveness signal. Either the batch on the worker
+        thread has run this long, or requests have waited this long past `max_delay` for a collector that
+        should have taken them (a dead or wedged collector)."""
+        now = time.monotonic()
+        if self._running_since is not None:
+            return now - self._running_since
+        waiting = [g[0].enqueued for g in self._groups.values() if g]
+        if not waiting:
+            return 0.0
+        return max(0.0, now - max(min(waiting), self._finished_at) - self.max_delay_s)
 
     def enqueue(self, item: Any, *, deadline: float) -> Pending:
         if self._closing:
@@ -96,16 +109,25 @@ class Batcher:
                 self._count_drop(reason)
         if not pending.future.done():
             pending.future.cancel()
+        elif not pending.future.cancelled():
+            pending.future.exception()  # retrieved: the caller is already reporting another item's failure
 
     async def close(self, *, timeout_s: float | None = None) -> None:
         """Stop taking requests, finish the queued ones (for at most `timeout_s`), release the worker thread."""
         self._closing = True
         self._wakeup.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-        except TimeoutError:
-            log.warning("batcher %s: queued work not finished after %.0fs; abandoning it", self.name, timeout_s)
-            self._task.cancel()
+        if not self._task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                log.warning("batcher %s: queued work not finished after %.0fs; abandoning it", self.name, timeout_s)
+                self._task.cancel()
+        unfinished = [p for group in self._groups.values() for p in group if not p.future.done()]
+        for pending in unfinished:  # left by a collector that died or was abandoned
+            pending.future.set_exception(ServeError(ErrorCode.MODEL_UNAVAILABLE, f"model {self.name!r} was unloaded "
+                                                    "before this request ran", retry_after=1))
+        self._groups.clear()
+        self._set_depth(-self._depth)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _set_depth(self, delta: int) -> None:
@@ -125,15 +147,19 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch = await self._next_batch()
-            if batch:
-                try:
+            batch: list[Pending] = []
+            try:
+                batch = await self._next_batch()
+                if batch:
                     await self._run(batch)
-                except Exception:  # never let the collector die; fail this batch only
-                    log.exception("batcher %s: batch failed", self.name)
-                    for p in batch:
-                        if not p.future.done():
-                            p.future.set_exception(ServeError(ErrorCode.INTERNAL, "inference failed"))
+            except Exception:  # never let the collector die; fail this batch only
+                log.exception("batcher %s: batch failed", self.name)
+                failed = ServeError(ErrorCode.INTERNAL, f"model {self.name!r}: inference failed")
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(failed)
+            finally:
+                self._finished_at = time.monotonic()
 
     async def _next_batch(self) -> list[Pending]:
         key = min((k for k, g in self._groups.items() if g), key=lambda k: self._groups[k][0].enqueued)
@@ -192,21 +218,26 @@ class Batcher:
             return self._bisect(items)
 
     def _bisect(self, items: list[Any]) -> list[Any]:
-        """Run a batch; on failure (CUDA OOM included) retry its halves so only the culprit fails."""
+        """Run a batch; on failure (out of memory included) retry its halves so only the culprit fails."""
         try:
             return self.fn.split(self.fn.forward(self.fn.collate(items)), items)
         except ServeError as exc:
             if len(items) == 1:
                 return [exc]
-        except torch.cuda.OutOfMemoryError:
+        except OUT_OF_MEMORY:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if len(items) == 1:
-                return [ServeError(ErrorCode.OUT_OF_MEMORY, "out of device memory for this request", retry_after=5)]
-            log.warning("batcher %s: CUDA OOM at batch size %d, splitting", self.name, len(items))
-        except Exception:
+                log.warning("batcher %s: out of memory on a single request", self.name)
+                return [ServeError(ErrorCode.OUT_OF_MEMORY, (
+                    f"model {self.name!r} ran out of memory on this request alone; send a smaller input "
+                    "or retry later"), retry_after=5)]
+            log.warning("batcher %s: out of memory at batch size %d, splitting", self.name, len(items))
+        except Exception as exc:
             if len(items) == 1:
                 log.exception("batcher %s: inference failed", self.name)
-                return [ServeError(ErrorCode.INTERNAL, "inference failed")]
+                return [ServeError(ErrorCode.INTERNAL, (
+                    f"model {self.name!r} failed on this request ({type(exc).__name__}); the server log has "
+                    "the details"))]
         half = len(items) // 2
         return self._bisect(items[:half]) + self._bisect(items[half:])

@@ -80,9 +80,10 @@ def serve(argv: Sequence[str]) -> int:
                  "dtype": args.dtype, "log_level": args.log_level, "demo": args.demo, "demo_dir": args.demo_dir}
     settings = load_settings(args.config, overrides=overrides)
     _configure_logging(settings.server.log_level)
-    from server.devices import check_devices
+    from server.devices import check_devices, configure_cpu_threads
 
     check_devices(settings)
+    log.info("torch uses %d intra-op CPU thread(s)", configure_cpu_threads(settings))
     if settings.server.demo:
         from server.demo import demo_settings
 
@@ -98,13 +99,16 @@ def _run(settings: Settings) -> None:
 
     app = build_app(settings)
     server = settings.server
+    # In-flight requests get as long as the longest deadline a request may have, plus a margin.
     config = uvicorn.Config(app, host=server.host, port=server.port, log_level=server.log_level,
-                            timeout_graceful_shutdown=int(server.request_timeout_s) + 5, access_log=False)
+                            timeout_graceful_shutdown=int(server.request_timeout_cap_s) + 5, access_log=False)
     DrainingServer(config, on_drain=app.state.lifecycle.begin_drain, drain_s=server.drain_seconds).run()
 
 
 class DrainingServer(uvicorn.Server):
-    """First SIGTERM/SIGINT: mark the app not-ready, keep serving `drain_s`, then shut down gracefully."""
+    """First SIGTERM/SIGINT: at once, readiness and new requests answer 503 (in-flight ones carry on); the
+    listener stays open `drain_s` so load balancers see the 503s, then uvicorn's graceful shutdown closes it
+    and waits for the in-flight requests. A second signal skips the rest of the drain."""
 
     def __init__(self, config: uvicorn.Config, *, on_drain: Callable[[], None], drain_s: float) -> None:
         super().__init__(config)

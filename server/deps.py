@@ -13,23 +13,25 @@ from server.serving import InferenceService
 from server.settings import Settings
 
 
-def _service(request: Request) -> InferenceService:
+# The accessors are `async def` though they never await: FastAPI runs a plain `def` dependency in its
+# threadpool, a thread hop (and a GIL hand-off with the model threads) on every request.
+async def _service(request: Request) -> InferenceService:
     return request.app.state.service
 
 
-def _registry(request: Request) -> Registry:
+async def _registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def _lifecycle(request: Request) -> Lifecycle:
+async def _lifecycle(request: Request) -> Lifecycle:
     return request.app.state.lifecycle
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 

@@ -58,6 +58,27 @@ def check_devices(settings: Settings) -> None:
             raise SettingsError(f"{where}: dtype float16 is not supported on cpu; use float32 or bfloat16")
 
 
+def cpu_threads(settings: Settings) -> int:
+    """Intra-op threads for CPU inference: `[server] cpu_threads`; else torch's own choice when OMP_NUM_THREADS
+    is set; else one fewer than torch's default (the cores), at least 1.
+
+    The spare core is for the event loop, request decoding and preprocessing. With every core in a
+    forward's parallel regions, each small op waits for a worker the scheduler has parked behind those
+    threads (or another process): on 2 busy cores a small model's forward ran ~100x slower."""
+    if settings.server.cpu_threads is not None:
+        return settings.server.cpu_threads
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    return max(1, torch.get_num_threads() - 1)
+
+
+def configure_cpu_threads(settings: Settings) -> int:
+    """Apply `cpu_threads(settings)` to this process (it is process-wide); returns it."""
+    threads = cpu_threads(settings)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def _rss_bytes() -> int | None:
     try:
         with open("/proc/self/statm") as f:

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 class ErrorCode(StrEnum):
     BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
     INVALID_INPUT = "invalid_input"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
@@ -35,6 +36,7 @@ class ErrorCode(StrEnum):
 
 STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.INVALID_INPUT: 422,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
@@ -52,9 +54,9 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INTERNAL: 500,
 }
 
-_BY_STATUS = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.PAYLOAD_TOO_LARGE,
-              415: ErrorCode.UNSUPPORTED_MEDIA_TYPE, 422: ErrorCode.INVALID_INPUT, 429: ErrorCode.OVERLOADED,
-              503: ErrorCode.NOT_READY, 504: ErrorCode.TIMEOUT}
+_BY_STATUS = {401: ErrorCode.UNAUTHORIZED, 404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
+              413: ErrorCode.PAYLOAD_TOO_LARGE, 415: ErrorCode.UNSUPPORTED_MEDIA_TYPE, 422: ErrorCode.INVALID_INPUT,
+              429: ErrorCode.OVERLOADED, 503: ErrorCode.NOT_READY, 504: ErrorCode.TIMEOUT}
 
 
 class ServeError(Exception):
@@ -117,6 +119,7 @@ def install_error_handlers(app: Any) -> None:
     """Route every error FastAPI/Starlette raises through the one error shape."""
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     async def on_serve_error(_request: Any, exc: ServeError) -> JSONResponse:
         return error_response(exc)
@@ -129,6 +132,10 @@ def install_error_handlers(app: Any) -> None:
         body = error_payload(code, str(exc.detail), exc.status_code)
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
+    async def on_disconnect(_request: Any, _exc: ClientDisconnect) -> JSONResponse:  # nobody reads it; counted
+        return error_response(ServeError(ErrorCode.CLIENT_CLOSED, "client disconnected before the body was read"))
+
     app.add_exception_handler(ServeError, on_serve_error)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)

@@ -7,7 +7,9 @@ import binascii
 from typing import Any
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -38,7 +40,7 @@ async def read_image_request(request: Request, *, top_k: int | None) -> tuple[by
             "a multipart/form-data upload with a 'file' part, or application/json {\"inputs\": \"<base64>\"}"))
     body = await request.body()
     if ctype == "application/json" or (ctype in _RAW and body.lstrip()[:1] == b"{"):
-        return _from_json(body)
+        return await run_in_threadpool(_from_json, body)  # parse and base64-decode up to max_body_mb
     return body, ClassifyParameters(top_k=top_k)
 
 
@@ -58,7 +60,7 @@ def _from_json(body: bytes) -> tuple[bytes, ClassifyParameters]:
 async def _multipart(request: Request) -> bytes:
     try:
         form = await request.form(max_files=1, max_fields=16)
-    except (ServeError, HTTPException):
+    except (ServeError, HTTPException, ClientDisconnect):
         raise
     except Exception as exc:
         raise ServeError(ErrorCode.BAD_REQUEST, f"malformed multipart body: {exc}") from None

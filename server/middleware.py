@@ -1,6 +1,8 @@
-"""Plain ASGI middleware: request id, body-size limit, in-flight gauge, request metrics, last-resort 500.
+"""Plain ASGI middleware: request id, shutdown refusal, body-size limit, in-flight gauge, request metrics,
+last-resort 500.
 
-Order (outermost first): RequestMiddleware -> [auth, a later release] -> FastAPI routes.
+Order (outermost first): RequestMiddleware -> AuthMiddleware (server/auth.py) -> AdmissionMiddleware
+(server/limits.py) -> FastAPI routes. Each rejects what it can from the headers alone, before a body is read.
 """
 
 from __future__ import annotations
@@ -14,19 +16,20 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import ErrorCode, error_payload
+from server.errors import ErrorCode, code_for_status, error_payload
+from server.lifecycle import Lifecycle
 from server.metrics import Metrics
 from server.serving import MODEL_KEY, STARTED_KEY
 
 log = logging.getLogger(__name__)
 
 # Probes and scrapes are not work: they stay out of the in-flight (autoscaling) gauge.
-NOT_WORK = frozenset({"/health/live", "/health/ready", "/metrics"})
+NOT_WORK = frozenset({"/health/live", "/health/ready", "/metrics", "/v2/health/live", "/v2/health/ready"})
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
-        self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, lifecycle: Lifecycle, max_body_bytes: int) -> None:
+        self.app, self.metrics, self.lifecycle, self.max_body_bytes = app, metrics, lifecycle, max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,11 +53,15 @@ class RequestMiddleware:
         if work:
             self.metrics.inflight.inc()
         try:
-            too_big = self._declared_too_big(headers)
-            if too_big is not None:
-                await too_big(scope, receive, send_with_id)
+            refused = self._refused(headers) if work else None
+            if refused is not None:
+                await refused(scope, receive, send_with_id)
             else:
                 await self.app(scope, self._limited(receive), send_with_id)
+        except HTTPException as exc:  # raised by the body limit while a middleware inside this one read the body
+            if not status["sent"]:
+                body = error_payload(code_for_status(exc.status_code), str(exc.detail), exc.status_code)
+                await JSONResponse(body, status_code=exc.status_code)(scope, receive, send_with_id)
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not status["sent"]:
@@ -65,7 +72,11 @@ class RequestMiddleware:
                 self.metrics.inflight.dec()
             self._observe(scope, state, status["code"], time.monotonic() - started)
 
-    def _declared_too_big(self, headers: dict[bytes, bytes]) -> JSONResponse | None:
+    def _refused(self, headers: dict[bytes, bytes]) -> JSONResponse | None:
+        """503 while shutting down, 413 for a declared Content-Length over the limit; None admits."""
+        if self.lifecycle.draining:
+            body = error_payload(ErrorCode.NOT_READY, "the server is shutting down; retry on another instance")
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "1", "Connection": "close"})
         try:
             length = int(headers.get(b"content-length", b"0"))
         except ValueError:

@@ -104,8 +104,14 @@ class Registry:
             entry.loading = None
 
     def stuck(self, limit_s: float) -> list[str]:
-        """Models whose current batch has run longer than `limit_s`."""
-        return [n for n, e in self.entries.items() if e.batcher is not None and e.batcher.busy_for > limit_s]
+        """Models whose batcher has made no progress for `limit_s`: a batch running, or queued work not taken."""
+        return [n for n, e in self.entries.items() if e.batcher is not None and e.batcher.stalled_for > limit_s]
+
+    def failed(self, names: Iterable[str]) -> dict[str, str]:
+        """Of `names` ('all' for every model), those whose last load failed, with the reason."""
+        names = list(self.entries) if "all" in names else list(names)
+        return {n: self.entries[n].reason or "load failed" for n in names
+                if self.entries[n].state is ModelState.FAILED}
 
     def loaded_count(self) -> int:
         return sum(e.state is ModelState.READY for e in self.entries.values())

@@ -100,5 +100,6 @@ class ModelList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "starting", "draining"]
-    detail: str | None = None
+    """A probe's 200 body; every "no" is a 503 in the error shape, its message saying why."""
+
+    status: Literal["ok"]

@@ -1,7 +1,7 @@
 """The serving object routers call: pick the model, wait for it, run items through its batcher.
 
-Every request has one deadline (arrival + request_timeout_s); a client that disconnects while its
-items are queued has them dropped before they reach the model.
+Every request has one deadline (arrival + request_timeout_s, or the X-Request-Timeout it asked for, capped);
+a client that disconnects while its items are queued has them dropped before they reach the model.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from server.registry import Entry, Registry
 from server.settings import Settings, Task
 
 STARTED_KEY = "perceiver_started"  # scope["state"] keys shared with the middleware
+DEADLINE_KEY = "perceiver_deadline"  # set by the admission middleware from X-Request-Timeout
 MODEL_KEY = "perceiver_model"
 _DROP_REASONS = {ErrorCode.TIMEOUT: "expired", ErrorCode.CLIENT_CLOSED: "disconnected"}
 
@@ -111,13 +112,25 @@ class InferenceService:
         if count > limit:
             raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"{count} inputs in one request; at most {limit}")
 
+    def check_texts(self, texts: Sequence[str]) -> None:
+        """The count cap, then `max_text_bytes` per text (UTF-8), before any tokenizing."""
+        self.check_inputs(len(texts))
+        limit = self.settings.server.max_text_bytes
+        for i, text in enumerate(texts):
+            size = len(text) if len(text) > limit else len(text.encode("utf-8", "surrogatepass"))
+            if size > limit:
+                where = f"inputs[{i}]: " if len(texts) > 1 else ""
+                raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE,
+                                 f"{where}text is over {limit} bytes (UTF-8); split it or send it in several requests")
+
     @asynccontextmanager
     async def open(self, request: Request, task: Task, model: str | None) -> AsyncIterator[Call]:
         """The ready model of `task` named `model` (default when None), held for the block."""
         spec = self.registry.resolve(task, model)
         state = request.scope.setdefault("state", {})
         state[MODEL_KEY] = spec.name
-        deadline = state.get(STARTED_KEY, time.monotonic()) + self.settings.server.request_timeout_s
+        deadline = state.get(DEADLINE_KEY) or state.get(STARTED_KEY, time.monotonic()) + \
+            self.settings.server.request_timeout_s
         try:
             entry = await asyncio.wait_for(self.registry.acquire(spec), max(0.0, deadline - time.monotonic()))
         except TimeoutError:

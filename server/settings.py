@@ -6,12 +6,14 @@ Invalid or unsafe values are refused at start-up with a `SettingsError` naming t
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, StringConstraints, TypeAdapter, ValidationError,
+                      field_validator, model_validator)
 
 from server.catalog import catalog_models
 
@@ -36,6 +38,9 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 # A hub id (`owner/name`) or a filesystem path; no whitespace or control characters.
 Source = Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f]{1,1024}$")]
+# Formats Pillow may open a request's image as (its format ids); anything else is 415 before decoding.
+ImageFormat = Literal["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]
+API_KEY = re.compile(r"[\x21-\x7e]{16,256}")  # printable ASCII, no spaces: it travels in a header
 
 
 class _Strict(BaseModel):
@@ -68,16 +73,39 @@ class ServerSettings(_Strict):
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     memory_budget_mb: int | None = Field(None, gt=0, le=16_777_216)
     request_timeout_s: float = Field(30.0, gt=0, le=3600)
+    max_request_timeout_s: float | None = Field(None, gt=0, le=3600)  # X-Request-Timeout cap (default: the above)
     max_body_mb: float = Field(32.0, gt=0, le=1024)
     max_inputs: int = Field(64, ge=1, le=4096)
+    max_text_bytes: int = Field(65_536, ge=1, le=2**26)  # one text input, UTF-8; checked before tokenizing
+    max_image_pixels: int = Field(64_000_000, ge=1, le=2**30)  # from the image header, before decoding
+    image_formats: list[ImageFormat] = Field(["PNG", "JPEG", "WEBP", "GIF", "BMP"], min_length=1)
+    max_json_depth: int = Field(32, ge=2, le=1000)  # nesting of a JSON body, checked before parsing
+    max_video_frames: int = Field(256, ge=1, le=100_000)  # frames of one clip, from its header or as decoded
+    max_audio_seconds: float = Field(600.0, gt=0, le=86_400)  # an audio part's duration, from its header
+    api_keys: list[SecretStr] = []  # when any (here or in api_keys_file): every route but /health/* needs one
+    api_keys_file: Path | None = None  # one key per line; blank lines and # comments ignored
+    public_metrics: bool = True  # with api keys, /metrics stays open unless this is false
     load_retry_s: float = Field(30.0, ge=0, le=86_400)
     drain_seconds: float = Field(0.0, ge=0, le=600)
     stall_seconds: float = Field(300.0, ge=1, le=86_400)  # a batch running longer fails /health/live
+    cpu_threads: int | None = Field(None, ge=1, le=1024)  # torch intra-op threads (default: see devices.py)
     preload: list[Name] = []
     catalog: bool | None = None
     admin_api: bool = False
     demo: bool = False
     demo_dir: Path = Path("~/.cache/perceiver-serve/demo")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _strong_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        if not all(API_KEY.fullmatch(k.get_secret_value()) for k in keys):
+            raise ValueError("each API key must be 16 to 256 printable ASCII characters without spaces")
+        return keys
+
+    @property
+    def request_timeout_cap_s(self) -> float:
+        """The longest deadline a request may ask for (X-Request-Timeout)."""
+        return self.max_request_timeout_s or self.request_timeout_s
 
 
 class Settings(_Strict):
@@ -97,6 +125,10 @@ class Settings(_Strict):
         unknown = sorted(set(self.server.preload) - set(self.models) - {"all"})
         if unknown:
             raise ValueError(f"preload names unknown models: {', '.join(unknown)}")
+        cap = self.server.max_request_timeout_s
+        if cap is not None and cap < self.server.request_timeout_s:
+            raise ValueError(f"max_request_timeout_s ({cap:g}) is below request_timeout_s "
+                             f"({self.server.request_timeout_s:g})")
         if self.server.dtype == "float16" and self.server.device == "cpu":
             raise ValueError("dtype float16 is not supported on device cpu; use float32 or bfloat16")
         return self
@@ -125,7 +157,7 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for field, info in ServerSettings.model_fields.items():
         value = environ.get(ENV_PREFIX + field.upper())
-        if value is not None and info.annotation == list[Name]:
+        if value is not None and get_origin(info.annotation) is list:
             found[field] = [v.strip() for v in value.split(",") if v.strip()]
         elif value is not None:
             found[field] = value
@@ -136,7 +168,8 @@ def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "config"
-        got = f" (got {err['input']!r})" if not isinstance(err.get("input"), dict) else ""
+        secret = any("api_keys" in str(p) for p in err["loc"])  # never echo a key
+        got = f" (got {err['input']!r})" if not isinstance(err.get("input"), dict) and not secret else ""
         lines.append(f"  {where}: {err['msg']}{got}")
     return "invalid configuration:\n" + "\n".join(lines)
 

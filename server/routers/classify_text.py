@@ -21,7 +21,7 @@ ERRORS = responses(ErrorCode.INVALID_INPUT, ErrorCode.PAYLOAD_TOO_LARGE, ErrorCo
 async def classify_text(body: ClassifyTextRequest, request: Request, response: Response, service: ServiceDep,
                         model: ModelParam = None) -> ClassifyTextResponse:
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    service.check_inputs(len(texts))
+    service.check_texts(texts)
     params = body.parameters
     async with service.open(request, Task.TEXT_CLASSIFICATION, model) as call:
         items = prepare_each(texts, lambda t: call.runner.prepare(t, top_k=params.top_k,

@@ -21,7 +21,7 @@ ERRORS = responses(ErrorCode.INVALID_INPUT, ErrorCode.PAYLOAD_TOO_LARGE, ErrorCo
 async def fill_mask(body: FillMaskRequest, request: Request, response: Response, service: ServiceDep,
                     model: ModelParam = None) -> FillMaskResponse:
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    service.check_inputs(len(texts))
+    service.check_texts(texts)
     async with service.open(request, Task.FILL_MASK, model) as call:
         runner: FillMaskRunner = call.runner
         items = prepare_each(texts, lambda text: runner.prepare(text, top_k=body.parameters.top_k))

@@ -25,4 +25,12 @@ def make_runner(task: Task, model: torch.nn.Module, *, device: torch.device, dty
         from server.tasks.image_classification import ImageClassificationRunner
 
         return ImageClassificationRunner(model, device=device, dtype=dtype, folder=folder)
+    if task is Task.OPTICAL_FLOW:
+        from server.tasks.optical_flow import OpticalFlowRunner
+
+        return OpticalFlowRunner(model, device=device, dtype=dtype)
+    if task is Task.VIDEO_AUTOENCODING:
+        from server.tasks.video_autoencoding import VideoAutoencodingRunner
+
+        return VideoAutoencodingRunner(model, device=device, dtype=dtype)
     return None

@@ -23,6 +23,7 @@ class FillMaskItem:
     ids: tuple[int, ...]
     positions: tuple[int, ...]  # token indexes of the [MASK]s
     top_k: int
+    raw: bool = False  # split returns the masked positions' logits (P, V) instead of MaskScores
 
 
 @dataclass(frozen=True)
@@ -37,14 +38,15 @@ class FillMaskRunner:
         self.codec = TextCodec(max_length=model.config.max_position_embeddings)
         self.byte_offset = self.codec.tokenizer.encode("\x00", add_special_tokens=False)[0]
 
-    def prepare(self, text: str, *, top_k: int | None) -> FillMaskItem:
+    def prepare(self, text: str, *, top_k: int | None, raw: bool = False) -> FillMaskItem:
         ids = self.codec.encode(text)
-        positions = tuple(i for i, t in enumerate(ids) if t == MASK_ID)
-        if not positions:
-            raise ServeError(ErrorCode.INVALID_INPUT, (
-                f"input has no {MASK}: mark each byte to predict with {MASK}, e.g. "
-                f"'The capital of France is{MASK * 6}.'"))
-        return FillMaskItem(text, tuple(ids), positions, top_k or DEFAULT_TOP_K)
+        return FillMaskItem(text, tuple(ids), _mask_positions(ids), top_k or DEFAULT_TOP_K, raw)
+
+    def prepare_ids(self, ids: Sequence[int]) -> FillMaskItem:
+        """Token ids as the byte tokenizer makes them ([CLS] bytes [SEP], no padding); answers logits."""
+        ids = self.codec.check_ids(ids)
+        text = self.codec.tokenizer.decode(ids)
+        return FillMaskItem(text, ids, _mask_positions(ids, id_input=True), DEFAULT_TOP_K, raw=True)
 
     def key(self, item: FillMaskItem) -> int:
         return self.codec.bucket(item.ids)
@@ -59,11 +61,14 @@ class FillMaskRunner:
         input_ids, attention_mask, positions = batch
         return self.model(input_ids, attention_mask=attention_mask, output_positions=positions).logits  # (B, P, V)
 
-    def split(self, logits: torch.Tensor, items: Sequence[FillMaskItem]) -> list[MaskScores]:
+    def split(self, logits: torch.Tensor, items: Sequence[FillMaskItem]) -> list[MaskScores | torch.Tensor]:
         probs = logits.float().softmax(dim=-1).cpu()
-        results = []
-        for row, item in zip(probs, items, strict=True):
-            row = row[: len(item.positions)]  # (P, V): drop the padding queries
+        results: list[MaskScores | torch.Tensor] = []
+        for b, item in enumerate(items):
+            if item.raw:
+                results.append(logits[b, : len(item.positions)].cpu())  # (P, V): drop the padding queries
+                continue
+            row = probs[b, : len(item.positions)]
             scores, tokens = row.topk(min(item.top_k, row.shape[-1]), dim=-1)
             results.append(MaskScores(scores.tolist(), tokens.tolist()))
         return results
@@ -73,11 +78,15 @@ class FillMaskRunner:
         parts = item.text.split(MASK)
         offsets = [m.start() for m in re.finditer(re.escape(MASK), item.text)]
         runs = self._runs(item, result, parts, offsets)
+        encoded = [part.encode() for part in parts]
+        mask = MASK.encode()
         per_mask = []
         for j, (scores, tokens) in enumerate(zip(result.scores, result.tokens, strict=True)):
+            # The text around mask j, as bytes: each candidate's sequence is before + its byte + after.
+            before, after = mask.join(encoded[: j + 1]), mask.join(encoded[j + 1:])
             per_mask.append([FillMaskCandidate(
                 score=score, token=token, token_str=self.codec.tokenizer.id_to_token_str(token),
-                sequence=_render(parts, {j: self._bytes(token)}), run=runs[j],
+                sequence=(before + self._bytes(token) + after).decode("utf-8", errors="replace"), run=runs[j],
             ) for score, token in zip(scores, tokens, strict=True)])
         return per_mask[0] if len(per_mask) == 1 else per_mask
 
@@ -102,6 +111,15 @@ class FillMaskRunner:
                           sequence=_render(parts, fills))
             by_mask += [run] * len(group)
         return by_mask
+
+
+def _mask_positions(ids: Sequence[int], *, id_input: bool = False) -> tuple[int, ...]:
+    positions = tuple(i for i, t in enumerate(ids) if t == MASK_ID)
+    if not positions:
+        example = f"mark each byte to predict with token {MASK_ID}" if id_input else (
+            f"mark each byte to predict with {MASK}, e.g. 'The capital of France is{MASK * 6}.'")
+        raise ServeError(ErrorCode.INVALID_INPUT, f"input has no {MASK}: {example}")
+    return positions
 
 
 def _render(parts: list[str], fills: dict[int, bytes]) -> str:

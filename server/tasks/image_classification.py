@@ -13,35 +13,54 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from model_core.image_processing import ImageProcessingConfig, preprocess_images
+from model_core.image_processing import DEFAULT, ImageProcessingConfig, preprocess_images
 from server.errors import ErrorCode, ServeError
 from server.schemas import Function
+from server.settings import ServerSettings
 from server.tasks.labels import default_function, rank
 
-MAX_PIXELS = 64_000_000
 DEFAULT_TOP_K = 5
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Bytes of any format Pillow reads -> an RGB image (first frame). CPU work: call off the event loop."""
+@dataclass(frozen=True)
+class ImageLimits:
+    """What a request's image may be; both are checked from the file's header, before any pixel is decoded."""
+
+    max_pixels: int
+    formats: tuple[str, ...]  # Pillow format ids; Pillow tries no other decoder
+
+    @classmethod
+    def of(cls, server: ServerSettings) -> ImageLimits:
+        return cls(server.max_image_pixels, tuple(server.image_formats))
+
+
+DEFAULT_IMAGE_LIMITS = ImageLimits.of(ServerSettings())
+
+
+def decode_image(data: bytes, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> Image.Image:
+    """Image file bytes in an allowed format -> an RGB image (first frame). CPU work: call off the event loop.
+
+    Image.open reads only the header: the format and the pixel count are refused there (415, 413), so a
+    decompression bomb is never decoded. Truncated or corrupt data fails in convert() (422).
+    """
     if not data:
         raise ServeError(ErrorCode.INVALID_INPUT, "no image: send the image file as the body, a multipart "
                          "upload, or JSON {\"inputs\": \"<base64>\"}")
+    too_large = f"at most {limits.max_pixels} pixels are accepted"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > MAX_PIXELS:
-                raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE,
-                                 f"image is {image.width}x{image.height}; at most {MAX_PIXELS} pixels are accepted")
+            image = Image.open(io.BytesIO(data), formats=list(limits.formats))
+            if image.width * image.height > limits.max_pixels:
+                raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"image is {image.width}x{image.height}; {too_large}")
             return image.convert("RGB")
     except ServeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, "image is too large to decode safely") from None
+        raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"image is too large to decode safely; {too_large}") from None
     except UnidentifiedImageError:
         raise ServeError(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                         "body is not an image Pillow can read (PNG, JPEG, WebP, GIF, BMP, TIFF...)") from None
+                         f"body is not an image in an accepted format ({', '.join(limits.formats)})") from None
     except Exception as exc:  # truncated or corrupt files raise OSError, ValueError, SyntaxError...
         raise ServeError(ErrorCode.INVALID_INPUT, f"image could not be decoded: {exc}") from None
 
@@ -51,6 +70,7 @@ class ImageItem:
     pixels: torch.Tensor  # (3, H, W) float32, preprocessed
     top_k: int
     function: Function
+    raw: bool = False  # split returns the logits row (C,) instead of ranked labels
 
 
 class ImageClassificationRunner:
@@ -65,10 +85,26 @@ class ImageClassificationRunner:
         if preprocessor is not None and preprocessor.is_file():
             self.processing["config"] = ImageProcessingConfig.from_dict(json.loads(preprocessor.read_text()))
 
-    def prepare(self, image: Image.Image, *, top_k: int | None, function: Function | None) -> ImageItem:
+    @property
+    def pixel_size(self) -> tuple[int, int]:
+        """(H, W) of the preprocessed pixels the model takes."""
+        return self.processing.get("config", DEFAULT).size
+
+    def prepare(self, image: Image.Image, *, top_k: int | None, function: Function | None,
+                raw: bool = False) -> ImageItem:
         """CPU work: call off the event loop."""
         pixels = preprocess_images([image], **self.processing)[0]  # (3, 224, 224)
-        return ImageItem(pixels, top_k or DEFAULT_TOP_K, function or self.function)
+        return ImageItem(pixels, top_k or DEFAULT_TOP_K, function or self.function, raw)
+
+    def prepare_pixels(self, pixels: torch.Tensor) -> ImageItem:
+        """Pixel values preprocessed by the client, (3, H, W) float32 at `pixel_size`; answers logits."""
+        expected = (3, *self.pixel_size)
+        if tuple(pixels.shape) != expected:
+            raise ServeError(ErrorCode.INVALID_INPUT, f"pixel_values of one image must have shape {list(expected)} "
+                             f"(normalized RGB, as the image processor makes them), got {list(pixels.shape)}")
+        if not bool(torch.isfinite(pixels).all()):
+            raise ServeError(ErrorCode.INVALID_INPUT, "pixel_values contain NaN or infinite values")
+        return ImageItem(pixels.to(torch.float32), DEFAULT_TOP_K, self.function, raw=True)
 
     def key(self, item: ImageItem) -> tuple[int, ...]:
         return tuple(item.pixels.shape)
@@ -79,7 +115,7 @@ class ImageClassificationRunner:
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values).logits  # (B, num_labels)
 
-    def split(self, logits: torch.Tensor, items: Sequence[ImageItem]) -> list[list[tuple[str, float]]]:
+    def split(self, logits: torch.Tensor, items: Sequence[ImageItem]) -> list[list[tuple[str, float]] | torch.Tensor]:
         logits = logits.cpu()
-        return [rank(row, id2label=self.id2label, function=i.function, top_k=i.top_k)
+        return [row if i.raw else rank(row, id2label=self.id2label, function=i.function, top_k=i.top_k)
                 for row, i in zip(logits, items, strict=True)]

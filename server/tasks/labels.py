@@ -15,10 +15,16 @@ def default_function(config: Any) -> Function:
     return "sigmoid" if config.num_labels == 1 or problem_type == "multi_label_classification" else "softmax"
 
 
+def apply_function(logits: torch.Tensor, function: Function) -> torch.Tensor:
+    """Scores over the last axis of float logits."""
+    if function == "softmax":
+        return logits.softmax(-1)
+    return logits.sigmoid() if function == "sigmoid" else logits
+
+
 def rank(logits: torch.Tensor, *, id2label: dict[int, str], function: Function, top_k: int) -> list[tuple[str, float]]:
     """logits (C,) -> the top_k labels, best first."""
-    logits = logits.float()
-    scores = {"softmax": logits.softmax(-1), "sigmoid": logits.sigmoid(), "none": logits}[function]
+    scores = apply_function(logits.float(), function)
     values, indexes = scores.topk(min(top_k, scores.shape[-1]))
     return [(id2label.get(i, f"LABEL_{i}"), v) for v, i in zip(values.tolist(), indexes.tolist(), strict=True)]
 

@@ -37,6 +37,19 @@ class TextCodec:
                 f"{self.max_length}"))
         return ids
 
+    def check_ids(self, ids: Sequence[int]) -> tuple[int, ...]:
+        """Token ids sent by a client (raw-tensor protocols): in the vocabulary, within the model's length."""
+        if not ids:
+            raise ServeError(ErrorCode.INVALID_INPUT, "a row of input_ids has no tokens")
+        vocab = self.tokenizer.vocab_size
+        bad = next((i for i in ids if not 0 <= i < vocab), None)
+        if bad is not None:
+            raise ServeError(ErrorCode.INVALID_INPUT, f"token id {bad} is outside the vocabulary [0, {vocab})")
+        if len(ids) > self.max_length:
+            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE,
+                             f"input is {len(ids)} tokens; this model takes at most {self.max_length}")
+        return tuple(int(i) for i in ids)
+
     def bucket(self, ids: Sequence[int]) -> int:
         return next(size for size in self.buckets if size >= len(ids))
 

@@ -17,6 +17,7 @@ class TextItem:
     ids: tuple[int, ...]
     top_k: int
     function: Function
+    raw: bool = False  # split returns the logits row (C,) instead of ranked labels
 
 
 class TextClassificationRunner:
@@ -28,8 +29,12 @@ class TextClassificationRunner:
         self.num_labels = config.num_labels
         self.function = default_function(config)
 
-    def prepare(self, text: str, *, top_k: int | None, function: Function | None) -> TextItem:
-        return TextItem(tuple(self.codec.encode(text)), top_k or self.num_labels, function or self.function)
+    def prepare(self, text: str, *, top_k: int | None, function: Function | None, raw: bool = False) -> TextItem:
+        return TextItem(tuple(self.codec.encode(text)), top_k or self.num_labels, function or self.function, raw)
+
+    def prepare_ids(self, ids: Sequence[int]) -> TextItem:
+        """Token ids as the byte tokenizer makes them ([CLS] bytes [SEP], no padding); answers logits."""
+        return TextItem(self.codec.check_ids(ids), self.num_labels, self.function, raw=True)
 
     def key(self, item: TextItem) -> int:
         return self.codec.bucket(item.ids)
@@ -41,7 +46,7 @@ class TextClassificationRunner:
         input_ids, attention_mask = batch
         return self.model(input_ids, attention_mask=attention_mask).logits  # (B, num_labels)
 
-    def split(self, logits: torch.Tensor, items: Sequence[TextItem]) -> list[list[tuple[str, float]]]:
+    def split(self, logits: torch.Tensor, items: Sequence[TextItem]) -> list[list[tuple[str, float]] | torch.Tensor]:
         logits = logits.cpu()
-        return [rank(row, id2label=self.id2label, function=i.function, top_k=i.top_k)
+        return [row if i.raw else rank(row, id2label=self.id2label, function=i.function, top_k=i.top_k)
                 for row, i in zip(logits, items, strict=True)]

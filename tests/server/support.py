@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -16,3 +17,15 @@ async def open_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
             yield client
+
+
+def assert_error(response: httpx.Response, status: int, code: str, *needles: str) -> dict[str, Any]:
+    """The response is the one error shape with this status and code, its message naming every needle."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "status"}, body
+    assert body["error"]["status"] == status and body["error"]["code"] == code, body
+    assert "Traceback" not in response.text
+    for needle in needles:
+        assert needle in body["error"]["message"], (needle, body)
+    return body

@@ -192,18 +192,22 @@ async def test_health_and_draining(client: httpx.AsyncClient) -> None:
     r = await client.get("/health/ready")
     assert_error(r, 503, "not_ready", "shutting down")
     assert (await client.get("/health/live")).status_code == 200
-    assert (await client.post("/fill-mask", json={"inputs": "x[MASK]"})).status_code == 200  # still serving
+    refused = await client.post("/fill-mask", json={"inputs": "x[MASK]"})  # new work goes elsewhere
+    assert_error(refused, 503, "not_ready", "shutting down")
+    assert refused.headers["Retry-After"] == "1" and refused.headers["Connection"] == "close"
 
 
 async def test_preload_gates_readiness(make_settings: Callable[..., Settings]) -> None:
     app = build_app(make_settings(server={"preload": ["sentiment", "offline"]}))
     async with open_client(app) as client:
         for _ in range(200):
-            if (await client.get("/health/ready")).status_code == 200:
+            ready = await client.get("/health/ready")
+            if "preloading" not in ready.text:
                 break
             await asyncio.sleep(0.05)
         models = {m["name"]: m["status"] for m in (await client.get("/v1/models")).json()["models"]}
         assert models["sentiment"] == "ready" and models["offline"] == "failed"
+        assert_error(ready, 503, "not_ready", "offline", "perceiver-serve download offline")  # a failed preload
 
 
 async def test_openapi_documents_the_routes(client: httpx.AsyncClient) -> None:

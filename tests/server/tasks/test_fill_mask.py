@@ -66,3 +66,27 @@ def test_response_shape(runner: FillMaskRunner) -> None:
     assert per_mask[2][0].run == second_run and (second_run.start, second_run.end) == (8, 20)
     assert first_run.sequence.count("[MASK]") == 2 and second_run.sequence.count("[MASK]") == 1
     assert per_mask[1][0].sequence.count("[MASK]") == 2  # only this mask is filled
+
+
+def test_token_ids_and_raw_logits(runner: FillMaskRunner) -> None:
+    text = "a[MASK]b[MASK][MASK]c"
+    by_text = runner.prepare(text, top_k=3)
+    by_ids = runner.prepare_ids(runner.codec.encode(text))
+    assert by_ids.positions == by_text.positions and by_ids.ids == by_text.ids and by_ids.raw
+    scores, logits = run(runner, [by_text, by_ids])
+    assert logits.shape == (3, 262)  # (P, V): the masked positions only
+    top = logits.float().softmax(-1).topk(3, dim=-1)
+    assert top.indices.tolist() == scores.tokens and torch.allclose(top.values, torch.tensor(scores.scores))
+
+
+@pytest.mark.parametrize("ids, code", [
+    ([4, 70, 5], ErrorCode.INVALID_INPUT),  # no [MASK] (id 3)
+    ([4, 3, 262, 5], ErrorCode.INVALID_INPUT),  # outside the vocabulary
+    ([4, 3, -1, 5], ErrorCode.INVALID_INPUT),
+    ([], ErrorCode.INVALID_INPUT),
+    ([4, 3, *[70] * 300, 5], ErrorCode.PAYLOAD_TOO_LARGE),
+])
+def test_bad_token_ids_are_refused(runner: FillMaskRunner, ids: list[int], code: ErrorCode) -> None:
+    with pytest.raises(ServeError) as info:
+        runner.prepare_ids(ids)
+    assert info.value.code is code

@@ -8,10 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+from model_core.image_processing import preprocess_images
 from server.errors import ErrorCode, ServeError
 from server.loading import load_model
 from server.settings import ModelSpec, Settings, Task
 from server.tasks.image_classification import ImageClassificationRunner, decode_image
+from server.tasks.labels import rank
 
 
 def png(width: int = 64, height: int = 48, seed: int = 0, mode: str = "RGB", fmt: str = "PNG") -> bytes:
@@ -52,3 +54,25 @@ def test_output_is_identical_alone_and_in_a_batch(runner: ImageClassificationRun
         alone = [runner.split(runner.forward(runner.collate([i])), [i])[0] for i in items]
     assert together == alone
     assert {label for label, _ in together[0]} == {"tabby cat", "golden retriever", "espresso", "volcano"}
+
+
+def test_pixel_values_and_raw_logits(runner: ImageClassificationRunner) -> None:
+    image = decode_image(png())
+    by_image = runner.prepare(image, top_k=4, function=None)
+    by_pixels = runner.prepare_pixels(preprocess_images([image])[0])
+    assert runner.pixel_size == (224, 224) and by_pixels.raw and torch.equal(by_pixels.pixels, by_image.pixels)
+    with torch.inference_mode():
+        labels, logits = runner.split(runner.forward(runner.collate([by_image, by_pixels])), [by_image, by_pixels])
+    assert logits.shape == (4,)
+    assert rank(logits, id2label=runner.id2label, function="softmax", top_k=4) == labels
+
+
+@pytest.mark.parametrize("pixels, says", [
+    (torch.zeros(3, 112, 112), "[3, 224, 224]"),
+    (torch.zeros(1, 224, 224), "[3, 224, 224]"),
+    (torch.full((3, 224, 224), float("nan")), "NaN"),
+])
+def test_bad_pixel_values_are_refused(runner: ImageClassificationRunner, pixels: torch.Tensor, says: str) -> None:
+    with pytest.raises(ServeError) as info:
+        runner.prepare_pixels(pixels)
+    assert info.value.code is ErrorCode.INVALID_INPUT and says in info.value.message

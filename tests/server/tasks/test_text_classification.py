@@ -7,6 +7,7 @@ import torch
 
 from server.loading import load_model
 from server.settings import ModelSpec, Settings, Task
+from server.tasks.labels import rank
 from server.tasks.text import length_buckets
 from server.tasks.text_classification import TextClassificationRunner
 
@@ -40,3 +41,12 @@ def test_output_is_identical_alone_and_in_a_batch(runner: TextClassificationRunn
     texts = ["short one", "a slightly longer sentence", "é" * 6, "x"]
     items = [runner.prepare(t, top_k=None, function=None) for t in texts]
     assert run(runner, items) == [run(runner, [i])[0] for i in items]
+
+
+def test_token_ids_and_raw_logits(runner: TextClassificationRunner) -> None:
+    by_text = runner.prepare("I loved it", top_k=None, function=None)
+    by_ids = runner.prepare_ids(runner.codec.encode("I loved it"))
+    assert by_ids.ids == by_text.ids and by_ids.raw and not by_text.raw
+    labels, logits = run(runner, [by_text, by_ids])
+    assert logits.shape == (3,)
+    assert rank(logits, id2label=runner.id2label, function="softmax", top_k=3) == labels

@@ -1,0 +1,113 @@
+"""optical-flow: a frame pair -> tiles of the model's train_size -> flow per tile -> stitched (H, W, 2) in pixels.
+
+Each tile is one batcher item (key: its shape), so the tiles of one request and of concurrent
+requests share batches. Items stay uint8 until collate; the 3x3 patches (27 channels per pixel)
+are made on the model's device. Frames smaller than a tile are upscaled (aspect ratio kept) to
+cover one and the flow is scaled back. See model_core.flow_tiling for the grid and the blending.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from model_core.flow_processing import extract_patches, normalize_frame
+from model_core.flow_tiling import Corner, Size, cover_size, resize_flow, stitch, tile_grid
+from server.errors import ErrorCode, ServeError
+
+FLOW_SCALE = 20.0  # model output -> pixels (the DeepMind colab's FLOW_SCALE_FACTOR)
+MAX_SIDE = 4096  # per side, frames as sent and as run; the tile count (the cost) grows with the area
+
+
+@dataclass(frozen=True)
+class FlowPlan:
+    """One frame pair cut into tiles. `tiles[i]` is (2, H_t, W_t, 3) uint8, a view of the run-size frames."""
+
+    size: Size  # the frames' (H, W)
+    run_size: Size  # (H, W) the model sees them at: `size`, or upscaled to cover one tile
+    corners: list[Corner]
+    tiles: list[torch.Tensor]
+
+
+class OpticalFlowRunner:
+    def __init__(self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype) -> None:
+        self.model, self.device, self.dtype = model, device, dtype
+        height, width = model.config.train_size
+        self.tile: Size = (int(height), int(width))
+
+    def plan(self, frame1: Image.Image, frame2: Image.Image) -> FlowPlan:
+        """Check the pair, upscale it if smaller than a tile, cut it. CPU work: call off the event loop."""
+        check_frames(frame1, frame2)
+        size = (frame1.height, frame1.width)
+        run_size = cover_size(*size, tile=self.tile)
+        if max(run_size) > MAX_SIDE:
+            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
+                f"frames of {_wxh(frame1.size)} are too elongated: covering one {_wxh(self.tile[::-1])} model tile "
+                f"would upscale them to {_wxh(run_size[::-1])}, beyond {MAX_SIDE}x{MAX_SIDE}"))
+        pair = torch.stack([_pixels(f, run_size) for f in (frame1, frame2)])  # (2, H, W, 3) uint8
+        corners = tile_grid(*run_size, tile=self.tile)
+        th, tw = self.tile
+        tiles = [pair[:, y : y + th, x : x + tw] for y, x in corners]
+        return FlowPlan(size, run_size, corners, tiles)
+
+    def key(self, tile: torch.Tensor) -> tuple[int, ...]:
+        return tuple(tile.shape)
+
+    def collate(self, tiles: Sequence[torch.Tensor]) -> torch.Tensor:
+        pairs = normalize_frame(torch.stack(list(tiles)))  # (B, 2, 3, H_t, W_t) float32 in [-1, 1]
+        batch, _, _, height, width = pairs.shape
+        pairs = pairs.to(self.device, self.dtype).view(batch * 2, 3, height, width)
+        return extract_patches(pairs).view(batch, 2, 27, height, width)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs).logits  # (B, H_t, W_t, 2), flow / FLOW_SCALE
+
+    def split(self, logits: torch.Tensor, tiles: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return list(logits.float().cpu().unbind(0))  # (H_t, W_t, 2) each
+
+    def stitch(self, plan: FlowPlan, logits: Sequence[torch.Tensor]) -> np.ndarray:
+        """Tile outputs -> (H, W, 2) float32 flow in pixels of the frames as sent. CPU work."""
+        flow = stitch(plan.corners, list(logits), plan.run_size) * FLOW_SCALE  # (H_run, W_run, 2)
+        return resize_flow(flow, plan.size).numpy()  # (H, W, 2)
+
+
+def check_frames(frame1: Image.Image, frame2: Image.Image) -> None:
+    """The checks that need no model: one size for both frames, at most MAX_SIDE on a side."""
+    if frame1.size != frame2.size:
+        raise ServeError(ErrorCode.INVALID_INPUT, (
+            f"frame1 is {_wxh(frame1.size)} but frame2 is {_wxh(frame2.size)}; the frames must be the same size"))
+    if max(frame1.size) > MAX_SIDE:
+        raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
+            f"frames are {_wxh(frame1.size)}; optical flow takes frames of at most {MAX_SIDE}x{MAX_SIDE}"))
+
+
+async def estimate_flow(call: Any, frame1: Image.Image, frame2: Image.Image) -> np.ndarray:
+    """(H, W, 2) float32 flow from frame1 to frame2 in pixels: [..., 0] horizontal (right +), [..., 1]
+    vertical (down +). `call` is what `service.open(request, Task.OPTICAL_FLOW, model)` yields."""
+    runner: OpticalFlowRunner = call.runner
+    plan = await run_in_threadpool(runner.plan, frame1, frame2)
+    queue = call.entry.spec.max_queue
+    if len(plan.tiles) > queue:
+        raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
+            f"frames of {_wxh(plan.size[::-1])} need {len(plan.tiles)} model tiles; model "
+            f"{call.entry.spec.name!r} queues at most {queue}"))
+    logits = await call.infer(plan.tiles)
+    return await run_in_threadpool(runner.stitch, plan, logits)
+
+
+def _pixels(frame: Image.Image, size: Size) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB at `size` (bilinear when it differs from the frame's)."""
+    frame = frame if frame.mode == "RGB" else frame.convert("RGB")
+    if (frame.height, frame.width) != size:
+        frame = frame.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.array(frame))
+
+
+def _wxh(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"

@@ -1,0 +1,1 @@
+"""The Open Inference Protocol (KServe v2): payloads, the binary tensor codec, per-task tensor mapping."""

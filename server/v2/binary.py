@@ -1,0 +1,196 @@
+"""Tensor data codec: JSON arrays and Triton's binary tensor data extension.
+
+Binary tensor data is little-endian, row-major, without padding; BOOL is one byte; a BYTES element is a
+4-byte little-endian length followed by that many bytes; BF16 is the raw 2-byte bfloat16. A body that
+carries binary data is the JSON object (its length in the `Inference-Header-Content-Length` header)
+followed by the binary tensors in the order the JSON lists them.
+
+Arrays are numpy: BYTES as an object array of `bytes`, BF16 as uint16 bit patterns (numpy has no bfloat16).
+CPU work: call off the event loop.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from server.errors import ErrorCode, ServeError
+
+NUMPY: dict[str, np.dtype[Any]] = {name: np.dtype(t).newbyteorder("<") for name, t in {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BF16": np.uint16}.items()}
+_TORCH = {"FP32": torch.float32, "FP16": torch.float16, "BF16": torch.bfloat16, "INT64": torch.int64}
+_LENGTH = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    datatype: str
+    array: np.ndarray  # shape is the tensor's shape
+    binary: bool = False  # arrived in the binary section (BYTES: raw bytes, not JSON strings)
+
+    @property
+    def shape(self) -> list[int]:
+        return list(self.array.shape)
+
+    @classmethod
+    def from_torch(cls, name: str, tensor: torch.Tensor, datatype: str) -> Tensor:
+        """FP32/FP16/BF16/INT64 from a CPU tensor (BF16 rounded to nearest even, kept as bit patterns)."""
+        converted = tensor.detach().to(_TORCH[datatype]).contiguous()
+        if datatype == "BF16":
+            return cls(name, datatype, converted.view(torch.int16).numpy().view(np.uint16))
+        return cls(name, datatype, converted.numpy())
+
+    @classmethod
+    def from_strings(cls, name: str, values: Sequence[Any], shape: Sequence[int]) -> Tensor:
+        """A BYTES tensor of UTF-8 strings, row-major."""
+        array = np.empty(len(values), dtype=object)
+        array[:] = [v.encode() for v in values]
+        return cls(name, "BYTES", array.reshape(shape))
+
+    def to_torch(self) -> torch.Tensor:
+        if self.datatype == "BF16":
+            return torch.from_numpy(self.array.astype(np.int16, copy=True)).view(torch.bfloat16)
+        return torch.from_numpy(np.array(self.array, dtype=self.array.dtype.newbyteorder("=")))
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """(JSON object, binary section) of a request body."""
+    if header_length is None:
+        return body, memoryview(b"")
+    try:
+        length = int(header_length)
+    except ValueError:
+        length = -1
+    if not 0 <= length <= len(body):
+        raise ServeError(ErrorCode.BAD_REQUEST, f"Inference-Header-Content-Length is {header_length!r}; it must be "
+                         f"the length of the JSON object at the start of the {len(body)}-byte body")
+    return body[:length], memoryview(body)[length:]
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body as sent before `Content-Encoding` gzip or deflate, refusing more than `limit` bytes."""
+    if not encoding or encoding == "identity":
+        return body
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding.lower())
+    if wbits is None:
+        raise ServeError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"Content-Encoding {encoding!r} is not supported; "
+                         "send the body uncompressed, gzip or deflate")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ServeError(ErrorCode.BAD_REQUEST, f"body is not valid {encoding} data: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"request body exceeds {limit} bytes once decompressed")
+    return out
+
+
+def _count(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def decode_binary(name: str, datatype: str, shape: Sequence[int], raw: memoryview) -> Tensor:
+    count = _count(shape)
+    if datatype == "BYTES":
+        return Tensor(name, datatype, _unpack_bytes(name, raw, count).reshape(shape), binary=True)
+    expected = count * NUMPY[datatype].itemsize
+    if len(raw) != expected:
+        raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: {datatype} {list(shape)} is {expected} bytes, "
+                         f"binary_data_size says {len(raw)}")
+    return Tensor(name, datatype, np.frombuffer(raw, dtype=NUMPY[datatype]).reshape(shape), binary=True)
+
+
+def _unpack_bytes(name: str, raw: memoryview, count: int) -> np.ndarray:
+    if count * 4 > len(raw):  # each element has at least its 4-byte length
+        raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: {len(raw)} bytes cannot hold {count} BYTES elements")
+    out = np.empty(count, dtype=object)
+    offset = 0
+    for i in range(count):
+        if offset + 4 > len(raw):
+            raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: binary data ends inside element {i} of {count}")
+        (size,) = _LENGTH.unpack_from(raw, offset)
+        if offset + 4 + size > len(raw):
+            raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: element {i} claims {size} bytes past the end")
+        out[i] = bytes(raw[offset + 4: offset + 4 + size])
+        offset += 4 + size
+    if offset != len(raw):
+        raise ServeError(ErrorCode.BAD_REQUEST,
+                         f"input {name!r}: {len(raw) - offset} bytes left after {count} elements")
+    return out
+
+
+def decode_json(name: str, datatype: str, shape: Sequence[int], data: list[Any]) -> Tensor:
+    """Elements given flat or nested, row-major; numbers must fit the datatype (no silent truncation)."""
+    flat = _flatten(data)
+    count = _count(shape)
+    if len(flat) != count:
+        raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: shape {list(shape)} has {count} elements, "
+                         f"data has {len(flat)}")
+    if datatype == "BYTES":
+        if not all(isinstance(v, str) for v in flat):
+            raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: BYTES data must be JSON strings")
+        array = np.empty(count, dtype=object)
+        array[:] = [v.encode() for v in flat]
+        return Tensor(name, datatype, array.reshape(shape))
+    return Tensor(name, datatype, _numbers(name, datatype, flat).reshape(shape))
+
+
+def _numbers(name: str, datatype: str, flat: list[Any]) -> np.ndarray:
+    if datatype == "BOOL":
+        if not all(isinstance(v, bool) for v in flat):
+            raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: BOOL data must be true/false")
+        return np.array(flat, dtype=np.bool_)
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in flat):
+        raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: {datatype} data must be JSON numbers")
+    if datatype in ("FP16", "FP32", "FP64", "BF16"):
+        values = torch.tensor(flat, dtype=torch.float64).to(_TORCH.get(datatype, torch.float64))
+        return Tensor.from_torch(name, values, datatype).array if datatype == "BF16" else values.numpy()
+    if not all(isinstance(v, int) for v in flat):
+        raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: {datatype} data must be integers")
+    info = np.iinfo(NUMPY[datatype])
+    if flat and not (info.min <= min(flat) and max(flat) <= info.max):
+        raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: a value is outside the {datatype} range")
+    return np.array(flat, dtype=NUMPY[datatype])
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    if not any(isinstance(v, list) for v in data):
+        return data
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            flat.append(value)
+        else:
+            stack.pop()
+    return flat
+
+
+def encode_binary(tensor: Tensor) -> bytes:
+    if tensor.datatype == "BYTES":
+        return b"".join(_LENGTH.pack(len(v)) + v for v in tensor.array.reshape(-1))
+    return np.ascontiguousarray(tensor.array, dtype=NUMPY[tensor.datatype]).tobytes()
+
+
+def encode_json(tensor: Tensor) -> list[Any]:
+    """Flat row-major elements: BYTES as UTF-8 strings, BF16 as the numbers its bits stand for. Floats are
+    their exact values as JSON doubles (the binary section is the compact form)."""
+    flat = tensor.array.reshape(-1)
+    if tensor.datatype == "BYTES":
+        return [v.decode("utf-8", errors="replace") for v in flat]
+    if tensor.datatype == "BF16":
+        flat = (flat.astype(np.uint32) << 16).view(np.float32)
+    return flat.tolist()

@@ -1,0 +1,56 @@
+"""Errors on /v2 routes: the protocol's `{"error": "message"}`, with the statuses of server.errors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+
+from server.errors import STATUS, ErrorCode, ServeError
+from server.v2.protocol import V2Error
+
+
+def v2_error(error: ServeError) -> JSONResponse:
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
+
+
+def describe(exc: Any) -> str:
+    """A pydantic or request validation error as one line: `inputs.0.shape: Input should be a valid list`."""
+    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'request'}: {e.get('msg', 'invalid')}"
+             for e in exc.errors()]
+    return "; ".join(parts) or "invalid request"
+
+
+class V2Route(APIRoute):
+    """An APIRoute whose errors (ServeError, request validation, HTTP errors such as the body limit) are
+    rendered in the protocol's shape. Errors raised before routing (unknown paths, middleware) keep the app's."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ServeError as exc:
+                return v2_error(exc)
+            except RequestValidationError as exc:
+                return v2_error(ServeError(ErrorCode.BAD_REQUEST, describe(exc)))
+            except HTTPException as exc:
+                return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
+                                    headers=getattr(exc, "headers", None))
+
+        return route
+
+
+def v2_responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for a /v2 route."""
+    return {STATUS[c]: {"model": V2Error, "description": c.value} for c in codes}

@@ -1,0 +1,80 @@
+"""Inference request body -> (request, named input tensors); output tensors -> response body.
+
+CPU work (JSON and tensor decoding of bodies up to max_body_mb): call off the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from server.errors import ErrorCode, ServeError
+from server.v2.binary import Tensor, decode_binary, decode_json, encode_binary, encode_json, split_body
+from server.v2.errors import describe
+from server.v2.protocol import InferenceRequest
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output as the request wants it back."""
+
+    name: str
+    binary: bool
+    classification: int | None = None
+
+
+def read_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, dict[str, Tensor]]:
+    head, binary = split_body(body, header_length)
+    try:
+        request = InferenceRequest.model_validate_json(head)
+    except ValidationError as exc:
+        raise ServeError(ErrorCode.BAD_REQUEST, f"invalid inference request: {describe(exc)}") from None
+    inputs: dict[str, Tensor] = {}
+    offset = 0
+    for spec in request.inputs:
+        if spec.name in inputs:
+            raise ServeError(ErrorCode.BAD_REQUEST, f"input {spec.name!r} is given twice")
+        size = spec.parameters.binary_data_size
+        if size is not None:
+            if spec.data is not None:
+                raise ServeError(ErrorCode.BAD_REQUEST, f"input {spec.name!r} has both data and binary_data_size")
+            if offset + size > len(binary):
+                raise ServeError(ErrorCode.BAD_REQUEST, (
+                    f"input {spec.name!r}: binary_data_size {size} runs past the end of the binary section "
+                    f"({len(binary)} bytes after the {len(head)}-byte JSON; is Inference-Header-Content-Length set?)"))
+            inputs[spec.name] = decode_binary(spec.name, spec.datatype, spec.shape, binary[offset: offset + size])
+            offset += size
+        elif spec.data is None:
+            raise ServeError(ErrorCode.BAD_REQUEST, (
+                f"input {spec.name!r} has no data: give `data`, or parameters.binary_data_size and the bytes"))
+        else:
+            inputs[spec.name] = decode_json(spec.name, spec.datatype, spec.shape, spec.data)
+    if offset != len(binary):
+        raise ServeError(ErrorCode.BAD_REQUEST, f"{len(binary) - offset} bytes follow the binary inputs")
+    return request, inputs
+
+
+def write_response(model_name: str, version: str, request_id: str | None,
+                   outputs: Sequence[tuple[Tensor, bool]]) -> tuple[bytes, int | None]:
+    """(body, JSON length when binary outputs follow it, else None)."""
+    described, chunks = [], []
+    for tensor, binary in outputs:
+        entry: dict[str, object] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+        if binary:
+            raw = encode_binary(tensor)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = encode_json(tensor)
+        described.append(entry)
+    header: dict[str, object] = {"model_name": model_name, "model_version": version}
+    if request_id is not None:
+        header["id"] = request_id
+    header["outputs"] = described
+    head = json.dumps(header, separators=(",", ":")).encode()
+    if not chunks:
+        return head, None
+    return b"".join([head, *chunks]), len(head)

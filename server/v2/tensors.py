@@ -1,0 +1,148 @@
+"""What the task adapters share: the adapter contract, input checks, and the label/classification outputs.
+
+An adapter maps a task's named tensors onto its runner: `parse` checks and decodes the inputs before the
+model is touched (CPU work, off the event loop), `infer` turns them into the runner's items, runs them
+through the model's batcher (`call.infer`) and builds the requested outputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import torch
+
+from server.errors import ErrorCode, ServeError
+from server.schemas import Function
+from server.serving import Call
+from server.settings import ServerSettings
+from server.tasks.labels import apply_function
+from server.v2.binary import Tensor
+from server.v2.protocol import TensorMetadata
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the request asks of the outputs."""
+
+    wanted: frozenset[str]
+    top_k: int | None = None
+    function: Function | None = None
+    float_datatype: str = "FP32"
+
+
+class TaskTensors(Protocol):
+    classifiable: frozenset[str]  # outputs whose last axis holds classes (the classification extension)
+
+    def inputs(self, runner: Any | None) -> list[TensorMetadata]:
+        """The input tensors; dims known only once the model is loaded (runner not None) are -1 before."""
+
+    def outputs(self, runner: Any | None) -> list[TensorMetadata]: ...
+
+    def parse(self, inputs: Mapping[str, Tensor], server: ServerSettings) -> Sequence[Any]:
+        """One decoded value per batch row (texts, id rows, images within the server's image limits...).
+        Raises ServeError for bad inputs. CPU work: call off the event loop."""
+
+    async def infer(self, call: Call, rows: Sequence[Any], options: Options) -> dict[str, Tensor]:
+        """The outputs named in options.wanted."""
+
+    def classes(self, runner: Any, output: str) -> list[str] | None:
+        """Names of the classes along the last axis of a classifiable `output` (None: indexes only)."""
+
+
+def bad(message: str) -> ServeError:
+    """The request does not match the protocol or the model's metadata (400)."""
+    return ServeError(ErrorCode.BAD_REQUEST, message)
+
+
+def choose(inputs: Mapping[str, Tensor], accepted: Sequence[frozenset[str]], usage: str) -> frozenset[str]:
+    """The accepted set of input names the request sent, or a 400 that says what the model takes."""
+    names = frozenset(inputs)
+    if names not in accepted:
+        raise bad(f"inputs {sorted(names)} do not fit this model; it takes {usage}")
+    return names
+
+
+def check(tensor: Tensor, datatype: str, ranks: Sequence[int]) -> None:
+    if tensor.datatype != datatype:
+        raise bad(f"input {tensor.name!r} must be {datatype}, got {tensor.datatype}")
+    if len(tensor.shape) not in ranks or (tensor.shape and tensor.shape[0] == 0):
+        raise bad(f"input {tensor.name!r} has shape {tensor.shape}; expected {_shapes(ranks)} with at least one row")
+
+
+def _shapes(ranks: Sequence[int]) -> str:
+    return " or ".join(str(["N", *["..."] * (r - 1)]).replace("'", "") for r in ranks)
+
+
+def elements(tensor: Tensor) -> list[bytes]:
+    """The rows of a BYTES tensor of shape [N] or [N, 1]."""
+    check(tensor, "BYTES", (1, 2))
+    if len(tensor.shape) == 2 and tensor.shape[1] != 1:
+        raise bad(f"input {tensor.name!r} has shape {tensor.shape}; one element per row: [N] or [N, 1]")
+    return list(tensor.array.reshape(-1))
+
+
+def strings(tensor: Tensor) -> list[str]:
+    """UTF-8 text rows."""
+    out = []
+    for i, value in enumerate(elements(tensor)):
+        try:
+            out.append(value.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ServeError(ErrorCode.INVALID_INPUT, f"{tensor.name}[{i}] is not valid UTF-8 text") from None
+    return out
+
+
+def files(tensor: Tensor) -> list[bytes]:
+    """Encoded files (images): raw bytes in the binary section, base64 strings in JSON."""
+    rows = elements(tensor)
+    if tensor.binary:
+        return rows
+    out = []
+    for i, value in enumerate(rows):
+        encoded = value.split(b",", 1)[1] if value.startswith(b"data:") else value
+        try:
+            out.append(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError):
+            raise ServeError(ErrorCode.INVALID_INPUT, f"{tensor.name}[{i}]: in JSON, an encoded file must be "
+                             "base64 (or send it raw in the binary section)") from None
+    return out
+
+
+def each(name: str, values: Sequence[T], prepare: Callable[[T], R]) -> list[R]:
+    """prepare(v) for each row; an error names the row (`text[2]: ...`)."""
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(prepare(value))
+        except ServeError as exc:
+            raise ServeError(exc.code, f"{name}[{i}]: {exc.message}", retry_after=exc.retry_after) from None
+    return out
+
+
+def labels(name: str, logits: torch.Tensor, *, function: Function, top_k: int, names: Mapping[int, str]) -> Tensor:
+    """BYTES [N, k]: "score:index:label", best first; score is logits through `function`."""
+    scores = apply_function(logits.float(), function)
+    values, indexes = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
+    texts = [f"{v:.7g}:{i}:{names.get(i, f'LABEL_{i}')}" for v, i in zip(values.reshape(-1).tolist(),
+                                                                          indexes.reshape(-1).tolist(), strict=True)]
+    return Tensor.from_strings(name, texts, values.shape)
+
+
+def classification(tensor: Tensor, count: int, classes: Sequence[str] | None) -> Tensor:
+    """Triton's classification extension: BYTES [..., n] "value:index[:label]" of the n highest values."""
+    values, indexes = tensor.to_torch().float().topk(min(count, tensor.shape[-1]), dim=-1)
+    pairs = zip(values.reshape(-1).tolist(), indexes.reshape(-1).tolist(), strict=True)
+    texts = [f"{v:.7g}:{i}" + (f":{classes[i]}" if classes is not None else "") for v, i in pairs]
+    return Tensor.from_strings(tensor.name, texts, values.shape)
+
+
+def meta(name: str, datatype: str, *shape: int | None) -> TensorMetadata:
+    """Metadata of one tensor; None dims (unknown before load) become -1."""
+    return TensorMetadata(name=name, datatype=datatype, shape=[-1 if d is None else d for d in shape])

@@ -1,0 +1,148 @@
+"""Tensors of the text models: fill-mask and text-classification.
+
+Inputs, either form per request:
+  text            BYTES [N] or [N, 1]   UTF-8 text (fill-mask: with [MASK]s)
+  input_ids       INT64 [N, L]          byte-tokenizer ids ([CLS] bytes [SEP]); optional
+  attention_mask  INT64 [N, L]          1 for tokens, then 0 for right padding
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from starlette.concurrency import run_in_threadpool
+
+from server.serving import Call
+from server.settings import ServerSettings
+from server.tasks.fill_mask import DEFAULT_TOP_K as FILL_MASK_TOP_K
+from server.tasks.fill_mask import FillMaskRunner
+from server.tasks.text_classification import TextClassificationRunner
+from server.v2.binary import Tensor
+from server.v2.protocol import TensorMetadata
+from server.v2.tensors import Options, bad, check, choose, each, labels, meta, strings
+
+USAGE = ("text (BYTES [N] or [N, 1]), or input_ids (INT64 [N, L], byte-tokenizer ids with [CLS] and [SEP]) "
+         "with an optional attention_mask (INT64 [N, L]: 1s, then 0s for right padding)")
+ACCEPTED = (frozenset({"text"}), frozenset({"input_ids"}), frozenset({"input_ids", "attention_mask"}))
+
+
+@dataclass(frozen=True)
+class TextRow:
+    text: str | None = None
+    ids: tuple[int, ...] | None = None
+
+
+def text_inputs() -> list[TensorMetadata]:
+    return [meta("text", "BYTES", None), meta("input_ids", "INT64", None, None),
+            meta("attention_mask", "INT64", None, None)]
+
+
+def parse_text(inputs: Mapping[str, Tensor]) -> list[TextRow]:
+    names = choose(inputs, ACCEPTED, USAGE)
+    if names == {"text"}:
+        return [TextRow(text=t) for t in strings(inputs["text"])]
+    ids = inputs["input_ids"]
+    check(ids, "INT64", (2,))
+    rows, width = ids.array, ids.shape[1]
+    lengths = np.full(len(rows), width)
+    if (mask := inputs.get("attention_mask")) is not None:
+        check(mask, "INT64", (2,))
+        if mask.shape != ids.shape:
+            raise bad(f"attention_mask has shape {mask.shape}; input_ids has {ids.shape}")
+        lengths = mask.array.sum(axis=1)
+        if not (mask.array == (np.arange(width) < lengths[:, None])).all():
+            raise bad("attention_mask rows must be 1s followed by 0s (right padding, as the byte tokenizer pads)")
+    return [TextRow(ids=tuple(row[:n].tolist())) for row, n in zip(rows, lengths, strict=True)]
+
+
+def _prepare(runner: Any, rows: Sequence[TextRow], **text_options: Any) -> list[Any]:
+    """CPU work: call off the event loop."""
+    if rows[0].text is not None:
+        return each("text", rows, lambda r: runner.prepare(r.text, raw=True, **text_options))
+    return each("input_ids", rows, lambda r: runner.prepare_ids(r.ids))
+
+
+class TextClassificationTensors:
+    """Outputs: logits FP32 [N, C]; labels BYTES [N, k] "score:index:label" (k: top_k, default C)."""
+
+    classifiable = frozenset({"logits"})
+
+    def inputs(self, runner: TextClassificationRunner | None) -> list[TensorMetadata]:
+        return text_inputs()
+
+    def outputs(self, runner: TextClassificationRunner | None) -> list[TensorMetadata]:
+        classes = runner.num_labels if runner else None
+        return [meta("logits", "FP32", None, classes), meta("labels", "BYTES", None, None)]
+
+    def parse(self, inputs: Mapping[str, Tensor], server: ServerSettings) -> list[TextRow]:
+        return parse_text(inputs)
+
+    async def infer(self, call: Call, rows: Sequence[TextRow], options: Options) -> dict[str, Tensor]:
+        runner: TextClassificationRunner = call.runner
+        items = await run_in_threadpool(_prepare, runner, rows, top_k=None, function=None)
+        logits = torch.stack(await call.infer(items))  # (N, C)
+        out = {"logits": Tensor.from_torch("logits", logits, options.float_datatype)}
+        if "labels" in options.wanted:
+            out["labels"] = labels("labels", logits, function=options.function or runner.function,
+                                   top_k=options.top_k or runner.num_labels, names=runner.id2label)
+        return out
+
+    def classes(self, runner: TextClassificationRunner, output: str) -> list[str] | None:
+        if output != "logits":
+            return None
+        return [runner.id2label.get(i, f"LABEL_{i}") for i in range(runner.num_labels)]
+
+
+class FillMaskTensors:
+    """Outputs, one row per [MASK] (P: the most masks of any input; shorter inputs padded):
+    mask_positions INT64 [N, P] (token index, -1 = padding); logits FP32 [N, P, V];
+    token_ids INT64 [N, P, k] (-1 = padding); scores FP32 [N, P, k] (softmax); tokens BYTES [N, P, k]."""
+
+    classifiable = frozenset({"logits"})
+
+    def inputs(self, runner: FillMaskRunner | None) -> list[TensorMetadata]:
+        return text_inputs()
+
+    def outputs(self, runner: FillMaskRunner | None) -> list[TensorMetadata]:
+        vocab = runner.model.config.vocab_size if runner else None
+        return [meta("mask_positions", "INT64", None, None), meta("logits", "FP32", None, None, vocab),
+                meta("token_ids", "INT64", None, None, None), meta("scores", "FP32", None, None, None),
+                meta("tokens", "BYTES", None, None, None)]
+
+    def parse(self, inputs: Mapping[str, Tensor], server: ServerSettings) -> list[TextRow]:
+        return parse_text(inputs)
+
+    async def infer(self, call: Call, rows: Sequence[TextRow], options: Options) -> dict[str, Tensor]:
+        runner: FillMaskRunner = call.runner
+        items = await run_in_threadpool(_prepare, runner, rows, top_k=None)
+        results: list[torch.Tensor] = await call.infer(items)  # (P_i, V) each
+        return await run_in_threadpool(self._outputs, runner, items, results, options)
+
+    def _outputs(self, runner: FillMaskRunner, items: Sequence[Any], results: Sequence[torch.Tensor],
+                 options: Options) -> dict[str, Tensor]:
+        width, vocab = max(len(i.positions) for i in items), results[0].shape[-1]
+        positions = torch.full((len(items), width), -1, dtype=torch.int64)
+        logits = torch.zeros(len(items), width, vocab, dtype=results[0].dtype)  # (N, P, V)
+        for n, (item, result) in enumerate(zip(items, results, strict=True)):
+            positions[n, : len(item.positions)] = torch.tensor(item.positions)
+            logits[n, : len(item.positions)] = result
+        padding = positions < 0
+        scores, token_ids = logits.float().softmax(-1).topk(min(options.top_k or FILL_MASK_TOP_K, vocab), dim=-1)
+        scores[padding], token_ids[padding] = 0.0, -1
+        tokenizer = runner.codec.tokenizer
+        tokens = ["" if t < 0 else tokenizer.id_to_token_str(t) for t in token_ids.reshape(-1).tolist()]
+        out = {"mask_positions": Tensor.from_torch("mask_positions", positions, "INT64"),
+               "logits": Tensor.from_torch("logits", logits, options.float_datatype),
+               "token_ids": Tensor.from_torch("token_ids", token_ids, "INT64"),
+               "scores": Tensor.from_torch("scores", scores, options.float_datatype),
+               "tokens": Tensor.from_strings("tokens", tokens, token_ids.shape)}
+        return {name: tensor for name, tensor in out.items() if name in options.wanted}
+
+    def classes(self, runner: FillMaskRunner, output: str) -> list[str] | None:
+        if output != "logits":
+            return None
+        return [runner.codec.tokenizer.id_to_token_str(i) for i in range(runner.model.config.vocab_size)]

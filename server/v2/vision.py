@@ -1,0 +1,137 @@
+"""Tensors of the vision models: image-classification, optical-flow, and video-autoencoding (refused).
+
+Encoded files (BYTES) travel raw in the binary section, or base64 in JSON; any format Pillow reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from server.errors import ErrorCode, ServeError
+from server.serving import Call
+from server.tasks.image_classification import DEFAULT_TOP_K as IMAGE_TOP_K
+from server.settings import ServerSettings
+from server.tasks.image_classification import ImageClassificationRunner, ImageLimits, decode_image
+from server.tasks.optical_flow import estimate_flow
+from server.v2.binary import Tensor
+from server.v2.protocol import TensorMetadata
+from server.v2.tensors import Options, bad, check, choose, each, files, labels, meta
+
+IMAGE_USAGE = ("image (BYTES [N] or [N, 1], encoded files) or pixel_values (FP32 [N, 3, H, W], normalized as the "
+               "image processor makes them; H, W: the model's input size, 224 for the DeepMind checkpoints)")
+
+REFUSAL = ("video-autoencoding models take no tensors over this protocol: use POST /autoencode-video, which takes "
+           "the video file, windows it into clips and answers labels and/or the reconstruction")
+
+
+class ImageClassificationTensors:
+    """Outputs: logits FP32 [N, C]; labels BYTES [N, k] "score:index:label" (k: top_k, default 5)."""
+
+    classifiable = frozenset({"logits"})
+
+    def inputs(self, runner: ImageClassificationRunner | None) -> list[TensorMetadata]:
+        height, width = runner.pixel_size if runner else (None, None)
+        return [meta("image", "BYTES", None), meta("pixel_values", "FP32", None, 3, height, width)]
+
+    def outputs(self, runner: ImageClassificationRunner | None) -> list[TensorMetadata]:
+        classes = runner.model.config.num_labels if runner else None
+        return [meta("logits", "FP32", None, classes), meta("labels", "BYTES", None, None)]
+
+    def parse(self, inputs: Mapping[str, Tensor], server: ServerSettings) -> list[Image.Image] | list[torch.Tensor]:
+        """Decoded images, or (3, H, W) pixel tensors."""
+        names = choose(inputs, (frozenset({"image"}), frozenset({"pixel_values"})), IMAGE_USAGE)
+        if names == {"image"}:
+            return each("image", files(inputs["image"]), partial(decode_image, limits=ImageLimits.of(server)))
+        pixels = inputs["pixel_values"]
+        check(pixels, "FP32", (4,))
+        return list(pixels.to_torch().unbind(0))
+
+    async def infer(self, call: Call, rows: Sequence[Any], options: Options) -> dict[str, Tensor]:
+        runner: ImageClassificationRunner = call.runner
+        items = await run_in_threadpool(self._prepare, runner, rows)
+        logits = torch.stack(await call.infer(items))  # (N, C)
+        out = {"logits": Tensor.from_torch("logits", logits, options.float_datatype)}
+        if "labels" in options.wanted:
+            out["labels"] = labels("labels", logits, function=options.function or runner.function,
+                                   top_k=options.top_k or IMAGE_TOP_K, names=runner.id2label)
+        return out
+
+    @staticmethod
+    def _prepare(runner: ImageClassificationRunner, rows: Sequence[Any]) -> list[Any]:
+        if isinstance(rows[0], torch.Tensor):
+            return each("pixel_values", rows, runner.prepare_pixels)
+        return each("image", rows, lambda image: runner.prepare(image, top_k=None, function=None, raw=True))
+
+    def classes(self, runner: ImageClassificationRunner, output: str) -> list[str] | None:
+        if output != "logits":
+            return None
+        return [runner.id2label.get(i, f"LABEL_{i}") for i in range(runner.model.config.num_labels)]
+
+
+class OpticalFlowTensors:
+    """Inputs: frame1, frame2 BYTES [N] or [N, 1] (encoded files, one size for all frames).
+    Output: flow FP32 [N, H, W, 2] in pixels from frame1 to frame2 ([..., 0] right +, [..., 1] down +)."""
+
+    classifiable = frozenset[str]()
+
+    def inputs(self, runner: Any | None) -> list[TensorMetadata]:
+        return [meta("frame1", "BYTES", None), meta("frame2", "BYTES", None)]
+
+    def outputs(self, runner: Any | None) -> list[TensorMetadata]:
+        return [meta("flow", "FP32", None, None, None, 2)]
+
+    def parse(self, inputs: Mapping[str, Tensor], server: ServerSettings) -> list[tuple[Image.Image, Image.Image]]:
+        choose(inputs, (frozenset({"frame1", "frame2"}),), "frame1 and frame2 (BYTES [N] or [N, 1], encoded files)")
+        first, second = files(inputs["frame1"]), files(inputs["frame2"])
+        if len(first) != len(second):
+            raise bad(f"frame1 has {len(first)} rows, frame2 has {len(second)}; send one frame2 per frame1")
+        decode = partial(decode_image, limits=ImageLimits.of(server))
+        pairs = list(zip(each("frame1", first, decode), each("frame2", second, decode), strict=True))
+        sizes = {frame.size for pair in pairs for frame in pair}
+        if len(sizes) > 1:
+            shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
+            raise ServeError(ErrorCode.INVALID_INPUT, f"frames have different sizes ({shown}); the flow tensor "
+                             "[N, H, W, 2] needs one size for every frame of a request")
+        return pairs
+
+    async def infer(self, call: Call, rows: Sequence[Any], options: Options) -> dict[str, Tensor]:
+        try:
+            async with asyncio.TaskGroup() as group:  # pairs run concurrently; their tiles share batches
+                tasks = [group.create_task(estimate_flow(call, f1, f2)) for f1, f2 in rows]
+        except ExceptionGroup as failed:  # the first failure cancelled the other pairs
+            raise failed.exceptions[0] from None
+        flow = torch.stack([torch.from_numpy(t.result()) for t in tasks])  # (N, H, W, 2)
+        return {"flow": Tensor.from_torch("flow", flow, options.float_datatype)}
+
+    def classes(self, runner: Any, output: str) -> list[str] | None:
+        return None
+
+
+class VideoAutoencodingTensors:
+    """Listed, not served over tensors: /autoencode-video decodes a video file of any length, cuts it into the
+    model's 16-frame windows, and answers labels per window and/or a reconstruction decoded chunk by chunk
+    (optionally as a background job). One request of fixed-shape tensors fits none of that."""
+
+    classifiable = frozenset[str]()
+
+    def inputs(self, runner: Any | None) -> list[TensorMetadata]:
+        return []
+
+    def outputs(self, runner: Any | None) -> list[TensorMetadata]:
+        return []
+
+    def parse(self, inputs: Mapping[str, Tensor], server: ServerSettings) -> list[Any]:
+        raise bad(REFUSAL)
+
+    async def infer(self, call: Call, rows: Sequence[Any], options: Options) -> dict[str, Tensor]:
+        raise bad(REFUSAL)
+
+    def classes(self, runner: Any, output: str) -> list[str] | None:
+        return None

@@ -1,0 +1,120 @@
+"""Triton's own HTTP client (tritonclient.http, binary tensor data by default) against a real server process."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+
+import ml_dtypes
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from model_core.image_processing import preprocess_images
+
+pytestmark = pytest.mark.slow
+
+
+def png(seed: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def text_input(texts: list[str], *, binary: bool = True) -> triton.InferInput:
+    return triton.InferInput("text", [len(texts)], "BYTES").set_data_from_numpy(
+        np.array([t.encode() for t in texts], dtype=object), binary_data=binary)
+
+
+@pytest.fixture(scope="module")
+def client(spawn_server: Callable[..., str], models_for, toml_writer,
+           tmp_path_factory) -> Iterator[triton.InferenceServerClient]:
+    config = toml_writer(tmp_path_factory.mktemp("config") / "serve.toml",
+                         {"server": {"device": "cpu"}, "models": models_for()})
+    base = spawn_server("--config", str(config), "--preload", "mlm", "conv", "--log-level", "warning")
+    client = triton.InferenceServerClient(url=base.removeprefix("http://"), network_timeout=60)
+    yield client
+    client.close()
+
+
+def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert set(client.get_server_metadata()["extensions"]) == {"binary_tensor_data", "classification"}
+    assert client.is_model_ready("mlm") and client.is_model_ready("conv", model_version="1")
+    assert not client.is_model_ready("sentiment")  # configured, loads on first use
+    meta = client.get_model_metadata("conv")
+    assert {t["name"]: t["shape"] for t in meta["inputs"]} == {"image": [-1], "pixel_values": [-1, 3, 224, 224]}
+    assert {t["name"]: t["shape"] for t in meta["outputs"]} == {"logits": [-1, 4], "labels": [-1, -1]}
+
+
+def test_fill_mask_binary_and_json(client: triton.InferenceServerClient) -> None:
+    texts = ["Hello [MASK]orld", "a[MASK][MASK]b"]
+    binary = client.infer("mlm", [text_input(texts)], request_id="r1", parameters={"top_k": 4})
+    assert binary.get_response()["id"] == "r1"
+    names = ["mask_positions", "token_ids", "scores", "tokens"]
+    json_only = client.infer("mlm", [text_input(texts, binary=False)], parameters={"top_k": 4},
+                             outputs=[triton.InferRequestedOutput(n, binary_data=False) for n in names])
+    assert binary.as_numpy("mask_positions").tolist() == [[7, -1], [2, 3]]
+    assert binary.as_numpy("tokens").shape == (2, 2, 4) and binary.as_numpy("scores").dtype == np.float32
+    for name in names[:3]:
+        np.testing.assert_array_equal(binary.as_numpy(name), json_only.as_numpy(name))
+    as_text = np.vectorize(bytes.decode)(binary.as_numpy("tokens"))  # BYTES: bytes when binary, str from JSON
+    np.testing.assert_array_equal(as_text, json_only.as_numpy("tokens"))
+    np.testing.assert_allclose(binary.as_numpy("scores"), np.sort(binary.as_numpy("scores"), axis=-1)[..., ::-1])
+
+    ids = np.array([[4, *(b + 6 for b in b"Hello "), 3, *(b + 6 for b in b"orld"), 5]], dtype=np.int64)
+    by_ids = client.infer("mlm", [triton.InferInput("input_ids", list(ids.shape), "INT64").set_data_from_numpy(ids)],
+                          outputs=[triton.InferRequestedOutput("token_ids")], parameters={"top_k": 4})
+    assert by_ids.as_numpy("token_ids").tolist()[0][0] == binary.as_numpy("token_ids").tolist()[0][0]
+
+
+def test_image_classification_binary_json_and_classification(client: triton.InferenceServerClient) -> None:
+    data = png()
+    image = triton.InferInput("image", [1, 1], "BYTES").set_data_from_numpy(np.array([[data]], dtype=object))
+    by_file = client.infer("conv", [image], outputs=[triton.InferRequestedOutput("logits"),
+                                                     triton.InferRequestedOutput("labels")])
+    logits = by_file.as_numpy("logits")
+    assert logits.shape == (1, 4) and logits.dtype == np.float32
+    pixels = preprocess_images([Image.open(io.BytesIO(data))]).numpy()
+    for binary in (True, False):
+        by_pixels = client.infer("conv", [triton.InferInput("pixel_values", list(pixels.shape), "FP32")
+                                          .set_data_from_numpy(pixels, binary_data=binary)],
+                                 outputs=[triton.InferRequestedOutput("logits", binary_data=binary)])
+        np.testing.assert_array_equal(by_pixels.as_numpy("logits"), logits)
+
+    top = client.infer("conv", [image], outputs=[triton.InferRequestedOutput("logits", class_count=2)])
+    value, index, label = top.as_numpy("logits")[0, 0].decode().split(":")
+    assert int(index) == int(logits.argmax()) and np.isclose(float(value), logits.max(), rtol=1e-6)
+    assert by_file.as_numpy("labels")[0, 0].decode().split(":")[2] == label
+
+
+def test_fp16_and_bf16_outputs(client: triton.InferenceServerClient) -> None:
+    image = triton.InferInput("image", [1], "BYTES").set_data_from_numpy(np.array([png(1)], dtype=object))
+    wanted = [triton.InferRequestedOutput("logits")]
+    fp32 = client.infer("conv", [image], outputs=wanted).as_numpy("logits")
+    fp16 = client.infer("conv", [image], outputs=wanted, parameters={"output_datatype": "FP16"}).as_numpy("logits")
+    bf16 = client.infer("conv", [image], outputs=wanted, parameters={"output_datatype": "BF16"}).as_numpy("logits")
+    assert fp16.dtype == np.float16 and bf16.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(fp16, fp32.astype(np.float16))
+    np.testing.assert_array_equal(bf16, fp32.astype(ml_dtypes.bfloat16))
+
+
+def test_errors_raise_with_the_server_message(client: triton.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("no-such-model", [text_input(["[MASK]"])])
+    assert info.value.status() == "404" and "no model named 'no-such-model'" in info.value.message()
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_metadata("mlm", model_version="7")
+    assert info.value.status() == "404" and "only version is '1'" in info.value.message()
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("mlm", [text_input(["no mask here"])])
+    assert info.value.status() == "422" and "text[0]: input has no [MASK]" in info.value.message()
+
+
+def test_compressed_requests(client: triton.InferenceServerClient) -> None:
+    for algorithm in ("gzip", "deflate"):
+        result = client.infer("mlm", [text_input(["Hello [MASK]orld"])], request_compression_algorithm=algorithm,
+                              outputs=[triton.InferRequestedOutput("mask_positions")])
+        assert result.as_numpy("mask_positions").tolist() == [[7]]
