@@ -11,15 +11,15 @@ from fastapi import FastAPI
 
 from server.auth import AuthMiddleware, configured_keys, document_auth, public_paths
 from server.errors import install_error_handlers
+from server.jobs import JobStore
 from server.lifecycle import Lifecycle
 from server.limits import AdmissionMiddleware
 from server.loading import load_model
 from server.metrics import Metrics
 from server.middleware import RequestMiddleware
 from server.registry import Loader, Registry
-from server.jobs import JobStore
-from server.routers import classify_image, classify_text, fill_mask, health, models, optical_flow, v2
-from server.routers import autoencode_video, jobs as jobs_router
+from server.routers import (autoencode_video, classify_image, classify_text, fill_mask, health, jobs, models,
+                            optical_flow, v2)
 from server.serving import InferenceService
 from server.settings import Settings
 
@@ -31,7 +31,7 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
     registry = Registry(settings=settings, metrics=metrics, loader=loader)
     lifecycle = Lifecycle(registry=registry, preload=settings.server.preload, retry_s=settings.server.load_retry_s)
     api_keys = configured_keys(settings.server)  # SettingsError for an unreadable or malformed key file
-    jobs = JobStore()
+    job_store = JobStore()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -44,13 +44,13 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
         finally:
             lifecycle.begin_drain()
             preload.cancel()
-            await jobs.close()
+            await job_store.close()
             await registry.close()
 
     app = FastAPI(title="perceiver-serve", version="0.1.0", lifespan=lifespan,
                   summary="Inference server for the Perceiver IO model family")
     app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
-    app.state.lifecycle, app.state.jobs = lifecycle, jobs
+    app.state.lifecycle, app.state.jobs = lifecycle, job_store
     app.state.service = InferenceService(registry=registry, settings=settings)
     install_error_handlers(app)
     # Outermost last: RequestMiddleware -> AuthMiddleware -> AdmissionMiddleware -> routes.
@@ -60,7 +60,7 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
     app.add_middleware(RequestMiddleware, metrics=metrics, lifecycle=lifecycle,
                        max_body_bytes=int(settings.server.max_body_mb * 2**20))
     for router in (health.router, models.router, fill_mask.router, classify_text.router, classify_image.router,
-                   optical_flow.router, v2.router, autoencode_video.router, jobs_router.router):
+                   optical_flow.router, autoencode_video.router, jobs.router, v2.router):
         app.include_router(router)
     if settings.server.admin_api:
         app.include_router(models.admin)

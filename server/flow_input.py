@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 from fastapi import Request
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
 from server.errors import ErrorCode, ServeError
 from server.tasks.image_classification import DEFAULT_IMAGE_LIMITS, ImageLimits, decode_image
+from server.uploads import decode_base64, parse_json, read_form
 
 FIELDS = ("frame1", "frame2")
 
@@ -59,29 +57,12 @@ def decode_frames(data1: bytes, data2: bytes,
 
 
 def _from_json(body: bytes) -> tuple[bytes, bytes]:
-    try:
-        payload = FramePairRequest.model_validate_json(body)
-    except ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise ServeError(ErrorCode.INVALID_INPUT, f"invalid JSON body: {detail}") from None
-    return _b64(FIELDS[0], payload.frame1), _b64(FIELDS[1], payload.frame2)
-
-
-def _b64(name: str, value: str) -> bytes:
-    encoded = value.split(",", 1)[1] if value.startswith("data:") else value
-    try:
-        return base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise ServeError(ErrorCode.INVALID_INPUT, f"{name} is not valid base64 image data") from None
+    payload = parse_json(FramePairRequest, body)
+    return decode_base64(payload.frame1, field=FIELDS[0]), decode_base64(payload.frame2, field=FIELDS[1])
 
 
 async def _multipart(request: Request) -> tuple[bytes, bytes]:
-    try:
-        form = await request.form(max_files=2, max_fields=16)
-    except (ServeError, HTTPException):
-        raise
-    except Exception as exc:
-        raise ServeError(ErrorCode.BAD_REQUEST, f"malformed multipart body: {exc}") from None
+    form = await read_form(request, max_files=2)
     try:
         parts = [form.get(name) for name in FIELDS]
         missing = [name for name, part in zip(FIELDS, parts, strict=True) if not isinstance(part, UploadFile)]

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 from fastapi import Request
-from starlette.requests import ClientDisconnect
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
 from server.errors import ErrorCode, ServeError
 from server.schemas import ClassifyImageRequest, ClassifyParameters
+from server.uploads import decode_base64, parse_json, read_form
 
 # curl --data-binary sends x-www-form-urlencoded unless told otherwise: treat it as raw bytes.
 _RAW = {"", "application/octet-stream", "application/x-www-form-urlencoded"}
@@ -45,25 +41,12 @@ async def read_image_request(request: Request, *, top_k: int | None) -> tuple[by
 
 
 def _from_json(body: bytes) -> tuple[bytes, ClassifyParameters]:
-    try:
-        payload = ClassifyImageRequest.model_validate_json(body)
-    except ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise ServeError(ErrorCode.INVALID_INPUT, f"invalid JSON body: {detail}") from None
-    encoded = payload.inputs.split(",", 1)[1] if payload.inputs.startswith("data:") else payload.inputs
-    try:
-        return base64.b64decode(encoded, validate=True), payload.parameters
-    except (binascii.Error, ValueError):
-        raise ServeError(ErrorCode.INVALID_INPUT, "inputs is not valid base64 image data") from None
+    payload = parse_json(ClassifyImageRequest, body)
+    return decode_base64(payload.inputs, field="inputs"), payload.parameters
 
 
 async def _multipart(request: Request) -> bytes:
-    try:
-        form = await request.form(max_files=1, max_fields=16)
-    except (ServeError, HTTPException, ClientDisconnect):
-        raise
-    except Exception as exc:
-        raise ServeError(ErrorCode.BAD_REQUEST, f"malformed multipart body: {exc}") from None
+    form = await read_form(request, max_files=1)
     files = [v for v in form.values() if isinstance(v, UploadFile)]
     named = [form[k] for k in _FILE_FIELDS if isinstance(form.get(k), UploadFile)]
     upload = (named or files or [None])[0]

@@ -15,7 +15,6 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
 from server import media
 from server.deps import ModelParam, ServiceDep, TopKParam
@@ -26,6 +25,7 @@ from server.schemas import LabelScore
 from server.serving import STARTED_KEY, InferenceService
 from server.settings import Task
 from server.tasks.labels import as_labels
+from server.uploads import read_form
 from server.tasks.video_autoencoding import (
     DEFAULT_TOP_K,
     SAMPLE_RATE,
@@ -169,12 +169,7 @@ async def _read_parts(request: Request) -> tuple[bytes, bytes | None]:
     if ctype != "multipart/form-data":
         raise ServeError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"Content-Type {ctype or 'none'!r} is not accepted: send "
                          "multipart/form-data with a 'video' part and an optional 'audio' part")
-    try:
-        form = await request.form(max_files=2, max_fields=8)
-    except (ServeError, HTTPException):
-        raise
-    except Exception as exc:
-        raise ServeError(ErrorCode.BAD_REQUEST, f"malformed multipart body: {exc}") from None
+    form = await read_form(request, max_files=2, max_fields=8)
     try:
         video, audio = form.get("video"), form.get("audio")
         if not isinstance(video, UploadFile):
