@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from loadtest.servers import dump_toml
 from server.loading import LoadedModel, load_model
 from server.settings import ModelSpec, Settings, build_settings
 
@@ -147,19 +148,7 @@ def wait_ready(base: str, *, timeout_s: float = 60, exited: Callable[[], str | N
 
 def write_config(path: Path, settings_table: dict[str, Any]) -> Path:
     """A TOML file for a {server: {...}, models: {name: {...}}} table (strings, numbers, bools, lists)."""
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    lines = ["[server]", *(f"{k} = {value(v)}" for k, v in settings_table.get("server", {}).items())]
-    for name, table in settings_table.get("models", {}).items():
-        lines += ["", f"[models.{name}]", *(f"{k} = {value(v)}" for k, v in table.items())]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(dump_toml(settings_table))
     return path
 
 
