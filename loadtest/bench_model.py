@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
+
+from loadtest.workers import PeakRSS, machine, make_checkpoint, spawn
 
 # Real DeepMind configs (shared/REFERENCE.md section 1a); weights are random.
 REAL_CONFIGS = {
@@ -53,35 +51,6 @@ TEXT = (
     "while scaling linearly with the size of inputs and outputs. This sentence is about two hundred bytes."
 )
 MASK_SPAN = (88, 98)  # ~10 masked bytes
-
-
-class PeakRSS:
-    """Samples the process's resident memory every 2 ms; peak above the starting level."""
-
-    def __enter__(self):
-        self.start = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    def _run(self):
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, self._rss())
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    @property
-    def delta_mb(self) -> float:
-        return (self.peak - self.start) / 2**20
 
 
 def _fill_mask_inputs(batch: int):
@@ -156,25 +125,11 @@ def _worker(task: str, impl: str, dtype_name: str, batch: int, folder: str, repe
     return dict(latency_s=latency, peak_mb=max(peaks), **extra)
 
 
-def _make_checkpoint(task: str, root: Path) -> str:
-    from model_core import from_config, save_pretrained
-
-    folder = root / task
-    if not (folder / "model.safetensors").exists():
-        save_pretrained(from_config(REAL_CONFIGS[task], seed=0), folder)
-    return str(folder)
-
-
 def _spawn(args: list[str]) -> dict:
     """One measurement in its own process; a failure is recorded (transformers' multimodal
     model, for one, cannot run in bfloat16), not fatal to the run."""
-    out = subprocess.run(
-        [sys.executable, "-m", "loadtest.bench_model", "--worker", *args], capture_output=True, text=True
-    )
-    if out.returncode:
-        last = (out.stderr.strip().splitlines() or ["?"])[-1]
-        return dict(latency_s=float("nan"), peak_mb=float("nan"), error=last)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = spawn("loadtest.bench_model", args)
+    return {"latency_s": float("nan"), "peak_mb": float("nan"), **result} if "error" in result else result
 
 
 def main() -> None:
@@ -195,7 +150,7 @@ def main() -> None:
     root = Path(a.checkpoints or tempfile.mkdtemp(prefix="perceiver-bench-"))
     rows = []
     for task in a.tasks.split(","):
-        folder = _make_checkpoint(task, root)
+        folder = make_checkpoint(REAL_CONFIGS[task], root / task)
         batches = a.batches.split(",") if task in ("fill-mask", "image-conv") else ["1"]
         for dtype in a.dtypes.split(","):
             for batch in batches:
@@ -225,7 +180,7 @@ def main() -> None:
         rows.append(dict(task="fill-mask", metric="bf16_top1_agreement", value=_bf16_agreement(root)))
         print(f"fill-mask bfloat16 top-1 agreement with float32: {rows[-1]['value']:.3f}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(dict(machine=_machine(), rows=rows), indent=2))
+    Path(a.out).write_text(json.dumps(dict(machine=machine(), rows=rows), indent=2))
 
 
 def _bf16_agreement(root: Path) -> float:
@@ -254,10 +209,6 @@ def _bf16_agreement(root: Path) -> float:
             agree, total = int((top == ref).sum()), ref.numel()
         del model
     return agree / total
-
-
-def _machine() -> dict:
-    return dict(cpus=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":
