@@ -7,11 +7,14 @@ a client that disconnects while its items are queued has them dropped before the
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 from fastapi import Request, Response
 
 from server.batching import Outcome, Pending
@@ -23,6 +26,7 @@ STARTED_KEY = "perceiver_started"  # scope["state"] keys shared with the middlew
 DEADLINE_KEY = "perceiver_deadline"  # set by the admission middleware from X-Request-Timeout
 MODEL_KEY = "perceiver_model"
 _DROP_REASONS = {ErrorCode.TIMEOUT: "expired", ErrorCode.CLIENT_CLOSED: "disconnected"}
+T = TypeVar("T")
 
 
 class Call:
@@ -106,6 +110,12 @@ async def _disconnected(request: Request) -> None:
 class InferenceService:
     def __init__(self, *, registry: Registry, settings: Settings) -> None:
         self.registry, self.settings = registry, settings
+        # A decoded 64-megapixel image is ~200 MB: bound how many decode at once, whatever the load.
+        self._decodes = anyio.CapacityLimiter(settings.server.max_concurrent_decodes or max(2, os.cpu_count() or 2))
+
+    async def decode(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(*args, **kwargs) on a worker thread, at most `max_concurrent_decodes` at a time (media decoding)."""
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._decodes)
 
     def check_inputs(self, count: int) -> None:
         limit = self.settings.server.max_inputs

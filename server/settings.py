@@ -89,6 +89,7 @@ class ServerSettings(_Strict):
     drain_seconds: float = Field(0.0, ge=0, le=600)
     stall_seconds: float = Field(300.0, ge=1, le=86_400)  # a batch running longer fails /health/live
     cpu_threads: int | None = Field(None, ge=1, le=1024)  # torch intra-op threads (default: see devices.py)
+    max_concurrent_decodes: int | None = Field(None, ge=1, le=1024)  # media decodes at once (default: cores)
     preload: list[Name] = []
     catalog: bool | None = None
     admin_api: bool = False

@@ -122,8 +122,8 @@ async def autoencode_video(request: Request, service: ServiceDep, jobs: JobsDep,
     video, audio = await _read_parts(request)
     async with service.open(request, Task.VIDEO_AUTOENCODING, model) as call:
         limits = service.settings.server
-        clip = await run_in_threadpool(call.runner.prepare, video, audio, max_frames=limits.max_video_frames,
-                                       max_audio_s=limits.max_audio_seconds)
+        clip = await service.decode(call.runner.prepare, video, audio, max_frames=limits.max_video_frames,
+                                    max_audio_s=limits.max_audio_seconds)
         name, units = call.entry.spec.name, call.runner.units(clip, reconstruct=wanted.reconstruction)
         if not background:
             result = await autoencode(call, clip, labels=wanted.labels, reconstruct=wanted.reconstruction,

@@ -34,7 +34,7 @@ async def optical_flow(request: Request, service: ServiceDep, model: ModelParam 
     data1, data2 = await read_frame_pair(request)
     limits = ImageLimits.of(service.settings.server)  # a side over MAX_SIDE is refused before decoding, too
     limits = ImageLimits(min(limits.max_pixels, MAX_SIDE * MAX_SIDE), limits.formats)
-    frame1, frame2 = await run_in_threadpool(decode_frames, data1, data2, limits)
+    frame1, frame2 = await service.decode(decode_frames, data1, data2, limits)
     check_frames(frame1, frame2)  # before a model is loaded or waited for
     async with service.open(request, Task.OPTICAL_FLOW, model) as call:
         flow = await estimate_flow(call, frame1, frame2)

@@ -97,7 +97,7 @@ async def infer(request: Request, service: InferenceService, name: str, version:
     payload, inputs = await run_in_threadpool(_decode, body, request.headers, service.settings.server.max_body_mb)
     outputs = _outputs(adapter, payload)
     service.check_inputs(max(t.shape[0] if t.shape else 1 for t in inputs.values()))  # before decoding files
-    rows = await run_in_threadpool(adapter.parse, inputs, service.settings.server)
+    rows = await service.decode(adapter.parse, inputs, service.settings.server)  # image files decode here
     params = payload.parameters
     options = Options(wanted=frozenset(o.name for o in outputs), top_k=params.top_k,
                       function=params.function_to_apply, float_datatype=params.output_datatype)

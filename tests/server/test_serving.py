@@ -101,3 +101,33 @@ async def test_a_stuck_batch_fails_liveness(make_settings: Callable[..., Setting
         gate.open.set()
         assert (await running).status_code == 200
         assert (await client.get("/health/live")).status_code == 200
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+async def test_media_decodes_run_at_most_max_concurrent_decodes_at_a_time(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    import time
+
+    import server.routers.classify_image as route
+    from tests.server.crafted import image_file
+
+    running, peak, lock = 0, 0, threading.Lock()
+    real = route.decode_image
+
+    def slow_decode(*args, **kwargs):
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(route, "decode_image", slow_decode)
+    app = build_app(make_settings({"max_concurrent_decodes": limit}))
+    async with open_client(app) as client:
+        answers = await asyncio.gather(*(client.post("/classify-image", content=image_file(seed=i),
+                                                     headers={"Content-Type": "image/png"}) for i in range(6)))
+    assert [r.status_code for r in answers] == [200] * 6
+    assert peak == limit
