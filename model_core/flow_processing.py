@@ -37,9 +37,9 @@ def _as_uint8_hwc(frame: Frame) -> torch.Tensor:
 
 
 def normalize_frame(frame: Frame) -> torch.FloatTensor:
-    """uint8 (..., H, W, 3) RGB -> float32 (..., 3, H, W) in [-1, 1] (channels first)."""
+    """uint8 (..., H, W, 3) RGB -> float32 (..., 3, H, W) in [-1, 1] (channels first), on the frame's device."""
     tensor = _as_uint8_hwc(frame)
-    return _LUT[tensor.long()].movedim(-1, -3).contiguous()
+    return _LUT.to(tensor.device)[tensor.long()].movedim(-1, -3).contiguous()
 
 
 def extract_patches(frames: torch.Tensor) -> torch.Tensor:

@@ -88,16 +88,18 @@ class Call:
             response.headers["X-Perceiver-Random-Weights"] = "true"
 
 
-def prepare_each(values: Sequence[Any], prepare: Callable[[Any], Any]) -> list[Any]:
-    """prepare(v) for each input; an error in a list names the input (`inputs[2]: ...`)."""
+def prepare_each(values: Sequence[Any], prepare: Callable[[Any], Any], *, name: str = "inputs",
+                 name_single: bool = False) -> list[Any]:
+    """prepare(v) for each value; an error names the value (`inputs[2]: ...`), a lone value's only
+    with `name_single` (the task routes' single input is not a list; a tensor's rows always are)."""
     items = []
     for i, value in enumerate(values):
         try:
             items.append(prepare(value))
         except ServeError as exc:
-            if len(values) == 1:
+            if len(values) == 1 and not name_single:
                 raise
-            raise ServeError(exc.code, f"inputs[{i}]: {exc.message}", retry_after=exc.retry_after) from None
+            raise ServeError(exc.code, f"{name}[{i}]: {exc.message}", retry_after=exc.retry_after) from None
     return items
 
 

@@ -36,10 +36,11 @@ def parse_json(model: type[M], body: bytes) -> M:
         raise ServeError(ErrorCode.INVALID_INPUT, f"invalid JSON body: {detail}") from None
 
 
-def decode_base64(value: str, *, field: str) -> bytes:
+def decode_base64(value: str | bytes, *, field: str, note: str = "") -> bytes:
     """A base64 file, optionally as a data: URL."""
-    encoded = value.split(",", 1)[1] if value.startswith("data:") else value
+    comma, data_url = (b",", b"data:") if isinstance(value, bytes) else (",", "data:")
+    encoded = value.split(comma, 1)[1] if value.startswith(data_url) else value  # type: ignore[arg-type]
     try:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise ServeError(ErrorCode.INVALID_INPUT, f"{field} is not valid base64 image data") from None
+        raise ServeError(ErrorCode.INVALID_INPUT, f"{field} is not valid base64 image data{note}") from None

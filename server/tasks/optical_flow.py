@@ -1,9 +1,10 @@
 """optical-flow: a frame pair -> tiles of the model's train_size -> flow per tile -> stitched (H, W, 2) in pixels.
 
 Each tile is one batcher item (key: its shape), so the tiles of one request and of concurrent
-requests share batches. Items stay uint8 until collate; the 3x3 patches (27 channels per pixel)
-are made on the model's device. Frames smaller than a tile are upscaled (aspect ratio kept) to
-cover one and the flow is scaled back. See model_core.flow_tiling for the grid and the blending.
+requests share batches. Items stay uint8 until they reach the model's device, where they are
+normalised and cut into 3x3 patches (27 channels per pixel). Frames smaller than a tile are
+upscaled (aspect ratio kept) to cover one and the flow is scaled back. See model_core.flow_tiling
+for the grid and the blending.
 """
 
 from __future__ import annotations
@@ -60,9 +61,10 @@ class OpticalFlowRunner:
         return tuple(tile.shape)
 
     def collate(self, tiles: Sequence[torch.Tensor]) -> torch.Tensor:
-        pairs = normalize_frame(torch.stack(list(tiles)))  # (B, 2, 3, H_t, W_t) float32 in [-1, 1]
+        pixels = torch.stack(list(tiles)).to(self.device)  # (B, 2, H_t, W_t, 3) uint8: copied as bytes
+        pairs = normalize_frame(pixels).to(self.dtype)  # (B, 2, 3, H_t, W_t) in [-1, 1], on the device
         batch, _, _, height, width = pairs.shape
-        pairs = pairs.to(self.device, self.dtype).view(batch * 2, 3, height, width)
+        pairs = pairs.view(batch * 2, 3, height, width)
         return extract_patches(pairs).view(batch, 2, 27, height, width)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,6 @@ through the model's batcher (`call.infer`) and builds the requested outputs.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -17,9 +15,10 @@ import torch
 
 from server.errors import ErrorCode, ServeError
 from server.schemas import Function
-from server.serving import Call
+from server.serving import Call, prepare_each
 from server.settings import ServerSettings
 from server.tasks.labels import apply_function
+from server.uploads import decode_base64
 from server.v2.binary import Tensor
 from server.v2.protocol import TensorMetadata
 
@@ -104,26 +103,13 @@ def files(tensor: Tensor) -> list[bytes]:
     rows = elements(tensor)
     if tensor.binary:
         return rows
-    out = []
-    for i, value in enumerate(rows):
-        encoded = value.split(b",", 1)[1] if value.startswith(b"data:") else value
-        try:
-            out.append(base64.b64decode(encoded, validate=True))
-        except (binascii.Error, ValueError):
-            raise ServeError(ErrorCode.INVALID_INPUT, f"{tensor.name}[{i}]: in JSON, an encoded file must be "
-                             "base64 (or send it raw in the binary section)") from None
-    return out
+    note = " (in JSON an encoded file is base64; or send it raw in the binary section)"
+    return each(tensor.name, rows, lambda value: decode_base64(value, field="the file", note=note))
 
 
 def each(name: str, values: Sequence[T], prepare: Callable[[T], R]) -> list[R]:
-    """prepare(v) for each row; an error names the row (`text[2]: ...`)."""
-    out = []
-    for i, value in enumerate(values):
-        try:
-            out.append(prepare(value))
-        except ServeError as exc:
-            raise ServeError(exc.code, f"{name}[{i}]: {exc.message}", retry_after=exc.retry_after) from None
-    return out
+    """prepare(v) for each row of tensor `name`; an error names its row (`text[0]: ...`), a lone one too."""
+    return prepare_each(values, prepare, name=name, name_single=True)
 
 
 def labels(name: str, logits: torch.Tensor, *, function: Function, top_k: int, names: Mapping[int, str]) -> Tensor:
