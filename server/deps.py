@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from server.jobs import JobStore
 from server.lifecycle import Lifecycle
 from server.metrics import Metrics
 from server.registry import Registry
@@ -31,11 +32,16 @@ async def _lifecycle(request: Request) -> Lifecycle:
     return request.app.state.lifecycle
 
 
+async def _jobs(request: Request) -> JobStore:
+    return request.app.state.jobs
+
+
 async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 ServiceDep = Annotated[InferenceService, Depends(_service)]
+JobsDep = Annotated[JobStore, Depends(_jobs)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]

@@ -17,10 +17,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from server import media
-from server.deps import ModelParam, ServiceDep, TopKParam
+from server.deps import JobsDep, ModelParam, ServiceDep, TopKParam
 from server.errors import ErrorCode, ServeError, responses
 from server.jobs import JobResult, Progress
-from server.routers.jobs import ACCEPTED, JobsDep, accepted
+from server.routers.jobs import ACCEPTED, accepted
 from server.schemas import LabelScore
 from server.serving import STARTED_KEY, InferenceService
 from server.settings import Task

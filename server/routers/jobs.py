@@ -4,22 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Path, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from server.deps import JobsDep
 from server.errors import ErrorBody, ErrorCode, error_response, responses
-from server.jobs import Job, JobStatus, JobStore
+from server.jobs import Job, JobStatus
 
 router = APIRouter(tags=["jobs"])
 RETRY_AFTER_S = 1  # what a poll of an unfinished job is told
 
 
-def _jobs(request: Request) -> JobStore:
-    return request.app.state.jobs
-
-
-JobsDep = Annotated[JobStore, Depends(_jobs)]
 JobId = Annotated[str, Path(min_length=1, max_length=64, description="The id a 202 answer's Location names")]
 
 
