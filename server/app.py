@@ -13,7 +13,7 @@ from server.auth import AuthMiddleware, configured_keys, document_auth, public_p
 from server.errors import install_error_handlers
 from server.jobs import JobStore
 from server.lifecycle import Lifecycle
-from server.limits import AdmissionMiddleware
+from server.admission import AdmissionMiddleware
 from server.loading import load_model
 from server.metrics import Metrics
 from server.middleware import RequestMiddleware

@@ -22,6 +22,8 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    REQUEST_TIMEOUT = "request_timeout"
+    HEADERS_TOO_LARGE = "headers_too_large"
     UNKNOWN_MODEL = "unknown_model"
     NO_MODEL_FOR_TASK = "no_model_for_task"
     OVERLOADED = "overloaded"
@@ -42,6 +44,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.HEADERS_TOO_LARGE: 431,
     ErrorCode.UNKNOWN_MODEL: 404,
     ErrorCode.NO_MODEL_FOR_TASK: 404,
     ErrorCode.OVERLOADED: 429,
@@ -55,8 +59,9 @@ STATUS: dict[ErrorCode, int] = {
 }
 
 _BY_STATUS = {401: ErrorCode.UNAUTHORIZED, 404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
-              413: ErrorCode.PAYLOAD_TOO_LARGE, 415: ErrorCode.UNSUPPORTED_MEDIA_TYPE, 422: ErrorCode.INVALID_INPUT,
-              429: ErrorCode.OVERLOADED, 503: ErrorCode.NOT_READY, 504: ErrorCode.TIMEOUT}
+              408: ErrorCode.REQUEST_TIMEOUT, 413: ErrorCode.PAYLOAD_TOO_LARGE, 415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+              422: ErrorCode.INVALID_INPUT, 429: ErrorCode.OVERLOADED, 431: ErrorCode.HEADERS_TOO_LARGE,
+              503: ErrorCode.NOT_READY, 504: ErrorCode.TIMEOUT}
 
 
 class ServeError(Exception):

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from server.errors import ErrorCode, ServeError
-from server.tasks.image_classification import DEFAULT_IMAGE_LIMITS, ImageLimits, decode_image
+from server.limits import DEFAULT_LIMITS, ImageLimits
+from server.tasks.image_classification import decode_image
 from server.uploads import decode_base64, parse_json, read_form
 
 FIELDS = ("frame1", "frame2")
@@ -45,7 +46,7 @@ async def read_frame_pair(request: Request) -> tuple[bytes, bytes]:
 
 
 def decode_frames(data1: bytes, data2: bytes,
-                  limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> tuple[Image.Image, Image.Image]:
+                  limits: ImageLimits = DEFAULT_LIMITS.image) -> tuple[Image.Image, Image.Image]:
     """Both frames as RGB images; an error names the frame. CPU work: call off the event loop."""
     frames = []
     for name, data in zip(FIELDS, (data1, data2), strict=True):

@@ -1,127 +1,93 @@
-"""Admission checks that need no route: the request's own deadline and the nesting depth of a JSON body.
+"""Every limit a request is held to, in one object built from the settings.
 
-`AdmissionMiddleware` runs inside authentication, so only authenticated bodies are read here. A JSON body
-is read whole (the size limit of RequestMiddleware applies while it streams in), scanned for nesting depth
-in linear time without recursion, then replayed to the route, which parses it. Deeply nested JSON is
-refused before any parser sees it.
+Inputs are checked from what a request declares (counts, header values, image and array headers) before
+the work they would cost; answers are bounded the same way, from checked request values, before the
+model runs: how many ranked entries an answer may hold (`max_candidates`) and how many bytes it may be
+(`max_response_mb`). Past any limit: 413 naming the limit and its setting.
 """
 
 from __future__ import annotations
 
-import math
-import time
+from dataclasses import dataclass
 
-import numpy as np
-from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from server.errors import ErrorCode, ServeError
+from server.settings import ServerSettings
 
-from server.errors import ErrorCode, ServeError, error_response
-from server.serving import DEADLINE_KEY, STARTED_KEY
-
-TIMEOUT_HEADER = b"x-request-timeout"
-_SCAN_INLINE_BYTES = 256 * 1024  # larger bodies are scanned on a worker thread
-_CHUNK = 1 << 20
-_STRUCTURE = b'"[]{}'
-_NOT_STRUCTURE = bytes(b for b in range(256) if b not in _STRUCTURE)
+MIN_AUDIO_SAMPLE_RATE = 1_000  # Hz; no real recording is below it
 
 
-def nesting_exceeds(body: bytes, limit: int) -> bool:
-    """Whether a JSON text nests arrays/objects more than `limit` deep. Linear time, bounded memory, no recursion.
+@dataclass(frozen=True)
+class ImageLimits:
+    """What a request's image may be; both are checked from the file's header, before any pixel is decoded."""
 
-    Escaped backslashes, then escaped quotes, are removed so that every quote left opens or closes a string,
-    and only quotes and brackets are kept; a bracket counts when an even number of quotes precede it. The
-    running depth is a cumulative sum over 1 MiB chunks. Malformed JSON is left to the parser.
-    """
-    text = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
-    if text.count(b"[") + text.count(b"{") <= limit:
-        return False
-    depth = quotes = 0
-    for start in range(0, len(text), _CHUNK):
-        chunk = np.frombuffer(text, dtype=np.uint8, count=min(_CHUNK, len(text) - start), offset=start)
-        is_quote = chunk == ord('"')
-        outside = (np.cumsum(is_quote, dtype=np.int32) + quotes) & 1 == 0
-        quotes += int(np.count_nonzero(is_quote))
-        opens = (chunk == ord("[")) | (chunk == ord("{"))  # the rest are closing brackets
-        levels = depth + np.cumsum(np.where(outside & ~is_quote, np.where(opens, 1, -1), 0), dtype=np.int32)
-        if int(levels.max()) > limit:
-            return True
-        depth = int(levels[-1])
-    return False
+    max_pixels: int
+    formats: tuple[str, ...]  # Pillow format ids; Pillow tries no other decoder
 
 
-def request_timeout(value: bytes, *, cap_s: float) -> float:
-    """Seconds from an X-Request-Timeout header: a positive number, capped at `cap_s`."""
-    try:
-        seconds = float(value.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ServeError(ErrorCode.INVALID_INPUT, (
-            f"X-Request-Timeout must be a positive number of seconds (at most {cap_s:g} are granted)"))
-    return min(seconds, cap_s)
+@dataclass(frozen=True)
+class VideoLimits:
+    max_frames: int  # frames of one clip, from its header or as decoded
+    max_frame_pixels: int  # width x height of one frame, from the container's or the array's header
+    max_array_bytes: int  # an uploaded .npy/.npz array as its header declares it (a .npz inflates no further)
+    containers: tuple[str, ...]  # "mp4", "webm", "avi": the only demuxers FFmpeg is allowed
 
 
-def _json_prefix(headers: dict[bytes, bytes]) -> int | None:
-    """The JSON header's length of a binary-tensor-extension body (raw tensor bytes follow it)."""
-    value = headers.get(b"inference-header-content-length")
-    return int(value) if value is not None and value.isdigit() else None
+@dataclass(frozen=True)
+class AudioLimits:
+    max_seconds: float  # duration from the header, before decoding
+    max_sample_rate: int  # from the header; MIN_AUDIO_SAMPLE_RATE is the floor
+    max_channels: int
+    formats: tuple[str, ...]  # libsndfile major formats: "WAV", "FLAC", "OGG"
 
 
-def _is_json(content_type: bytes) -> bool:
-    media = content_type.split(b";", 1)[0].strip().lower()
-    return media == b"application/json" or media.endswith(b"+json")
+@dataclass(frozen=True)
+class Limits:
+    max_inputs: int
+    max_text_bytes: int
+    max_masks_per_text: int
+    max_candidates: int
+    max_response_bytes: int
+    image: ImageLimits
+    video: VideoLimits
+    audio: AudioLimits
+
+    @classmethod
+    def of(cls, server: ServerSettings) -> Limits:
+        return cls(
+            max_inputs=server.max_inputs,
+            max_text_bytes=server.max_text_bytes,
+            max_masks_per_text=server.max_masks_per_text,
+            max_candidates=server.max_candidates,
+            max_response_bytes=int(server.max_response_mb * 2**20),
+            image=ImageLimits(server.max_image_pixels, tuple(server.image_formats)),
+            video=VideoLimits(server.max_video_frames, server.max_video_frame_pixels,
+                              int(server.max_array_mb * 2**20), tuple(server.video_containers)),
+            audio=AudioLimits(server.max_audio_seconds, server.max_audio_sample_rate, server.max_audio_channels,
+                              tuple(server.audio_formats)),
+        )
+
+    def check_inputs(self, count: int) -> None:
+        if count > self.max_inputs:
+            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"{count} inputs in one request; at most {self.max_inputs} "
+                             "(max_inputs)")
+
+    def check_candidates(self, count: int, what: str) -> None:
+        """`count` ranked entries in one answer; `what` says how they multiply, e.g. "3 texts x 40 masks x top_k 5"."""
+        if count > self.max_candidates:
+            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
+                f"the answer would hold {count} ranked entries ({what}); at most {self.max_candidates} are returned "
+                "per request (max_candidates): lower top_k or send fewer inputs per request"))
+
+    def check_answer(self, nbytes: int, what: str, hint: str) -> None:
+        """An answer estimated at `nbytes` (`what` says of what); `hint` says how to ask for less."""
+        if nbytes > self.max_response_bytes:
+            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
+                f"the answer ({what}) would be about {_mib(nbytes)}; answers are limited to "
+                f"{_mib(self.max_response_bytes)} (max_response_mb): {hint}"))
 
 
-class AdmissionMiddleware:
-    def __init__(self, app: ASGIApp, *, max_json_depth: int, timeout_cap_s: float) -> None:
-        self.app, self.max_json_depth, self.timeout_cap_s = app, max_json_depth, timeout_cap_s
+DEFAULT_LIMITS = Limits.of(ServerSettings())
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        try:
-            if TIMEOUT_HEADER in headers:
-                state = scope.setdefault("state", {})
-                started = state.get(STARTED_KEY, time.monotonic())
-                state[DEADLINE_KEY] = started + request_timeout(headers[TIMEOUT_HEADER], cap_s=self.timeout_cap_s)
-            # A compressed body is the route's to inflate (and limit); its bytes say nothing of its nesting.
-            if _is_json(headers.get(b"content-type", b"")) and headers.get(b"content-encoding", b"identity") \
-                    in (b"identity", b""):
-                receive = await self._checked_json(receive, _json_prefix(headers))
-        except ServeError as exc:
-            await error_response(exc)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
-    async def _checked_json(self, receive: Receive, prefix: int | None) -> Receive:
-        """Read the whole body, refuse it if nested too deeply, and hand back a receive that replays it.
-
-        `prefix`: only the first `prefix` bytes are JSON (the binary tensor extension's header)."""
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ServeError(ErrorCode.CLIENT_CLOSED, "client disconnected before the body was read")
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        text = body if prefix is None else body[:prefix]
-        if len(text) > _SCAN_INLINE_BYTES:
-            too_deep = await run_in_threadpool(nesting_exceeds, text, self.max_json_depth)
-        else:
-            too_deep = nesting_exceeds(text, self.max_json_depth)
-        if too_deep:
-            raise ServeError(ErrorCode.BAD_REQUEST,
-                             f"JSON body is nested more than {self.max_json_depth} levels deep")
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()  # what follows the body: the disconnect, when it comes
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        return replay
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"

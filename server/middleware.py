@@ -2,7 +2,7 @@
 last-resort 500.
 
 Order (outermost first): RequestMiddleware -> AuthMiddleware (server/auth.py) -> AdmissionMiddleware
-(server/limits.py) -> FastAPI routes. Each rejects what it can from the headers alone, before a body is read.
+(server/admission.py) -> FastAPI routes. Each rejects what it can from the headers alone, before a body is read.
 """
 
 from __future__ import annotations

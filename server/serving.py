@@ -19,6 +19,7 @@ from fastapi import Request, Response
 
 from server.batching import Outcome, Pending
 from server.errors import ErrorCode, ServeError
+from server.limits import Limits
 from server.registry import Entry, Registry
 from server.settings import Settings, Task
 
@@ -112,6 +113,7 @@ async def _disconnected(request: Request) -> None:
 class InferenceService:
     def __init__(self, *, registry: Registry, settings: Settings) -> None:
         self.registry, self.settings = registry, settings
+        self.limits = Limits.of(settings.server)
         # A decoded 64-megapixel image is ~200 MB: bound how many decode at once, whatever the load.
         self._decodes = anyio.CapacityLimiter(settings.server.max_concurrent_decodes or max(2, os.cpu_count() or 2))
 
@@ -120,9 +122,7 @@ class InferenceService:
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._decodes)
 
     def check_inputs(self, count: int) -> None:
-        limit = self.settings.server.max_inputs
-        if count > limit:
-            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"{count} inputs in one request; at most {limit}")
+        self.limits.check_inputs(count)
 
     def check_texts(self, texts: Sequence[str]) -> None:
         """The count cap, then `max_text_bytes` per text (UTF-8), before any tokenizing."""

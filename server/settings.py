@@ -40,6 +40,9 @@ Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,6
 Source = Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f]{1,1024}$")]
 # Formats Pillow may open a request's image as (its format ids); anything else is 415 before decoding.
 ImageFormat = Literal["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]
+# Containers a video upload may be (each names one FFmpeg demuxer family: mp4 = mov/mp4, webm = matroska/webm).
+VideoContainer = Literal["mp4", "webm", "avi"]
+AudioFormat = Literal["WAV", "FLAC", "OGG"]  # libsndfile's major formats a request's audio may be
 API_KEY = re.compile(r"[\x21-\x7e]{16,256}")  # printable ASCII, no spaces: it travels in a header
 
 
@@ -82,6 +85,22 @@ class ServerSettings(_Strict):
     max_json_depth: int = Field(32, ge=2, le=1000)  # nesting of a JSON body, checked before parsing
     max_video_frames: int = Field(256, ge=1, le=100_000)  # frames of one clip, from its header or as decoded
     max_audio_seconds: float = Field(600.0, gt=0, le=86_400)  # an audio part's duration, from its header
+    max_video_frame_pixels: int = Field(3840 * 2160, ge=1, le=2**28)  # one frame's width x height, from its header
+    max_array_mb: float = Field(256.0, gt=0, le=16_384)  # an uploaded .npy/.npz array, as its header declares it
+    video_containers: list[VideoContainer] = Field(["mp4", "webm", "avi"], min_length=1)  # demuxers FFmpeg may use
+    audio_formats: list[AudioFormat] = Field(["WAV", "FLAC", "OGG"], min_length=1)
+    max_audio_sample_rate: int = Field(192_000, ge=8_000, le=768_000)  # from the header; 1 kHz is the floor
+    max_audio_channels: int = Field(8, ge=1, le=256)
+    # Answers: bounded by what a request may ask, checked before any work (413 naming the limit).
+    max_masks_per_text: int = Field(256, ge=1, le=65_536)  # [MASK]s (or mask token ids) in one fill-mask text
+    max_candidates: int = Field(8192, ge=1, le=10_000_000)  # ranked entries in one answer: top_k x masks x inputs
+    max_response_mb: float = Field(128.0, gt=0, le=16_384)  # one answer's size, estimated from the request
+    # Connections (enforced by the HTTP protocol, before the app sees a request).
+    max_connections: int = Field(1000, ge=1, le=1_000_000)  # open at once; past it the slowest header reader goes
+    header_timeout_s: float = Field(15.0, gt=0, le=300)  # from a request's first byte to the end of its headers
+    body_timeout_s: float = Field(120.0, gt=0, le=3600)  # from the end of the headers to the end of the body
+    keep_alive_s: float = Field(5.0, gt=0, le=3600)  # an idle keep-alive connection is closed after this
+    max_header_kb: int = Field(32, ge=1, le=1024)  # request line + headers of one request
     api_keys: list[SecretStr] = []  # when any (here or in api_keys_file): every route but /health/* needs one
     api_keys_file: Path | None = None  # one key per line; blank lines and # comments ignored
     public_metrics: bool = True  # with api keys, /metrics stays open unless this is false

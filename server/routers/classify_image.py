@@ -10,7 +10,7 @@ from server.errors import ErrorCode, responses
 from server.image_input import OPENAPI_BODY, read_image_request
 from server.schemas import ClassifyImageResponse
 from server.settings import Task
-from server.tasks.image_classification import ImageLimits, decode_image
+from server.tasks.image_classification import decode_image
 from server.tasks.labels import as_labels
 
 router = APIRouter(tags=["vision"])
@@ -24,7 +24,7 @@ ERRORS = responses(ErrorCode.BAD_REQUEST, ErrorCode.INVALID_INPUT, ErrorCode.PAY
 async def classify_image(request: Request, response: Response, service: ServiceDep,
                          model: ModelParam = None, top_k: TopKParam = None) -> ClassifyImageResponse:
     data, params = await read_image_request(request, top_k=top_k)
-    image = await service.decode(decode_image, data, ImageLimits.of(service.settings.server))
+    image = await service.decode(decode_image, data, service.limits.image)
     async with service.open(request, Task.IMAGE_CLASSIFICATION, model) as call:
         item = await run_in_threadpool(call.runner.prepare, image, top_k=params.top_k,
                                        function=params.function_to_apply)

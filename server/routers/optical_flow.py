@@ -12,7 +12,7 @@ from server.errors import ErrorCode, responses
 from server.flow_formats import MEDIA_TYPES, OPENAPI_CONTENT, FlowFormat, encode_flow, negotiate
 from server.flow_input import OPENAPI_BODY, decode_frames, read_frame_pair
 from server.settings import Task
-from server.tasks.image_classification import ImageLimits
+from server.limits import ImageLimits
 from server.tasks.optical_flow import MAX_SIDE, check_frames, estimate_flow
 
 router = APIRouter(tags=["vision"])
@@ -32,7 +32,7 @@ async def optical_flow(request: Request, service: ServiceDep, model: ModelParam 
                        output: FormatParam = None) -> Response:
     fmt = negotiate(output, request.headers.get("accept"))
     data1, data2 = await read_frame_pair(request)
-    limits = ImageLimits.of(service.settings.server)  # a side over MAX_SIDE is refused before decoding, too
+    limits = service.limits.image  # a side over MAX_SIDE is refused before decoding, too
     limits = ImageLimits(min(limits.max_pixels, MAX_SIDE * MAX_SIDE), limits.formats)
     frame1, frame2 = await service.decode(decode_frames, data1, data2, limits)
     check_frames(frame1, frame2)  # before a model is loaded or waited for

@@ -16,28 +16,13 @@ from PIL import Image, UnidentifiedImageError
 from model_core.image_processing import DEFAULT, ImageProcessingConfig, preprocess_images
 from server.errors import ErrorCode, ServeError
 from server.schemas import Function
-from server.settings import ServerSettings
+from server.limits import DEFAULT_LIMITS, ImageLimits
 from server.tasks.labels import default_function, rank
 
 DEFAULT_TOP_K = 5
 
 
-@dataclass(frozen=True)
-class ImageLimits:
-    """What a request's image may be; both are checked from the file's header, before any pixel is decoded."""
-
-    max_pixels: int
-    formats: tuple[str, ...]  # Pillow format ids; Pillow tries no other decoder
-
-    @classmethod
-    def of(cls, server: ServerSettings) -> ImageLimits:
-        return cls(server.max_image_pixels, tuple(server.image_formats))
-
-
-DEFAULT_IMAGE_LIMITS = ImageLimits.of(ServerSettings())
-
-
-def decode_image(data: bytes, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> Image.Image:
+def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS.image) -> Image.Image:
     """Image file bytes in an allowed format -> an RGB image (first frame). CPU work: call off the event loop.
 
     Image.open reads only the header: the format and the pixel count are refused there (415, 413), so a

@@ -18,7 +18,8 @@ from server.errors import ErrorCode, ServeError
 from server.serving import Call
 from server.tasks.image_classification import DEFAULT_TOP_K as IMAGE_TOP_K
 from server.settings import ServerSettings
-from server.tasks.image_classification import ImageClassificationRunner, ImageLimits, decode_image
+from server.limits import Limits
+from server.tasks.image_classification import ImageClassificationRunner, decode_image
 from server.tasks.optical_flow import estimate_flow
 from server.v2.binary import Tensor
 from server.v2.protocol import TensorMetadata
@@ -48,7 +49,7 @@ class ImageClassificationTensors:
         """Decoded images, or (3, H, W) pixel tensors."""
         names = choose(inputs, (frozenset({"image"}), frozenset({"pixel_values"})), IMAGE_USAGE)
         if names == {"image"}:
-            return each("image", files(inputs["image"]), partial(decode_image, limits=ImageLimits.of(server)))
+            return each("image", files(inputs["image"]), partial(decode_image, limits=Limits.of(server).image))
         pixels = inputs["pixel_values"]
         check(pixels, "FP32", (4,))
         return list(pixels.to_torch().unbind(0))
@@ -92,7 +93,7 @@ class OpticalFlowTensors:
         first, second = files(inputs["frame1"]), files(inputs["frame2"])
         if len(first) != len(second):
             raise bad(f"frame1 has {len(first)} rows, frame2 has {len(second)}; send one frame2 per frame1")
-        decode = partial(decode_image, limits=ImageLimits.of(server))
+        decode = partial(decode_image, limits=Limits.of(server).image)
         pairs = list(zip(each("frame1", first, decode), each("frame2", second, decode), strict=True))
         sizes = {frame.size for pair in pairs for frame in pair}
         if len(sizes) > 1:

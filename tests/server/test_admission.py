@@ -16,7 +16,7 @@ import pytest
 from PIL import ImageFile
 
 from server.app import build_app
-from server.limits import nesting_exceeds, request_timeout
+from server.admission import nesting_exceeds, request_timeout
 from server.settings import Settings, SettingsError, load_settings
 from tests.server.crafted import image_file, nested_json, npy_file, png_claiming
 from tests.server.support import assert_error, open_client
