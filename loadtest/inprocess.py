@@ -49,18 +49,19 @@ def _image_bytes(payload: Payload) -> bytes:
 
 
 def _preparer(route: str, runner: Any) -> Callable[[Payload], Any]:
+    from server.limits import DEFAULT_LIMITS
+
     if route == "/fill-mask":
-        return lambda p: runner.prepare(p.json["inputs"], top_k=(p.json.get("parameters") or {}).get("top_k"))
+        return lambda p: runner.prepare(p.json["inputs"], top_k=(p.json.get("parameters") or {}).get("top_k"),
+                                        max_masks=DEFAULT_LIMITS.max_masks_per_text)
     if route == "/classify-text":
         def text(p: Payload) -> Any:
             params = p.json.get("parameters") or {}
             return runner.prepare(p.json["inputs"], top_k=params.get("top_k"),
                                   function=params.get("function_to_apply"))
         return text
-    if route == "/classify-image":
-        from server.tasks.image_classification import decode_image
-
-        return lambda p: runner.prepare(decode_image(_image_bytes(p)), top_k=None, function=None)
+    if route == "/classify-image":  # decoded and shrunk in one step, as the route does
+        return lambda p: runner.prepare_file(_image_bytes(p), DEFAULT_LIMITS.image)
     raise ValueError(f"no in-process measurement for {route}; supported: {', '.join(SUPPORTED)}")
 
 

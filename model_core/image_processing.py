@@ -121,18 +121,23 @@ def _array_to_rgb(array: np.ndarray) -> PIL.Image.Image:
     return PIL.Image.fromarray(np.ascontiguousarray(array), mode="RGB")
 
 
-def _center_crop(image: PIL.Image.Image, config: ImageProcessingConfig) -> PIL.Image.Image:
-    """Crop to (size/crop_size) * min(H, W) at offset (H - c) // 2.
+def center_crop_box(width: int, height: int, config: ImageProcessingConfig = DEFAULT) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the crop: (size/crop_size) * min(H, W) at offset (H - c) // 2.
 
     When the crop is larger than the image the box starts at a negative offset and
     PIL fills the outside with zeros: the same pixels as transformers' pad-then-crop.
+    The crop is pointwise-independent of the mode, so a decoder may crop before it
+    converts to RGB (a smaller copy) and get the same pixels.
     """
-    width, height = image.size
     min_dim = min(height, width)
     ch = int((config.size[0] / config.crop_size[0]) * min_dim)
     cw = int((config.size[1] / config.crop_size[1]) * min_dim)
     top, left = (height - ch) // 2, (width - cw) // 2
-    return image.crop((left, top, left + cw, top + ch))
+    return (left, top, left + cw, top + ch)
+
+
+def _center_crop(image: PIL.Image.Image, config: ImageProcessingConfig) -> PIL.Image.Image:
+    return image.crop(center_crop_box(*image.size, config))
 
 
 def preprocess_images(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,13 +36,11 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if any(spec.random_weights for spec in settings.models.values()):
             log.warning("RANDOM WEIGHTS: some models are randomly initialised; their answers are meaningless")
-        preload = asyncio.create_task(lifecycle.preload())
-        lifecycle.started = True
+        lifecycle.start()
         try:
             yield
         finally:
-            lifecycle.begin_drain()
-            preload.cancel()
+            await lifecycle.stop()
             await job_store.close()
             await registry.close()
 
@@ -51,6 +48,7 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
                   summary="Inference server for the Perceiver IO model family")
     app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
     app.state.lifecycle, app.state.jobs = lifecycle, job_store
+    app.state.api_keys_configured = bool(api_keys)  # public probes then say only why, never what (health.py)
     app.state.service = InferenceService(registry=registry, settings=settings)
     install_error_handlers(app)
     # Outermost last: RequestMiddleware -> AuthMiddleware -> AdmissionMiddleware -> routes.
@@ -58,7 +56,8 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
                        timeout_cap_s=settings.server.request_timeout_cap_s)
     app.add_middleware(AuthMiddleware, keys=api_keys, public=public_paths(settings.server))
     app.add_middleware(RequestMiddleware, metrics=metrics, lifecycle=lifecycle,
-                       max_body_bytes=int(settings.server.max_body_mb * 2**20))
+                       max_body_bytes=int(settings.server.max_body_mb * 2**20),
+                       body_timeout_s=settings.server.body_timeout_s)
     for router in (health.router, models.router, fill_mask.router, classify_text.router, classify_image.router,
                    optical_flow.router, autoencode_video.router, jobs.router, v2.router):
         app.include_router(router)

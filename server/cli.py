@@ -90,40 +90,89 @@ def serve(argv: Sequence[str]) -> int:
         settings = demo_settings(settings)
         log.warning("DEMO MODE: serving RANDOMLY INITIALISED checkpoints (%s); answers are meaningless",
                     ", ".join(settings.models))
-    _run(settings)
+    try:
+        _run(settings)
+    except KeyboardInterrupt:  # SIGINT, re-raised by uvicorn once it has shut down gracefully: a normal exit
+        return 130
     return 0
 
 
 def _run(settings: Settings) -> None:
     from server.app import build_app
+    from server.connections import ConnectionLimits, protocol_class
 
     app = build_app(settings)
     server = settings.server
-    # In-flight requests get as long as the longest deadline a request may have, plus a margin.
+    _make_room_for_connections(server.max_connections)
+    # In-flight requests get as long as the longest deadline a request may have, plus a margin. No websocket
+    # routes: an upgrade request is an ordinary request. The guard protocol bounds connections (connections.py).
     config = uvicorn.Config(app, host=server.host, port=server.port, log_level=server.log_level,
+                            http=protocol_class(ConnectionLimits.of(server)), ws="none",
+                            timeout_keep_alive=server.keep_alive_s,  # type: ignore[arg-type]
                             timeout_graceful_shutdown=int(server.request_timeout_cap_s) + 5, access_log=False)
     DrainingServer(config, on_drain=app.state.lifecycle.begin_drain, drain_s=server.drain_seconds).run()
+
+
+FD_MARGIN = 64  # descriptors beyond the connections: listener, model files, logs, worker pipes
+
+
+def _make_room_for_connections(max_connections: int) -> None:
+    """Raise the open-file soft limit to fit `max_connections` (up to the hard limit), or say it cannot:
+    past the limit, accept() fails and the connection cap never gets a say."""
+    try:
+        import resource
+    except ImportError:  # not on this platform: nothing to adjust
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max_connections + FD_MARGIN
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(target, soft), hard))
+    except (ValueError, OSError):  # a sandbox may refuse: the limit stays as it was
+        target = soft
+    if target < needed:
+        log.warning("max_connections = %d needs about %d open files, but the limit is %d: lower max_connections "
+                    "or raise the limit (ulimit -n)", max_connections, needed, target)
 
 
 class DrainingServer(uvicorn.Server):
     """First SIGTERM/SIGINT: at once, readiness and new requests answer 503 (in-flight ones carry on); the
     listener stays open `drain_s` so load balancers see the 503s, then uvicorn's graceful shutdown closes it
-    and waits for the in-flight requests. A second signal skips the rest of the drain."""
+    and waits for the in-flight requests. A repeated signal only skips the rest of the drain window: it never
+    forces an exit, which would cut in-flight requests off without an answer."""
 
     def __init__(self, config: uvicorn.Config, *, on_drain: Callable[[], None], drain_s: float) -> None:
         super().__init__(config)
-        self.on_drain, self.drain_s, self.draining = on_drain, drain_s, False
+        self.on_drain, self.drain_s, self._window_opened = on_drain, drain_s, False
+
+    @property  # type: ignore[override]
+    def force_exit(self) -> bool:
+        """Never: uvicorn would stop waiting for in-flight requests and skip the app's shutdown."""
+        return False
+
+    @force_exit.setter
+    def force_exit(self, value: bool) -> None:
+        pass
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        first, self.draining = not self.draining, True
         self.on_drain()
-        if first and self.drain_s > 0:
+        if self.should_exit:
+            log.info("already shutting down: in-flight requests finish, or get a 503 when the grace period ends")
+            return
+        if not self._window_opened and self.drain_s > 0:
+            self._window_opened = True
             log.info("draining for %.1fs before shutdown", self.drain_s)
-            timer = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
+            timer = threading.Timer(self.drain_s, self._shut_down, (sig, frame))
             timer.daemon = True
             timer.start()
             return
-        super().handle_exit(sig, frame)
+        self._shut_down(sig, frame)
+
+    def _shut_down(self, sig: int, frame: Any) -> None:
+        if not self.should_exit:
+            super().handle_exit(sig, frame)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

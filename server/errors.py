@@ -112,11 +112,16 @@ def responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
     return {STATUS[c]: {"model": ErrorResponse, "description": c.value} for c in codes}
 
 
-def _describe_validation(exc: Any) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+MAX_DESCRIBED_ERRORS = 10  # a message names this many validation errors, then counts the rest
+
+
+def describe_validation(exc: Any) -> str:
+    """A pydantic or FastAPI validation error as one line: `inputs.0: Input should be a valid string; ...`."""
+    errors = exc.errors()
+    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg', 'invalid')}"
+             for e in errors[:MAX_DESCRIBED_ERRORS]]
+    if len(errors) > MAX_DESCRIBED_ERRORS:
+        parts.append(f"and {len(errors) - MAX_DESCRIBED_ERRORS} more")
     return "; ".join(parts) or "invalid request"
 
 
@@ -130,7 +135,7 @@ def install_error_handlers(app: Any) -> None:
         return error_response(exc)
 
     async def on_validation(_request: Any, exc: RequestValidationError) -> JSONResponse:
-        return error_response(ServeError(ErrorCode.INVALID_INPUT, _describe_validation(exc)))
+        return error_response(ServeError(ErrorCode.INVALID_INPUT, describe_validation(exc)))
 
     async def on_http(_request: Any, exc: HTTPException) -> JSONResponse:
         code = code_for_status(exc.status_code)

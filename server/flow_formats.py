@@ -31,6 +31,10 @@ MEDIA_TYPES: dict[FlowFormat, str] = {  # in order of preference when the client
     FlowFormat.JSON: "application/json",
 }
 DEFAULT_FORMAT = FlowFormat.NPY
+# Bytes each flow value costs to build and send in a format: 4 as float32; base64 is 4/3 of that; the
+# colour-wheel PNG is smaller on the wire but works through float64 planes, so it counts as much as raw.
+FORMAT_VALUE_BYTES: dict[FlowFormat, float] = {FlowFormat.NPY: 4, FlowFormat.FLO: 4, FlowFormat.PNG: 4,
+                                               FlowFormat.JSON: 16 / 3}
 
 FLO_MAGIC = b"PIEH"  # the float32 202021.25, little-endian
 _FLO_HEADER = struct.Struct("<4sii")  # magic, width, height

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from server.errors import ErrorCode, ServeError
 from server.schemas import ClassifyImageRequest, ClassifyParameters
-from server.uploads import decode_base64, parse_json, read_form
+from server.uploads import decode_base64, read_form, read_json
 
 # curl --data-binary sends x-www-form-urlencoded unless told otherwise: treat it as raw bytes.
 _RAW = {"", "application/octet-stream", "application/x-www-form-urlencoded"}
@@ -36,12 +35,11 @@ async def read_image_request(request: Request, *, top_k: int | None) -> tuple[by
             "a multipart/form-data upload with a 'file' part, or application/json {\"inputs\": \"<base64>\"}"))
     body = await request.body()
     if ctype == "application/json" or (ctype in _RAW and body.lstrip()[:1] == b"{"):
-        return await run_in_threadpool(_from_json, body)  # parse and base64-decode up to max_body_mb
+        return await read_json(ClassifyImageRequest, body, _from_json)  # parse and base64-decode
     return body, ClassifyParameters(top_k=top_k)
 
 
-def _from_json(body: bytes) -> tuple[bytes, ClassifyParameters]:
-    payload = parse_json(ClassifyImageRequest, body)
+def _from_json(payload: ClassifyImageRequest) -> tuple[bytes, ClassifyParameters]:
     return decode_base64(payload.inputs, field="inputs"), payload.parameters
 
 

@@ -1,5 +1,5 @@
-"""Plain ASGI middleware: request id, shutdown refusal, body-size limit, in-flight gauge, request metrics,
-last-resort 500.
+"""Plain ASGI middleware: request id, shutdown refusal, body-size limit, body deadline, in-flight gauge,
+request metrics, last-resort 500, and an answer for a request cut off by shutdown.
 
 Order (outermost first): RequestMiddleware -> AuthMiddleware (server/auth.py) -> AdmissionMiddleware
 (server/admission.py) -> FastAPI routes. Each rejects what it can from the headers alone, before a body is read.
@@ -7,6 +7,7 @@ Order (outermost first): RequestMiddleware -> AuthMiddleware (server/auth.py) ->
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -16,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import ErrorCode, code_for_status, error_payload
+from server.errors import ErrorCode, ServeError, code_for_status, error_payload, error_response
 from server.lifecycle import Lifecycle
 from server.metrics import Metrics
 from server.serving import MODEL_KEY, STARTED_KEY
@@ -28,14 +29,18 @@ NOT_WORK = frozenset({"/health/live", "/health/ready", "/metrics", "/v2/health/l
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, lifecycle: Lifecycle, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, lifecycle: Lifecycle, max_body_bytes: int,
+                 body_timeout_s: float) -> None:
         self.app, self.metrics, self.lifecycle, self.max_body_bytes = app, metrics, lifecycle, max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
+        # The protocol hands a request over as soon as its headers are complete: the body's time starts now.
+        body_deadline = asyncio.get_running_loop().time() + self.body_timeout_s
         state = scope.setdefault("state", {})
         state[STARTED_KEY] = started
         headers = dict(scope.get("headers") or [])
@@ -57,11 +62,18 @@ class RequestMiddleware:
             if refused is not None:
                 await refused(scope, receive, send_with_id)
             else:
-                await self.app(scope, self._limited(receive), send_with_id)
-        except HTTPException as exc:  # raised by the body limit while a middleware inside this one read the body
+                await self.app(scope, self._limited(receive, body_deadline), send_with_id)
+        except HTTPException as exc:  # raised by the body limits while a middleware inside this one read the body
             if not status["sent"]:
                 body = error_payload(code_for_status(exc.status_code), str(exc.detail), exc.status_code)
-                await JSONResponse(body, status_code=exc.status_code)(scope, receive, send_with_id)
+                response = JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+                await response(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # Only the server cancels a request: at the end of the shutdown grace period (or of the event loop).
+            # Whatever it was doing, it gets an answer in the one error shape before the cancellation goes on.
+            if not status["sent"]:
+                await self._cancelled()(scope, receive, send_with_id)
+            raise
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not status["sent"]:
@@ -86,12 +98,29 @@ class RequestMiddleware:
         message = f"request body is {length} bytes; at most {self.max_body_bytes} are accepted"
         return JSONResponse(error_payload(ErrorCode.PAYLOAD_TOO_LARGE, message), status_code=413)
 
-    def _limited(self, receive: Receive) -> Receive:
-        seen = 0
+    def _cancelled(self) -> JSONResponse:
+        if self.lifecycle.draining:
+            message = "the server shut down before the request finished; retry on another instance"
+        else:
+            message = "the request was cancelled before it finished; retry"
+        return error_response(ServeError(ErrorCode.NOT_READY, message, retry_after=1), headers={"Connection": "close"})
+
+    def _limited(self, receive: Receive, deadline: float) -> Receive:
+        """`receive` with the body-size limit, and the body deadline until the body is complete (after it,
+        receive waits for the disconnect, which may come as late as the request's own deadline)."""
+        seen, complete = 0, False
 
         async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(408, f"the request body was not received within {self.body_timeout_s:g}s "
+                                    "of its headers", headers={"Connection": "close"}) from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             seen += len(message.get("body", b""))
             if seen > self.max_body_bytes:
                 raise HTTPException(413, f"request body exceeds {self.max_body_bytes} bytes")

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 TopK = Annotated[int, Field(ge=1, le=1000, description="How many candidates to return")]
 Function = Literal["softmax", "sigmoid", "none"]
 Text = Annotated[str, Field(min_length=1)]
+# The configured max_inputs is checked with a clear message; this static bound stops a huge list early.
+Texts = Annotated[list[Text], Field(min_length=1, max_length=4096)]
 
 
 class _Parameters(BaseModel):
@@ -21,19 +23,19 @@ class FillMaskParameters(_Parameters):
 
 
 class FillMaskRequest(BaseModel):
-    inputs: Text | Annotated[list[Text], Field(min_length=1)] = Field(
+    inputs: Text | Texts = Field(
         description="Text with one or more [MASK] (each [MASK] stands for one UTF-8 byte), or a list of them",
         examples=["The capital of France is[MASK][MASK][MASK][MASK][MASK][MASK]."])
     parameters: FillMaskParameters = FillMaskParameters()
 
 
 class MaskRun(BaseModel):
-    """A run of consecutive [MASK]s (a word spans several bytes) and its best fill, byte by byte."""
+    """A run of consecutive [MASK]s (a word spans several bytes) and its best fill, byte by byte. The input
+    with the run filled is `input[:start] + fill + input[end:]`."""
 
     start: int = Field(description="Character offset of the run's first [MASK] in the input")
     end: int = Field(description="Character offset just past the run's last [MASK]")
     fill: str = Field(description="Most likely bytes of the whole run, decoded as UTF-8")
-    sequence: str = Field(description="The input with this run replaced by `fill`")
 
 
 class FillMaskCandidate(BaseModel):
@@ -58,7 +60,7 @@ class ClassifyParameters(_Parameters):
 
 
 class ClassifyTextRequest(BaseModel):
-    inputs: Text | Annotated[list[Text], Field(min_length=1)]
+    inputs: Text | Texts
     parameters: ClassifyParameters = ClassifyParameters()
 
 

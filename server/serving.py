@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 import anyio
 from fastapi import Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from server.batching import Outcome, Pending
 from server.errors import ErrorCode, ServeError
@@ -27,16 +29,22 @@ STARTED_KEY = "perceiver_started"  # scope["state"] keys shared with the middlew
 DEADLINE_KEY = "perceiver_deadline"  # set by the admission middleware from X-Request-Timeout
 MODEL_KEY = "perceiver_model"
 _DROP_REASONS = {ErrorCode.TIMEOUT: "expired", ErrorCode.CLIENT_CLOSED: "disconnected"}
+OFF_LOOP_ENTRIES = 256  # answers with more ranked entries than this are built on a worker thread
 T = TypeVar("T")
 
 
 class Call:
     """One request's use of one model."""
 
-    def __init__(self, request: Request, entry: Entry, deadline: float) -> None:
-        self.request, self.entry, self.deadline = request, entry, deadline
+    def __init__(self, request: Request, entry: Entry, deadline: float, service: InferenceService) -> None:
+        self.request, self.entry, self.deadline, self.service = request, entry, deadline, service
         self.runner: Any = entry.model.runner if entry.model else None
+        self.limits = service.limits
         self.outcomes: list[Outcome] = []
+
+    async def decode(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(...) as one media decode unit (at most `max_concurrent_decodes` run at once)."""
+        return await self.service.decode(fn, *args, **kwargs)
 
     async def infer(self, items: Sequence[Any]) -> list[Any]:
         """Results of `items`, in order; they may share batches with other requests' items."""
@@ -104,6 +112,21 @@ def prepare_each(values: Sequence[Any], prepare: Callable[[Any], Any], *, name: 
     return items
 
 
+def json_bytes(value: Any) -> bytes:
+    """Compact UTF-8 JSON, as FastAPI's JSONResponse renders it."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+async def json_answer(build: Callable[[], Any], *, entries: int) -> Response:
+    """The JSON response of `build()`: built on a worker thread when it holds more than OFF_LOOP_ENTRIES
+    entries (the limits have bounded it; the event loop stays free while it is built)."""
+    if entries > OFF_LOOP_ENTRIES:
+        content = await run_in_threadpool(lambda: json_bytes(build()))
+    else:
+        content = json_bytes(build())
+    return Response(content, media_type="application/json")
+
+
 async def _disconnected(request: Request) -> None:
     """Returns when the client goes away (the body has been read; receive() then waits for disconnect)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -150,7 +173,7 @@ class InferenceService:
                              retry_after=5) from None
         entry.active += 1
         try:
-            yield Call(request, entry, deadline)
+            yield Call(request, entry, deadline, self)
         finally:
             entry.active -= 1
             entry.last_used = time.monotonic()

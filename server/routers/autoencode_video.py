@@ -121,9 +121,10 @@ async def autoencode_video(request: Request, service: ServiceDep, jobs: JobsDep,
         jobs.check_capacity()  # refuse before reading and decoding the clip
     video, audio = await _read_parts(request)
     async with service.open(request, Task.VIDEO_AUTOENCODING, model) as call:
-        limits = service.settings.server
-        clip = await service.decode(call.runner.prepare, video, audio, max_frames=limits.max_video_frames,
-                                    max_audio_s=limits.max_audio_seconds)
+        clip = await service.decode(call.runner.prepare, video, audio, video_limits=service.limits.video,
+                                    audio_limits=service.limits.audio)
+        call.runner.check_answer(clip, service.limits, labels=wanted.labels, reconstruct=wanted.reconstruction,
+                                 top_k=wanted.top_k)
         name, units = call.entry.spec.name, call.runner.units(clip, reconstruct=wanted.reconstruction)
         if not background:
             result = await autoencode(call, clip, labels=wanted.labels, reconstruct=wanted.reconstruction,

@@ -9,11 +9,10 @@ from starlette.concurrency import run_in_threadpool
 
 from server.deps import ModelParam, ServiceDep
 from server.errors import ErrorCode, responses
-from server.flow_formats import MEDIA_TYPES, OPENAPI_CONTENT, FlowFormat, encode_flow, negotiate
-from server.flow_input import OPENAPI_BODY, decode_frames, read_frame_pair
+from server.flow_formats import FORMAT_VALUE_BYTES, MEDIA_TYPES, OPENAPI_CONTENT, FlowFormat, encode_flow, negotiate
+from server.flow_input import OPENAPI_BODY, decode_frame_pair, probe_frames, read_frame_pair
 from server.settings import Task
-from server.limits import ImageLimits
-from server.tasks.optical_flow import MAX_SIDE, check_frames, estimate_flow
+from server.tasks.optical_flow import check_answer, estimate_flow, flow_image_limits
 
 router = APIRouter(tags=["vision"])
 ERRORS = responses(ErrorCode.BAD_REQUEST, ErrorCode.INVALID_INPUT, ErrorCode.PAYLOAD_TOO_LARGE,
@@ -32,10 +31,11 @@ async def optical_flow(request: Request, service: ServiceDep, model: ModelParam 
                        output: FormatParam = None) -> Response:
     fmt = negotiate(output, request.headers.get("accept"))
     data1, data2 = await read_frame_pair(request)
-    limits = service.limits.image  # a side over MAX_SIDE is refused before decoding, too
-    limits = ImageLimits(min(limits.max_pixels, MAX_SIDE * MAX_SIDE), limits.formats)
-    frame1, frame2 = await service.decode(decode_frames, data1, data2, limits)
-    check_frames(frame1, frame2)  # before a model is loaded or waited for
+    limits = flow_image_limits(service.limits)  # a side over MAX_SIDE is refused before decoding, too
+    size = await service.decode(probe_frames, data1, data2, limits)  # headers only, before a model is waited for
+    check_answer(service.limits, size, value_bytes=FORMAT_VALUE_BYTES[fmt],
+                 hint="send smaller frames" + ("" if fmt is FlowFormat.NPY else ", or ask for format=npy"))
+    frame1, frame2 = await decode_frame_pair(service.decode, data1, data2, limits)
     async with service.open(request, Task.OPTICAL_FLOW, model) as call:
         flow = await estimate_flow(call, frame1, frame2)
         response = Response(await run_in_threadpool(encode_flow, flow, fmt), media_type=MEDIA_TYPES[fmt])

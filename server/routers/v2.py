@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, Response
 
 from server.deps import LifecycleDep, RegistryDep, ServiceDep, SettingsDep
-from server.errors import ErrorCode, ServeError
+from server.errors import ErrorCode
+from server.routers.health import DetailedDep, liveness_error, readiness_error
 from server.v2 import service as v2
 from server.v2.errors import V2Route, v2_responses
 from server.v2.protocol import INFER_BODY, InferenceResponse, ModelMetadata, ServerMetadata
@@ -31,20 +32,19 @@ async def server_metadata(request: Request) -> ServerMetadata:
 
 @router.get("/health/live", response_class=Response, responses={**OK, **v2_responses(ErrorCode.UNHEALTHY)},
             summary="Live (as /health/live): 200, or 503 when a batcher makes no progress")
-async def live(registry: RegistryDep, settings: SettingsDep) -> Response:
-    stuck = registry.stuck(settings.server.stall_seconds)
-    if stuck:
-        raise ServeError(ErrorCode.UNHEALTHY, f"no inference progress for over {settings.server.stall_seconds:g}s "
-                         f"on: {', '.join(stuck)}")
+async def live(registry: RegistryDep, settings: SettingsDep, detailed: DetailedDep) -> Response:
+    error = liveness_error(registry, settings, detailed=detailed)
+    if error is not None:
+        raise error
     return Response()
 
 
 @router.get("/health/ready", response_class=Response, responses={**OK, **v2_responses(ErrorCode.NOT_READY)},
             summary="Ready (as /health/ready): 200, or 503 while starting, preloading, failed or draining")
-async def ready(lifecycle: LifecycleDep) -> Response:
-    reason = lifecycle.not_ready_reason()
-    if reason is not None:
-        raise ServeError(ErrorCode.NOT_READY, f"not ready: {reason}", retry_after=1)
+async def ready(lifecycle: LifecycleDep, detailed: DetailedDep) -> Response:
+    error = readiness_error(lifecycle, detailed=detailed)
+    if error is not None:
+        raise error
     return Response()
 
 

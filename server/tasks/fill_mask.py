@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from model_core.tokenizer import MASK_ID
 from server.errors import ErrorCode, ServeError
-from server.schemas import FillMaskCandidate, FillMaskOneText, MaskRun
+from server.limits import Limits
 from server.tasks.text import TextCodec
 
 MASK = "[MASK]"
 DEFAULT_TOP_K = 5
+# A candidate's JSON besides its sequence: score, token, token_str, run {start, end, fill of a short run}.
+_CANDIDATE_BYTES = 192
+Answer = list[dict[str, Any]] | list[list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -37,16 +42,20 @@ class FillMaskRunner:
         self.model, self.device = model, device
         self.codec = TextCodec(max_length=model.config.max_position_embeddings)
         self.byte_offset = self.codec.tokenizer.encode("\x00", add_special_tokens=False)[0]
+        self.vocab_size: int = model.config.vocab_size
 
-    def prepare(self, text: str, *, top_k: int | None, raw: bool = False) -> FillMaskItem:
+    def prepare(self, text: str, *, top_k: int | None, max_masks: int, raw: bool = False) -> FillMaskItem:
+        """`max_masks`: [MASK]s one text may hold (each one costs a decoder query and an answer entry)."""
         ids = self.codec.encode(text)
-        return FillMaskItem(text, tuple(ids), _mask_positions(ids), top_k or DEFAULT_TOP_K, raw)
+        top_k = min(top_k or DEFAULT_TOP_K, self.vocab_size)
+        return FillMaskItem(text, tuple(ids), _mask_positions(ids, max_masks=max_masks), top_k, raw)
 
-    def prepare_ids(self, ids: Sequence[int]) -> FillMaskItem:
+    def prepare_ids(self, ids: Sequence[int], *, max_masks: int) -> FillMaskItem:
         """Token ids as the byte tokenizer makes them ([CLS] bytes [SEP], no padding); answers logits."""
         ids = self.codec.check_ids(ids)
         text = self.codec.tokenizer.decode(ids)
-        return FillMaskItem(text, ids, _mask_positions(ids, id_input=True), DEFAULT_TOP_K, raw=True)
+        positions = _mask_positions(ids, id_input=True, max_masks=max_masks)
+        return FillMaskItem(text, ids, positions, DEFAULT_TOP_K, raw=True)
 
     def key(self, item: FillMaskItem) -> int:
         return self.codec.bucket(item.ids)
@@ -69,25 +78,30 @@ class FillMaskRunner:
                 results.append(logits[b, : len(item.positions)].cpu())  # (P, V): drop the padding queries
                 continue
             row = probs[b, : len(item.positions)]
-            scores, tokens = row.topk(min(item.top_k, row.shape[-1]), dim=-1)
+            scores, tokens = row.topk(item.top_k, dim=-1)
             results.append(MaskScores(scores.tolist(), tokens.tolist()))
         return results
 
-    def respond(self, item: FillMaskItem, result: MaskScores) -> FillMaskOneText:
-        """HF shape: one [MASK] -> a list of candidates; several -> one list per [MASK]."""
+    def respond(self, item: FillMaskItem, result: MaskScores) -> Answer:
+        """HF shape, as plain JSON values: one [MASK] -> a list of candidates; several -> one list per [MASK].
+
+        A candidate's `sequence` is the input with its one byte filled (HF's field, as long as the input: the
+        answer's size is bounded by `answer_bytes` before the model runs); its `run` is small: the offsets of
+        the run of consecutive masks it belongs to and the run's best fill."""
         parts = item.text.split(MASK)
         offsets = [m.start() for m in re.finditer(re.escape(MASK), item.text)]
-        runs = self._runs(item, result, parts, offsets)
+        runs = self._runs(item, result, offsets)
         encoded = [part.encode() for part in parts]
         mask = MASK.encode()
-        per_mask = []
+        token_strs = self.codec.tokenizer.id_to_token_str
+        per_mask: list[list[dict[str, Any]]] = []
         for j, (scores, tokens) in enumerate(zip(result.scores, result.tokens, strict=True)):
             # The text around mask j, as bytes: each candidate's sequence is before + its byte + after.
             before, after = mask.join(encoded[: j + 1]), mask.join(encoded[j + 1:])
-            per_mask.append([FillMaskCandidate(
-                score=score, token=token, token_str=self.codec.tokenizer.id_to_token_str(token),
-                sequence=(before + self._bytes(token) + after).decode("utf-8", errors="replace"), run=runs[j],
-            ) for score, token in zip(scores, tokens, strict=True)])
+            per_mask.append([{
+                "score": score, "token": token, "token_str": token_strs(token),
+                "sequence": (before + self._bytes(token) + after).decode("utf-8", errors="replace"), "run": runs[j],
+            } for score, token in zip(scores, tokens, strict=True)])
         return per_mask[0] if len(per_mask) == 1 else per_mask
 
     def _bytes(self, token: int) -> bytes:
@@ -95,7 +109,7 @@ class FillMaskRunner:
             return bytes([token - self.byte_offset])
         return self.codec.tokenizer.id_to_token_str(token).encode()
 
-    def _runs(self, item: FillMaskItem, result: MaskScores, parts: list[str], offsets: list[int]) -> list[MaskRun]:
+    def _runs(self, item: FillMaskItem, result: MaskScores, offsets: list[int]) -> list[dict[str, Any]]:
         """The run of each mask: consecutive [MASK]s, filled with their top candidates."""
         groups: list[list[int]] = []
         for j, pos in enumerate(item.positions):
@@ -103,28 +117,38 @@ class FillMaskRunner:
                 groups[-1].append(j)
             else:
                 groups.append([j])
-        by_mask: list[MaskRun] = []
+        by_mask: list[dict[str, Any]] = []
         for group in groups:
-            fills = {j: self._bytes(result.tokens[j][0]) for j in group}
-            run = MaskRun(start=offsets[group[0]], end=offsets[group[-1]] + len(MASK),
-                          fill=b"".join(fills.values()).decode("utf-8", errors="replace"),
-                          sequence=_render(parts, fills))
+            fill = b"".join(self._bytes(result.tokens[j][0]) for j in group).decode("utf-8", errors="replace")
+            run = {"start": offsets[group[0]], "end": offsets[group[-1]] + len(MASK), "fill": fill}
             by_mask += [run] * len(group)
         return by_mask
 
 
-def _mask_positions(ids: Sequence[int], *, id_input: bool = False) -> tuple[int, ...]:
+def check_answer(items: Sequence[FillMaskItem], limits: Limits) -> int:
+    """Refuse (413) an answer over the candidate or size limits; returns its number of candidates.
+
+    Every candidate repeats its input in `sequence`, so the size is candidates x input length."""
+    candidates = sum(len(i.positions) * i.top_k for i in items)
+    masks, top_k = max(len(i.positions) for i in items), max(i.top_k for i in items)
+    limits.check_candidates(candidates, f"{len(items)} text(s) x up to {masks} [MASK]s x top_k {top_k}")
+    size = 0
+    for item in items:
+        text_bytes = len(json.dumps(item.text, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        size += len(item.positions) * item.top_k * (text_bytes + _CANDIDATE_BYTES)
+    limits.check_answer(size, f"{candidates} candidates, each repeating its text",
+                        "lower top_k, or send fewer [MASK]s or shorter texts per request")
+    return candidates
+
+
+def _mask_positions(ids: Sequence[int], *, max_masks: int, id_input: bool = False) -> tuple[int, ...]:
     positions = tuple(i for i, t in enumerate(ids) if t == MASK_ID)
     if not positions:
         example = f"mark each byte to predict with token {MASK_ID}" if id_input else (
             f"mark each byte to predict with {MASK}, e.g. 'The capital of France is{MASK * 6}.'")
         raise ServeError(ErrorCode.INVALID_INPUT, f"input has no {MASK}: {example}")
+    if len(positions) > max_masks:
+        what = f"mask tokens ({MASK_ID})" if id_input else f"{MASK}s"
+        raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"input has {len(positions)} {what}; at most {max_masks} "
+                         "per text (max_masks_per_text): split it into several texts")
     return positions
-
-
-def _render(parts: list[str], fills: dict[int, bytes]) -> str:
-    """The text with mask j replaced by fills[j] (bytes), other masks kept."""
-    out = bytearray(parts[0].encode())
-    for j, part in enumerate(parts[1:]):
-        out += fills.get(j, MASK.encode()) + part.encode()
-    return out.decode("utf-8", errors="replace")

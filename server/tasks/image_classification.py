@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from model_core.image_processing import DEFAULT, ImageProcessingConfig, preprocess_images
+from model_core.image_processing import DEFAULT, ImageProcessingConfig, center_crop_box, preprocess_images
 from server.errors import ErrorCode, ServeError
-from server.schemas import Function
 from server.limits import DEFAULT_LIMITS, ImageLimits
-from server.tasks.labels import default_function, rank
+from server.schemas import Function
+from server.tasks.labels import default_function, label_bytes, rank
 
 DEFAULT_TOP_K = 5
+T = TypeVar("T")
+
+
+def probe_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS.image) -> tuple[int, int]:
+    """(width, height) from the file's header, its format and pixel count checked (415, 413); no pixel decoded."""
+    return _opened(data, limits, lambda image: image.size)
 
 
 def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS.image) -> Image.Image:
@@ -28,17 +35,22 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS.image) -> Ima
     Image.open reads only the header: the format and the pixel count are refused there (415, 413), so a
     decompression bomb is never decoded. Truncated or corrupt data fails in convert() (422).
     """
+    return _opened(data, limits, lambda image: image.convert("RGB"))
+
+
+def _opened(data: bytes, limits: ImageLimits, use: Callable[[Image.Image], T]) -> T:
+    """use(the image opened lazily, its header checked), every failure a ServeError."""
     if not data:
         raise ServeError(ErrorCode.INVALID_INPUT, "no image: send the image file as the body, a multipart "
                          "upload, or JSON {\"inputs\": \"<base64>\"}")
-    too_large = f"at most {limits.max_pixels} pixels are accepted"
+    too_large = f"at most {limits.max_pixels} pixels are accepted (max_image_pixels)"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=list(limits.formats))
-            if image.width * image.height > limits.max_pixels:
-                raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"image is {image.width}x{image.height}; {too_large}")
-            return image.convert("RGB")
+            with Image.open(io.BytesIO(data), formats=list(limits.formats)) as image:
+                if image.width * image.height > limits.max_pixels:
+                    raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"image is {image.width}x{image.height}; {too_large}")
+                return use(image)
     except ServeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -65,6 +77,7 @@ class ImageClassificationRunner:
         config = model.config
         self.id2label = {int(k): v for k, v in (config.id2label or {}).items()}
         self.function = default_function(config)
+        self.entry_bytes = label_bytes(self.id2label)
         self.processing: dict[str, Any] = {}
         preprocessor = folder / "preprocessor_config.json" if folder else None
         if preprocessor is not None and preprocessor.is_file():
@@ -79,7 +92,25 @@ class ImageClassificationRunner:
                 raw: bool = False) -> ImageItem:
         """CPU work: call off the event loop."""
         pixels = preprocess_images([image], **self.processing)[0]  # (3, 224, 224)
-        return ImageItem(pixels, top_k or DEFAULT_TOP_K, function or self.function, raw)
+        top_k = min(top_k or DEFAULT_TOP_K, self.model.config.num_labels)
+        return ImageItem(pixels, top_k, function or self.function, raw)
+
+    def prepare_file(self, data: bytes, limits: ImageLimits, *, top_k: int | None = None,
+                     function: Function | None = None, raw: bool = False) -> ImageItem:
+        """An image file decoded and shrunk to the model's pixels at once: the full-size image lives only inside
+        this call (one decode unit), and is cropped in its own mode before the RGB copy is made (the same pixels as
+        `decode_image` then `prepare`). CPU work: call off the event loop."""
+        config: ImageProcessingConfig = self.processing.get("config", DEFAULT)
+
+        def cropped_rgb(image: Image.Image) -> Image.Image:
+            if config.do_center_crop:
+                image = image.crop(center_crop_box(image.width, image.height, config))
+            return image if image.mode == "RGB" else image.convert("RGB")
+
+        image = _opened(data, limits, cropped_rgb)
+        pixels = preprocess_images([image], dataclasses.replace(config, do_center_crop=False))[0]  # (3, 224, 224)
+        top_k = min(top_k or DEFAULT_TOP_K, self.model.config.num_labels)
+        return ImageItem(pixels, top_k, function or self.function, raw)
 
     def prepare_pixels(self, pixels: torch.Tensor) -> ImageItem:
         """Pixel values preprocessed by the client, (3, H, W) float32 at `pixel_size`; answers logits."""

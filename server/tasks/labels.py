@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
 
-from server.schemas import Function, LabelScore
+from server.limits import Limits
+from server.schemas import Function
+
+_ENTRY_BYTES = 48  # {"label":,"score":} and the score's digits
 
 
 def default_function(config: Any) -> Function:
@@ -29,5 +33,21 @@ def rank(logits: torch.Tensor, *, id2label: dict[int, str], function: Function, 
     return [(id2label.get(i, f"LABEL_{i}"), v) for v, i in zip(values.tolist(), indexes.tolist(), strict=True)]
 
 
-def as_labels(pairs: list[tuple[str, float]]) -> list[LabelScore]:
-    return [LabelScore(label=label, score=score) for label, score in pairs]
+def as_labels(pairs: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    """The answer's JSON: [{"label", "score"}], best first (the shape of `schemas.LabelScore`)."""
+    return [{"label": label, "score": score} for label, score in pairs]
+
+
+def label_bytes(id2label: dict[int, str]) -> int:
+    """The JSON size of one answer entry with the longest label."""
+    longest = max((len(json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")) for v in id2label.values()),
+                  default=16)
+    return longest + _ENTRY_BYTES
+
+
+def check_labels(limits: Limits, *, rows: int, top_k: int, entry_bytes: int, what: str) -> int:
+    """Refuse (413) an answer of `rows` ranked lists of `top_k` labels over the limits; returns its entries."""
+    entries = rows * top_k
+    limits.check_candidates(entries, f"{rows} {what} x top_k {top_k}")
+    limits.check_answer(entries * entry_bytes, f"{entries} labels", f"lower top_k, or send fewer {what}")
+    return entries

@@ -21,6 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from model_core.flow_processing import extract_patches, normalize_frame
 from model_core.flow_tiling import Corner, Size, cover_size, resize_flow, stitch, tile_grid
 from server.errors import ErrorCode, ServeError
+from server.limits import ImageLimits, Limits
+from server.tasks.image_classification import decode_image
 
 FLOW_SCALE = 20.0  # model output -> pixels (the DeepMind colab's FLOW_SCALE_FACTOR)
 MAX_SIDE = 4096  # per side, frames as sent and as run; the tile count (the cost) grows with the area
@@ -42,14 +44,15 @@ class OpticalFlowRunner:
         height, width = model.config.train_size
         self.tile: Size = (int(height), int(width))
 
-    def plan(self, frame1: Image.Image, frame2: Image.Image) -> FlowPlan:
-        """Check the pair, upscale it if smaller than a tile, cut it. CPU work: call off the event loop."""
-        check_frames(frame1, frame2)
-        size = (frame1.height, frame1.width)
+    def plan(self, frame1: np.ndarray, frame2: np.ndarray) -> FlowPlan:
+        """Check the pair ((H, W, 3) uint8 each), upscale it if smaller than a tile, cut it. CPU work: call off
+        the event loop."""
+        size = (frame1.shape[0], frame1.shape[1])
+        check_sizes(size[::-1], (frame2.shape[1], frame2.shape[0]))
         run_size = cover_size(*size, tile=self.tile)
         if max(run_size) > MAX_SIDE:
             raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
-                f"frames of {_wxh(frame1.size)} are too elongated: covering one {_wxh(self.tile[::-1])} model tile "
+                f"frames of {_wxh(size[::-1])} are too elongated: covering one {_wxh(self.tile[::-1])} model tile "
                 f"would upscale them to {_wxh(run_size[::-1])}, beyond {MAX_SIDE}x{MAX_SIDE}"))
         pair = torch.stack([_pixels(f, run_size) for f in (frame1, frame2)])  # (2, H, W, 3) uint8
         corners = tile_grid(*run_size, tile=self.tile)
@@ -79,17 +82,38 @@ class OpticalFlowRunner:
         return resize_flow(flow, plan.size).numpy()  # (H, W, 2)
 
 
-def check_frames(frame1: Image.Image, frame2: Image.Image) -> None:
-    """The checks that need no model: one size for both frames, at most MAX_SIDE on a side."""
-    if frame1.size != frame2.size:
+def check_sizes(size1: tuple[int, int], size2: tuple[int, int]) -> None:
+    """The checks that need no model, on (width, height) from the files' headers: one size for both frames, at
+    most MAX_SIDE on a side."""
+    if size1 != size2:
         raise ServeError(ErrorCode.INVALID_INPUT, (
-            f"frame1 is {_wxh(frame1.size)} but frame2 is {_wxh(frame2.size)}; the frames must be the same size"))
-    if max(frame1.size) > MAX_SIDE:
+            f"frame1 is {_wxh(size1)} but frame2 is {_wxh(size2)}; the frames must be the same size"))
+    if max(size1) > MAX_SIDE:
         raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
-            f"frames are {_wxh(frame1.size)}; optical flow takes frames of at most {MAX_SIDE}x{MAX_SIDE}"))
+            f"frames are {_wxh(size1)}; optical flow takes frames of at most {MAX_SIDE}x{MAX_SIDE}"))
 
 
-async def estimate_flow(call: Any, frame1: Image.Image, frame2: Image.Image) -> np.ndarray:
+def check_answer(limits: Limits, size: tuple[int, int], *, pairs: int = 1, value_bytes: float = 4.0,
+                 hint: str = "send smaller frames") -> None:
+    """Refuse (413) flow fields of `pairs` frame pairs of `size` (width, height) whose answer, at `value_bytes` per
+    flow value as sent, would be over `max_response_mb`, before any frame is decoded."""
+    values = pairs * size[0] * size[1] * 2
+    what = f"{pairs} flow field(s) of {_wxh(size)}" if pairs > 1 else f"a flow field of {_wxh(size)}"
+    limits.check_answer(int(values * value_bytes) + 1024, what, hint)
+
+
+def flow_image_limits(limits: Limits) -> ImageLimits:
+    """The image limits of a flow frame: the server's, and at most MAX_SIDE x MAX_SIDE pixels."""
+    return ImageLimits(min(limits.image.max_pixels, MAX_SIDE * MAX_SIDE), limits.image.formats)
+
+
+def decode_frame(data: bytes, limits: ImageLimits) -> np.ndarray:
+    """An image file -> (H, W, 3) uint8 RGB: the decoded image is kept as its bare pixels, nothing more. CPU work:
+    call off the event loop (one decode unit)."""
+    return np.asarray(decode_image(data, limits))
+
+
+async def estimate_flow(call: Any, frame1: np.ndarray, frame2: np.ndarray) -> np.ndarray:
     """(H, W, 2) float32 flow from frame1 to frame2 in pixels: [..., 0] horizontal (right +), [..., 1]
     vertical (down +). `call` is what `service.open(request, Task.OPTICAL_FLOW, model)` yields."""
     runner: OpticalFlowRunner = call.runner
@@ -103,11 +127,10 @@ async def estimate_flow(call: Any, frame1: Image.Image, frame2: Image.Image) -> 
     return await run_in_threadpool(runner.stitch, plan, logits)
 
 
-def _pixels(frame: Image.Image, size: Size) -> torch.Tensor:
+def _pixels(frame: np.ndarray, size: Size) -> torch.Tensor:
     """(H, W, 3) uint8 RGB at `size` (bilinear when it differs from the frame's)."""
-    frame = frame if frame.mode == "RGB" else frame.convert("RGB")
-    if (frame.height, frame.width) != size:
-        frame = frame.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    if frame.shape[:2] != size:
+        frame = np.asarray(Image.fromarray(frame).resize((size[1], size[0]), Image.Resampling.BILINEAR))
     return torch.from_numpy(np.array(frame))
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from server.schemas import Function
-from server.tasks.labels import default_function, rank
+from server.tasks.labels import default_function, label_bytes, rank
 from server.tasks.text import TextCodec
 
 
@@ -28,9 +28,11 @@ class TextClassificationRunner:
         self.id2label = {int(k): v for k, v in (config.id2label or {}).items()}
         self.num_labels = config.num_labels
         self.function = default_function(config)
+        self.entry_bytes = label_bytes(self.id2label)
 
     def prepare(self, text: str, *, top_k: int | None, function: Function | None, raw: bool = False) -> TextItem:
-        return TextItem(tuple(self.codec.encode(text)), top_k or self.num_labels, function or self.function, raw)
+        top_k = min(top_k or self.num_labels, self.num_labels)
+        return TextItem(tuple(self.codec.encode(text)), top_k, function or self.function, raw)
 
     def prepare_ids(self, ids: Sequence[int]) -> TextItem:
         """Token ids as the byte tokenizer makes them ([CLS] bytes [SEP], no padding); answers logits."""

@@ -31,7 +31,8 @@ from model_core.chunking import (
 from model_core.model import Encoded
 from model_core.preprocessors.base import Preprocessed
 from server import media
-from server.tasks.labels import rank
+from server.limits import DEFAULT_LIMITS, AudioLimits, Limits, VideoLimits
+from server.tasks.labels import check_labels, label_bytes, rank
 
 SAMPLE_RATE = 48_000  # the model family's audio rate
 DECODE_BUDGET_BYTES = 512 * 2**20  # decoder activations per pass (all items of a batch together)
@@ -112,6 +113,7 @@ class VideoAutoencodingRunner:
         self.samples_per_patch = config.samples_per_patch
         self.num_labels = config.num_labels
         self.id2label = dict(config.id2label)
+        self.entry_bytes = label_bytes(self.id2label)
         self.image_points = self.window_frames * self.size[0] * self.size[1]
         self.audio_points = self.window_frames * self.samples_per_frame // self.samples_per_patch
         self.num_chunks = default_num_chunks(image_points=self.image_points, audio_points=self.audio_points,
@@ -135,9 +137,9 @@ class VideoAutoencodingRunner:
 
     # -- preparation (CPU work: call off the event loop)
 
-    def prepare(self, video: bytes, audio: bytes | None, *, max_frames: int = media.MAX_CLIP_FRAMES,
-                max_audio_s: float | None = None) -> Clip:
-        frames = media.decode_video(video, size=self.size, max_frames=max_frames)  # (T, h, w, 3)
+    def prepare(self, video: bytes, audio: bytes | None, *, video_limits: VideoLimits = DEFAULT_LIMITS.video,
+                audio_limits: AudioLimits = DEFAULT_LIMITS.audio) -> Clip:
+        frames = media.decode_video(video, size=self.size, limits=video_limits)  # (T, h, w, 3)
         count = len(frames)
         windows = math.ceil(count / self.window_frames)
         fill = windows * self.window_frames - count
@@ -147,7 +149,7 @@ class VideoAutoencodingRunner:
         source: AudioSource = "silence"
         if audio is not None:
             decoded = media.decode_audio(audio, sample_rate=SAMPLE_RATE, max_samples=count * self.samples_per_frame,
-                                         max_seconds=max_audio_s)
+                                         limits=audio_limits)
             samples[: len(decoded.samples)] = decoded.samples
             source = "provided"
         return Clip(frames, samples, count, self.window_frames, source)
@@ -160,6 +162,18 @@ class VideoAutoencodingRunner:
     @staticmethod
     def decode_item(latents: torch.Tensor, points: Points) -> DecodeItem:
         return DecodeItem(latents, points["image"], points["audio"])
+
+    def check_answer(self, clip: Clip, limits: Limits, *, labels: bool, reconstruct: bool, top_k: int) -> None:
+        """Refuse (413) a clip whose labels (windows x top_k) or reconstruction (every frame and its audio, built
+        in memory whatever the format) would be over the limits, before any of it runs."""
+        if labels:
+            check_labels(limits, rows=clip.windows, top_k=min(top_k, self.num_labels), entry_bytes=self.entry_bytes,
+                         what="windows")
+        if reconstruct:
+            h, w = self.size
+            size = clip.num_frames * (h * w * 3 + self.samples_per_frame * 4)  # uint8 RGB, float32 audio
+            limits.check_answer(size, f"a reconstruction of {clip.num_frames} frames of {w}x{h} with their audio",
+                                "send a shorter clip, or ask for outputs=labels")
 
     def units(self, clip: Clip, *, reconstruct: bool) -> int:
         """Units of work (encodes + decode passes) the clip takes: the progress total."""

@@ -29,6 +29,7 @@ NUMPY: dict[str, np.dtype[Any]] = {name: np.dtype(t).newbyteorder("<") for name,
     "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BF16": np.uint16}.items()}
 _TORCH = {"FP32": torch.float32, "FP16": torch.float16, "BF16": torch.bfloat16, "INT64": torch.int64}
 _LENGTH = struct.Struct("<I")
+MAX_ELEMENTS = 2**30  # of one tensor: as many as a body of the largest max_body_mb (1 GiB) could carry
 
 
 @dataclass(frozen=True)
@@ -95,12 +96,22 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return out
 
 
-def _count(shape: Sequence[int]) -> int:
+def element_count(name: str, datatype: str, shape: Sequence[int]) -> int:
+    """Elements of a declared tensor, refused (400) before anything is allocated when the shape is not one a
+    body can carry: an unknown datatype, a negative dim, or dims that multiply past MAX_ELEMENTS, zero dims
+    counted as one (numpy refuses an array whose other dims overflow even when one dim is 0)."""
+    if datatype not in NUMPY and datatype != "BYTES":
+        raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: unknown datatype {datatype!r}")
+    if any(d < 0 for d in shape):
+        raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: shape {list(shape)} has a negative dim")
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: shape {list(shape)} is over the {MAX_ELEMENTS} "
+                         "elements a tensor may have")
     return math.prod(shape)
 
 
 def decode_binary(name: str, datatype: str, shape: Sequence[int], raw: memoryview) -> Tensor:
-    count = _count(shape)
+    count = element_count(name, datatype, shape)
     if datatype == "BYTES":
         return Tensor(name, datatype, _unpack_bytes(name, raw, count).reshape(shape), binary=True)
     expected = count * NUMPY[datatype].itemsize
@@ -131,8 +142,8 @@ def _unpack_bytes(name: str, raw: memoryview, count: int) -> np.ndarray:
 
 def decode_json(name: str, datatype: str, shape: Sequence[int], data: list[Any]) -> Tensor:
     """Elements given flat or nested, row-major; numbers must fit the datatype (no silent truncation)."""
+    count = element_count(name, datatype, shape)
     flat = _flatten(data)
-    count = _count(shape)
     if len(flat) != count:
         raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: shape {list(shape)} has {count} elements, "
                          f"data has {len(flat)}")
@@ -140,7 +151,11 @@ def decode_json(name: str, datatype: str, shape: Sequence[int], data: list[Any])
         if not all(isinstance(v, str) for v in flat):
             raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: BYTES data must be JSON strings")
         array = np.empty(count, dtype=object)
-        array[:] = [v.encode() for v in flat]
+        try:
+            array[:] = [v.encode() for v in flat]
+        except UnicodeEncodeError:
+            raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: BYTES data must be valid Unicode strings") \
+                from None
         return Tensor(name, datatype, array.reshape(shape))
     return Tensor(name, datatype, _numbers(name, datatype, flat).reshape(shape))
 
@@ -153,14 +168,26 @@ def _numbers(name: str, datatype: str, flat: list[Any]) -> np.ndarray:
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in flat):
         raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: {datatype} data must be JSON numbers")
     if datatype in ("FP16", "FP32", "FP64", "BF16"):
-        values = torch.tensor(flat, dtype=torch.float64).to(_TORCH.get(datatype, torch.float64))
-        return Tensor.from_torch(name, values, datatype).array if datatype == "BF16" else values.numpy()
+        return _floats(name, datatype, flat)
     if not all(isinstance(v, int) for v in flat):
         raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: {datatype} data must be integers")
     info = np.iinfo(NUMPY[datatype])
     if flat and not (info.min <= min(flat) and max(flat) <= info.max):
         raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: a value is outside the {datatype} range")
     return np.array(flat, dtype=NUMPY[datatype])
+
+
+def _floats(name: str, datatype: str, flat: list[Any]) -> np.ndarray:
+    """JSON numbers as `datatype`: each must be finite and stay finite in it (nothing rounds to infinity)."""
+    outside = f"input {name!r}: a value is outside the finite {datatype} range"
+    try:
+        values = torch.tensor(flat, dtype=torch.float64)
+    except OverflowError:  # an integer past the double range
+        raise ServeError(ErrorCode.BAD_REQUEST, outside) from None
+    converted = values.to(_TORCH.get(datatype, torch.float64))
+    if not bool(torch.isfinite(converted).all()):
+        raise ServeError(ErrorCode.BAD_REQUEST, outside)
+    return Tensor.from_torch(name, converted, datatype).array if datatype == "BF16" else converted.numpy()
 
 
 def _flatten(data: list[Any]) -> list[Any]:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from server.errors import STATUS, ErrorCode, ServeError
+from server.errors import STATUS, ErrorCode, ServeError, describe_validation
 from server.v2.protocol import V2Error
 
 
@@ -21,13 +21,6 @@ def v2_error(error: ServeError) -> JSONResponse:
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
-
-
-def describe(exc: Any) -> str:
-    """A pydantic or request validation error as one line: `inputs.0.shape: Input should be a valid list`."""
-    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'request'}: {e.get('msg', 'invalid')}"
-             for e in exc.errors()]
-    return "; ".join(parts) or "invalid request"
 
 
 class V2Route(APIRoute):
@@ -43,7 +36,7 @@ class V2Route(APIRoute):
             except ServeError as exc:
                 return v2_error(exc)
             except RequestValidationError as exc:
-                return v2_error(ServeError(ErrorCode.BAD_REQUEST, describe(exc)))
+                return v2_error(ServeError(ErrorCode.BAD_REQUEST, describe_validation(exc)))
             except HTTPException as exc:
                 return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
                                     headers=getattr(exc, "headers", None))

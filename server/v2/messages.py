@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from server.errors import ErrorCode, ServeError
+from server.errors import ErrorCode, ServeError, describe_validation
 from server.v2.binary import Tensor, decode_binary, decode_json, encode_binary, encode_json, split_body
-from server.v2.errors import describe
 from server.v2.protocol import InferenceRequest
 
 
@@ -31,7 +30,7 @@ def read_request(body: bytes, header_length: str | None) -> tuple[InferenceReque
     try:
         request = InferenceRequest.model_validate_json(head)
     except ValidationError as exc:
-        raise ServeError(ErrorCode.BAD_REQUEST, f"invalid inference request: {describe(exc)}") from None
+        raise ServeError(ErrorCode.BAD_REQUEST, f"invalid inference request: {describe_validation(exc)}") from None
     inputs: dict[str, Tensor] = {}
     offset = 0
     for spec in request.inputs:

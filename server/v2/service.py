@@ -97,10 +97,12 @@ async def infer(request: Request, service: InferenceService, name: str, version:
     payload, inputs = await run_in_threadpool(_decode, body, request.headers, service.settings.server.max_body_mb)
     outputs = _outputs(adapter, payload)
     service.check_inputs(max(t.shape[0] if t.shape else 1 for t in inputs.values()))  # before decoding files
-    rows = await service.decode(adapter.parse, inputs, service.settings.server)  # image files decode here
+    rows = await service.decode(adapter.parse, inputs, service.limits)  # file headers are checked here
     params = payload.parameters
     options = Options(wanted=frozenset(o.name for o in outputs), top_k=params.top_k,
-                      function=params.function_to_apply, float_datatype=params.output_datatype)
+                      function=params.function_to_apply, float_datatype=params.output_datatype,
+                      binary=frozenset(o.name for o in outputs if o.binary),
+                      classification={o.name: o.classification for o in outputs if o.classification is not None})
     async with service.open(request, spec.task, spec.name) as call:
         tensors = await adapter.infer(call, rows, options)
     content, json_length = await run_in_threadpool(_encode, adapter, call.runner, spec.name, payload.id,

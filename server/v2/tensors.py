@@ -7,19 +7,20 @@ through the model's batcher (`call.infer`) and builds the requested outputs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import torch
 
 from server.errors import ErrorCode, ServeError
+from server.limits import Limits
 from server.schemas import Function
 from server.serving import Call, prepare_each
-from server.settings import ServerSettings
 from server.tasks.labels import apply_function
 from server.uploads import decode_base64
-from server.v2.binary import Tensor
+from server.v2.binary import NUMPY, Tensor
 from server.v2.protocol import TensorMetadata
 
 T = TypeVar("T")
@@ -34,6 +35,49 @@ class Options:
     top_k: int | None = None
     function: Function | None = None
     float_datatype: str = "FP32"
+    binary: frozenset[str] = frozenset()  # outputs sent in the binary section
+    classification: Mapping[str, int] = field(default_factory=dict)  # output -> top-n classes asked for
+
+
+@dataclass(frozen=True)
+class Planned:
+    """An output as it will be built: its datatype and shape, and for BYTES the size of one element."""
+
+    datatype: str
+    shape: Sequence[int]
+    element_bytes: int = 0
+    ranked: bool = False  # its elements are ranked entries (labels, top-k candidates)
+
+
+# Bytes of one element written as JSON: a float's shortest repr with its comma, an int64's, true/false.
+_JSON_BYTES = {"BOOL": 6, "FP16": 24, "FP32": 24, "FP64": 25, "BF16": 24}
+_CLASS_ENTRY_BYTES = 24  # "value:index:" of a classification entry, before its label
+
+
+def check_answer(limits: Limits, options: Options, planned: Mapping[str, Planned], *, label_bytes: int = 0) -> None:
+    """Refuse (413) outputs whose ranked entries or whose size, JSON or binary as asked, are over the limits.
+    Called with the shapes the request implies, before the model runs."""
+    total, entries = 0, 0
+    for name in options.wanted:
+        plan = planned[name]
+        shape, element, ranked = list(plan.shape), plan.element_bytes, plan.ranked
+        datatype = plan.datatype
+        if (count := options.classification.get(name)) is not None:
+            shape[-1] = min(count, shape[-1])
+            datatype, element, ranked = "BYTES", _CLASS_ENTRY_BYTES + label_bytes, True
+        elements = math.prod(shape)
+        if ranked:
+            entries = max(entries, elements)
+        if datatype == "BYTES":
+            total += elements * (element + 4)  # a 4-byte length in binary; quotes and a comma in JSON
+        elif name in options.binary:
+            total += elements * NUMPY[datatype].itemsize
+        else:
+            total += elements * _JSON_BYTES.get(datatype, 21)
+    limits.check_candidates(entries, f"outputs {', '.join(sorted(options.wanted))}")
+    limits.check_answer(total, f"outputs {', '.join(sorted(options.wanted))}",
+                        "ask for fewer outputs (`outputs`), binary data (`binary_data_output`), a lower top_k, "
+                        "or send fewer rows")
 
 
 class TaskTensors(Protocol):
@@ -44,12 +88,13 @@ class TaskTensors(Protocol):
 
     def outputs(self, runner: Any | None) -> list[TensorMetadata]: ...
 
-    def parse(self, inputs: Mapping[str, Tensor], server: ServerSettings) -> Sequence[Any]:
-        """One decoded value per batch row (texts, id rows, images within the server's image limits...).
-        Raises ServeError for bad inputs. CPU work: call off the event loop."""
+    def parse(self, inputs: Mapping[str, Tensor], limits: Limits) -> Sequence[Any]:
+        """One value per batch row (texts, id rows, encoded files whose headers are checked...), before the model
+        is touched. Raises ServeError for bad inputs. CPU work: call off the event loop."""
 
     async def infer(self, call: Call, rows: Sequence[Any], options: Options) -> dict[str, Tensor]:
-        """The outputs named in options.wanted."""
+        """The outputs named in options.wanted: checks the answer the rows imply (`check_answer`), then decodes
+        files one at a time (`call.decode`), runs the rows through the batcher and builds the outputs."""
 
     def classes(self, runner: Any, output: str) -> list[str] | None:
         """Names of the classes along the last axis of a classifiable `output` (None: indexes only)."""

@@ -8,7 +8,7 @@ Inputs, either form per request:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,18 +16,19 @@ import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
 
+from server.limits import Limits
 from server.serving import Call
-from server.settings import ServerSettings
 from server.tasks.fill_mask import DEFAULT_TOP_K as FILL_MASK_TOP_K
 from server.tasks.fill_mask import FillMaskRunner
 from server.tasks.text_classification import TextClassificationRunner
 from server.v2.binary import Tensor
 from server.v2.protocol import TensorMetadata
-from server.v2.tensors import Options, bad, check, choose, each, labels, meta, strings
+from server.v2.tensors import Options, Planned, bad, check, check_answer, choose, each, labels, meta, strings
 
 USAGE = ("text (BYTES [N] or [N, 1]), or input_ids (INT64 [N, L], byte-tokenizer ids with [CLS] and [SEP]) "
          "with an optional attention_mask (INT64 [N, L]: 1s, then 0s for right padding)")
 ACCEPTED = (frozenset({"text"}), frozenset({"input_ids"}), frozenset({"input_ids", "attention_mask"}))
+_TOKEN_BYTES = 8  # a byte token's text: one UTF-8 character, or a special token such as [MASK]
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,11 @@ def parse_text(inputs: Mapping[str, Tensor]) -> list[TextRow]:
     return [TextRow(ids=tuple(row[:n].tolist())) for row, n in zip(rows, lengths, strict=True)]
 
 
-def _prepare(runner: Any, rows: Sequence[TextRow], **text_options: Any) -> list[Any]:
-    """CPU work: call off the event loop."""
+def _prepare(rows: Sequence[TextRow], by_text: Callable[[str], Any], by_ids: Callable[[tuple[int, ...]], Any]) -> list[Any]:
+    """Items of text or of token-id rows, an error naming its row. CPU work: call off the event loop."""
     if rows[0].text is not None:
-        return each("text", rows, lambda r: runner.prepare(r.text, raw=True, **text_options))
-    return each("input_ids", rows, lambda r: runner.prepare_ids(r.ids))
+        return each("text", rows, lambda r: by_text(r.text))
+    return each("input_ids", rows, lambda r: by_ids(r.ids))
 
 
 class TextClassificationTensors:
@@ -78,17 +79,24 @@ class TextClassificationTensors:
         classes = runner.num_labels if runner else None
         return [meta("logits", "FP32", None, classes), meta("labels", "BYTES", None, None)]
 
-    def parse(self, inputs: Mapping[str, Tensor], server: ServerSettings) -> list[TextRow]:
+    def parse(self, inputs: Mapping[str, Tensor], limits: Limits) -> list[TextRow]:
         return parse_text(inputs)
 
     async def infer(self, call: Call, rows: Sequence[TextRow], options: Options) -> dict[str, Tensor]:
         runner: TextClassificationRunner = call.runner
-        items = await run_in_threadpool(_prepare, runner, rows, top_k=None, function=None)
+        items = await run_in_threadpool(_prepare, rows, lambda text: runner.prepare(text, top_k=None, function=None,
+                                                                                    raw=True), runner.prepare_ids)
+        rows_, classes = len(items), runner.num_labels
+        top_k = min(options.top_k or classes, classes)
+        check_answer(call.limits, options, {
+            "logits": Planned(options.float_datatype, [rows_, classes]),
+            "labels": Planned("BYTES", [rows_, top_k], runner.entry_bytes, ranked=True),
+        }, label_bytes=runner.entry_bytes)
         logits = torch.stack(await call.infer(items))  # (N, C)
         out = {"logits": Tensor.from_torch("logits", logits, options.float_datatype)}
         if "labels" in options.wanted:
             out["labels"] = labels("labels", logits, function=options.function or runner.function,
-                                   top_k=options.top_k or runner.num_labels, names=runner.id2label)
+                                   top_k=top_k, names=runner.id2label)
         return out
 
     def classes(self, runner: TextClassificationRunner, output: str) -> list[str] | None:
@@ -113,12 +121,24 @@ class FillMaskTensors:
                 meta("token_ids", "INT64", None, None, None), meta("scores", "FP32", None, None, None),
                 meta("tokens", "BYTES", None, None, None)]
 
-    def parse(self, inputs: Mapping[str, Tensor], server: ServerSettings) -> list[TextRow]:
+    def parse(self, inputs: Mapping[str, Tensor], limits: Limits) -> list[TextRow]:
         return parse_text(inputs)
 
     async def infer(self, call: Call, rows: Sequence[TextRow], options: Options) -> dict[str, Tensor]:
         runner: FillMaskRunner = call.runner
-        items = await run_in_threadpool(_prepare, runner, rows, top_k=None)
+        masks = call.limits.max_masks_per_text
+        items = await run_in_threadpool(_prepare, rows, lambda text: runner.prepare(text, top_k=None, max_masks=masks,
+                                                                                    raw=True),
+                                        lambda ids: runner.prepare_ids(ids, max_masks=masks))
+        n, width, vocab = len(items), max(len(i.positions) for i in items), runner.vocab_size
+        top_k = min(options.top_k or FILL_MASK_TOP_K, vocab)
+        check_answer(call.limits, options, {
+            "mask_positions": Planned("INT64", [n, width]),
+            "logits": Planned(options.float_datatype, [n, width, vocab]),
+            "token_ids": Planned("INT64", [n, width, top_k], ranked=True),
+            "scores": Planned(options.float_datatype, [n, width, top_k], ranked=True),
+            "tokens": Planned("BYTES", [n, width, top_k], _TOKEN_BYTES, ranked=True),
+        }, label_bytes=_TOKEN_BYTES)
         results: list[torch.Tensor] = await call.infer(items)  # (P_i, V) each
         return await run_in_threadpool(self._outputs, runner, items, results, options)
 

@@ -6,30 +6,41 @@ Encoded files (BYTES) travel raw in the binary section, or base64 in JSON; any f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from server.errors import ErrorCode, ServeError
+from server.flow_input import decode_frame_pair
+from server.limits import ImageLimits, Limits
 from server.serving import Call
 from server.tasks.image_classification import DEFAULT_TOP_K as IMAGE_TOP_K
-from server.settings import ServerSettings
-from server.limits import Limits
-from server.tasks.image_classification import ImageClassificationRunner, decode_image
-from server.tasks.optical_flow import estimate_flow
+from server.tasks.image_classification import ImageClassificationRunner, probe_image
+from server.tasks.optical_flow import check_sizes, estimate_flow, flow_image_limits
 from server.v2.binary import Tensor
 from server.v2.protocol import TensorMetadata
-from server.v2.tensors import Options, bad, check, choose, each, files, labels, meta
+from server.v2.tensors import Options, Planned, bad, check, check_answer, choose, each, files, labels, meta
+
+T = TypeVar("T")
 
 IMAGE_USAGE = ("image (BYTES [N] or [N, 1], encoded files) or pixel_values (FP32 [N, 3, H, W], normalized as the "
                "image processor makes them; H, W: the model's input size, 224 for the DeepMind checkpoints)")
 
 REFUSAL = ("video-autoencoding models take no tensors over this protocol: use POST /autoencode-video, which takes "
            "the video file, windows it into clips and answers labels and/or the reconstruction")
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image file whose header has been checked; decoded only when its turn comes."""
+
+    data: bytes
+    size: tuple[int, int]  # (width, height)
 
 
 class ImageClassificationTensors:
@@ -45,30 +56,34 @@ class ImageClassificationTensors:
         classes = runner.model.config.num_labels if runner else None
         return [meta("logits", "FP32", None, classes), meta("labels", "BYTES", None, None)]
 
-    def parse(self, inputs: Mapping[str, Tensor], server: ServerSettings) -> list[Image.Image] | list[torch.Tensor]:
-        """Decoded images, or (3, H, W) pixel tensors."""
+    def parse(self, inputs: Mapping[str, Tensor], limits: Limits) -> list[EncodedImage] | list[torch.Tensor]:
+        """Image files with checked headers, or (3, H, W) pixel tensors."""
         names = choose(inputs, (frozenset({"image"}), frozenset({"pixel_values"})), IMAGE_USAGE)
         if names == {"image"}:
-            return each("image", files(inputs["image"]), partial(decode_image, limits=Limits.of(server).image))
+            return each("image", files(inputs["image"]), partial(_probed, limits=limits.image))
         pixels = inputs["pixel_values"]
         check(pixels, "FP32", (4,))
         return list(pixels.to_torch().unbind(0))
 
     async def infer(self, call: Call, rows: Sequence[Any], options: Options) -> dict[str, Tensor]:
         runner: ImageClassificationRunner = call.runner
-        items = await run_in_threadpool(self._prepare, runner, rows)
+        classes = runner.model.config.num_labels
+        top_k = min(options.top_k or IMAGE_TOP_K, classes)
+        check_answer(call.limits, options, {
+            "logits": Planned(options.float_datatype, [len(rows), classes]),
+            "labels": Planned("BYTES", [len(rows), top_k], runner.entry_bytes, ranked=True),
+        }, label_bytes=runner.entry_bytes)
+        if isinstance(rows[0], torch.Tensor):
+            items = await run_in_threadpool(each, "pixel_values", rows, runner.prepare_pixels)
+        else:  # one file at a time, each shrunk to the model's pixels as soon as it is decoded
+            items = [await call.decode(_row, "image", i, runner.prepare_file, row.data, call.limits.image, raw=True)
+                     for i, row in enumerate(rows)]
         logits = torch.stack(await call.infer(items))  # (N, C)
         out = {"logits": Tensor.from_torch("logits", logits, options.float_datatype)}
         if "labels" in options.wanted:
             out["labels"] = labels("labels", logits, function=options.function or runner.function,
-                                   top_k=options.top_k or IMAGE_TOP_K, names=runner.id2label)
+                                   top_k=top_k, names=runner.id2label)
         return out
-
-    @staticmethod
-    def _prepare(runner: ImageClassificationRunner, rows: Sequence[Any]) -> list[Any]:
-        if isinstance(rows[0], torch.Tensor):
-            return each("pixel_values", rows, runner.prepare_pixels)
-        return each("image", rows, lambda image: runner.prepare(image, top_k=None, function=None, raw=True))
 
     def classes(self, runner: ImageClassificationRunner, output: str) -> list[str] | None:
         if output != "logits":
@@ -88,24 +103,34 @@ class OpticalFlowTensors:
     def outputs(self, runner: Any | None) -> list[TensorMetadata]:
         return [meta("flow", "FP32", None, None, None, 2)]
 
-    def parse(self, inputs: Mapping[str, Tensor], server: ServerSettings) -> list[tuple[Image.Image, Image.Image]]:
+    def parse(self, inputs: Mapping[str, Tensor], limits: Limits) -> list[tuple[EncodedImage, EncodedImage]]:
+        """Frame pairs whose headers are checked: one size for every frame, within the flow route's limits."""
         choose(inputs, (frozenset({"frame1", "frame2"}),), "frame1 and frame2 (BYTES [N] or [N, 1], encoded files)")
         first, second = files(inputs["frame1"]), files(inputs["frame2"])
         if len(first) != len(second):
             raise bad(f"frame1 has {len(first)} rows, frame2 has {len(second)}; send one frame2 per frame1")
-        decode = partial(decode_image, limits=Limits.of(server).image)
-        pairs = list(zip(each("frame1", first, decode), each("frame2", second, decode), strict=True))
+        probe = partial(_probed, limits=flow_image_limits(limits))
+        pairs = list(zip(each("frame1", first, probe), each("frame2", second, probe), strict=True))
         sizes = {frame.size for pair in pairs for frame in pair}
         if len(sizes) > 1:
             shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
             raise ServeError(ErrorCode.INVALID_INPUT, f"frames have different sizes ({shown}); the flow tensor "
                              "[N, H, W, 2] needs one size for every frame of a request")
+        check_sizes(pairs[0][0].size, pairs[0][1].size)
         return pairs
 
     async def infer(self, call: Call, rows: Sequence[Any], options: Options) -> dict[str, Tensor]:
+        width, height = rows[0][0].size
+        check_answer(call.limits, options, {"flow": Planned(options.float_datatype, [len(rows), height, width, 2])})
+        limits = flow_image_limits(call.limits)
+
+        async def one(first: EncodedImage, second: EncodedImage) -> np.ndarray:
+            frame1, frame2 = await decode_frame_pair(call.decode, first.data, second.data, limits)
+            return await estimate_flow(call, frame1, frame2)
+
         try:
             async with asyncio.TaskGroup() as group:  # pairs run concurrently; their tiles share batches
-                tasks = [group.create_task(estimate_flow(call, f1, f2)) for f1, f2 in rows]
+                tasks = [group.create_task(one(f1, f2)) for f1, f2 in rows]
         except ExceptionGroup as failed:  # the first failure cancelled the other pairs
             raise failed.exceptions[0] from None
         flow = torch.stack([torch.from_numpy(t.result()) for t in tasks])  # (N, H, W, 2)
@@ -113,6 +138,18 @@ class OpticalFlowTensors:
 
     def classes(self, runner: Any, output: str) -> list[str] | None:
         return None
+
+
+def _probed(data: bytes, limits: ImageLimits) -> EncodedImage:
+    return EncodedImage(data, probe_image(data, limits))
+
+
+def _row(name: str, index: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """fn(...), an error naming the row of its tensor (`image[2]: ...`)."""
+    try:
+        return fn(*args, **kwargs)
+    except ServeError as exc:
+        raise ServeError(exc.code, f"{name}[{index}]: {exc.message}", retry_after=exc.retry_after) from None
 
 
 class VideoAutoencodingTensors:
@@ -128,7 +165,7 @@ class VideoAutoencodingTensors:
     def outputs(self, runner: Any | None) -> list[TensorMetadata]:
         return []
 
-    def parse(self, inputs: Mapping[str, Tensor], server: ServerSettings) -> list[Any]:
+    def parse(self, inputs: Mapping[str, Tensor], limits: Limits) -> list[Any]:
         raise bad(REFUSAL)
 
     async def infer(self, call: Call, rows: Sequence[Any], options: Options) -> dict[str, Tensor]:

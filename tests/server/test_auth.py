@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import uvicorn
@@ -209,3 +210,81 @@ async def test_a_request_cannot_name_a_path_or_an_unconfigured_hub_id(make_setti
                                       content=image_file())  # a configured model's source names that model
         assert by_source.status_code == 200 and by_source.headers["X-Model"] == "conv"
         assert loader.sources == [str(checkpoints["conv"])]
+
+
+# ---------------------------------------------------------------- open probes say why, never what
+
+SECRET_PATH = "/srv/private/perceiver/mlm/model.safetensors"
+PROBES = ("/health/ready", "/v2/health/ready")
+
+
+def failing_mlm(spec: ModelSpec, settings: Settings) -> Any:
+    if spec.name == "mlm":
+        raise OSError(f"cannot open {SECRET_PATH} (injected)")
+    return load_model(spec, settings)
+
+
+async def until_preloaded(client: httpx.AsyncClient) -> None:
+    for _ in range(500):
+        if "preloading" not in (await client.get("/health/ready")).text:
+            return
+        await anyio.sleep(0.02)
+    raise AssertionError("the preload never finished")
+
+
+def probe_message(response: httpx.Response) -> str:
+    """The message of a probe's 503: the app's error shape on /health, the v2 shape on /v2/health."""
+    assert response.status_code == 503, response.text
+    body = response.json()
+    return body["error"]["message"] if isinstance(body["error"], dict) else body["error"]
+
+
+async def test_with_keys_a_failed_preload_shows_only_its_category_on_the_open_probes(
+        keyed: Callable[..., Settings]) -> None:
+    async with open_client(build_app(keyed(preload=["mlm"], load_retry_s=60), loader=failing_mlm)) as client:
+        await until_preloaded(client)
+        for path in PROBES:
+            r = await client.get(path)
+            assert probe_message(r) == "not ready: a preloaded model failed to load", path
+            assert r.headers["Retry-After"] == "1"
+            for detail in (SECRET_PATH, "/srv", "mlm", "injected", "OSError"):
+                assert detail not in r.text, (path, detail)
+        models = (await client.get("/v1/models", headers={"X-API-Key": KEY})).json()["models"]
+        assert SECRET_PATH in next(m for m in models if m["name"] == "mlm")["reason"]  # the details, for a key
+
+
+async def test_without_keys_the_probes_keep_the_details(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(server={"preload": ["mlm"], "load_retry_s": 60})
+    async with open_client(build_app(settings, loader=failing_mlm)) as client:
+        await until_preloaded(client)
+        for path in PROBES:
+            message = probe_message(await client.get(path))
+            assert "mlm" in message and SECRET_PATH in message, path
+
+
+@pytest.mark.parametrize("keys", [True, False])
+async def test_a_stalled_batcher_is_named_on_the_liveness_probes_only_without_keys(
+        keyed: Callable[..., Settings], make_settings: Callable[..., Settings], keys: bool) -> None:
+    app = build_app(keyed() if keys else make_settings())
+    async with open_client(app) as client:
+        app.state.registry.stuck = lambda limit_s: ["mlm"]  # as Registry.stuck answers when mlm's batcher stalls
+        for path in ("/health/live", "/v2/health/live"):
+            message = probe_message(await client.get(path))
+            if keys:
+                assert message == "a batcher stalled: no inference progress", path
+            else:
+                assert "mlm" in message and "no inference progress for over 300s" in message, path
+
+
+async def test_with_keys_starting_and_draining_are_said_plainly(keyed: Callable[..., Settings]) -> None:
+    app = build_app(keyed())
+    transport = httpx.ASGITransport(app=app)  # no lifespan: the app has not started
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for path in PROBES:
+            assert probe_message(await client.get(path)) == "not ready: starting up", path
+    async with open_client(app) as client:
+        for path in PROBES:
+            assert (await client.get(path)).status_code == 200, path
+        app.state.lifecycle.begin_drain()
+        for path in PROBES:
+            assert probe_message(await client.get(path)) == "not ready: shutting down", path

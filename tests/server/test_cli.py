@@ -67,3 +67,31 @@ def test_download_accepts_hub_ids(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_main("download", "deepmind/language-perceiver", "someone/their-perceiver") == 1
     err = capsys.readouterr().err
     assert "FAILED deepmind/language-perceiver" in err and "FAILED someone/their-perceiver" in err
+
+
+FD_SCRIPT = """
+import logging, resource, sys
+from server.cli import _make_room_for_connections
+logging.basicConfig(level="WARNING", stream=sys.stdout, format="%(message)s")
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+_make_room_for_connections(500)
+print("raised to", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 256))
+_make_room_for_connections(500)
+print("capped at", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+def test_the_open_file_limit_is_raised_to_fit_max_connections() -> None:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 564:
+        pytest.skip("the hard open-file limit here is below what the test raises to")
+    done = subprocess.run([sys.executable, "-c", FD_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "raised to 564" in lines  # 500 connections + a margin for the listener, model files and logs
+    assert "capped at 256" in lines  # the hard limit: said, not failed
+    assert any("max_connections = 500" in line and "ulimit -n" in line for line in lines), lines

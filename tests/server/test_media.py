@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
 import io
+import struct
 import sys
 import zipfile
 from fractions import Fraction
@@ -12,6 +14,7 @@ import torch
 
 from server import media
 from server.errors import ErrorCode, ServeError
+from server.limits import DEFAULT_LIMITS
 
 
 def npy(array: np.ndarray, *, allow_pickle: bool = False) -> bytes:
@@ -116,10 +119,12 @@ def test_bad_audio_is_refused(data, code):
     assert code_of(media.decode_audio, data, sample_rate=48_000, max_samples=100) is code
 
 
-def test_overlong_audio_is_refused(monkeypatch):
-    monkeypatch.setattr(media, "MAX_AUDIO_SECONDS", 1.0)
+def test_overlong_audio_is_refused():
+    limits = dataclasses.replace(DEFAULT_LIMITS.audio, max_seconds=1.0)
     data = sound(np.zeros(16_000 * 2, np.float32), 16_000)
-    assert code_of(media.decode_audio, data, sample_rate=48_000, max_samples=100) is ErrorCode.PAYLOAD_TOO_LARGE
+    with pytest.raises(ServeError) as info:
+        media.decode_audio(data, sample_rate=48_000, max_samples=100, limits=limits)
+    assert info.value.code is ErrorCode.PAYLOAD_TOO_LARGE and "max_audio_seconds" in info.value.message
 
 
 def test_wav_writer_round_trips_float32():
@@ -181,7 +186,7 @@ def test_ill_shaped_arrays_are_refused(array):
 def test_limits_are_checked_from_the_header_before_the_data_is_read():
     huge = npy(np.zeros((1, 1, 1, 3), np.uint8)).replace(b"(1, 1, 1, 3)", b"(1, 9000, 9000, 3)")
     assert code_of(media.decode_video, huge, size=(8, 8)) is ErrorCode.PAYLOAD_TOO_LARGE
-    many = npy(np.zeros((media.MAX_CLIP_FRAMES + 1, 2, 2, 3), np.uint8))
+    many = npy(np.zeros((DEFAULT_LIMITS.video.max_frames + 1, 2, 2, 3), np.uint8))
     assert code_of(media.decode_video, many, size=(2, 2)) is ErrorCode.PAYLOAD_TOO_LARGE
 
 
@@ -226,3 +231,60 @@ def test_without_pyav_containers_answer_415(monkeypatch):
                    sample_rate=48_000) is ErrorCode.UNSUPPORTED_MEDIA_TYPE
     frames = np.zeros((1, 8, 8, 3), np.uint8)
     assert np.array_equal(media.decode_video(npy(frames), size=(8, 8)), frames)  # arrays need no PyAV
+
+
+# ------------------------------------------------------------------------------------ corrupt arrays
+
+
+def _zip_with(method: int, flags: int = 0, body: bytes | None = None) -> bytes:
+    """An .npz whose video.npy member claims compression `method` (and `flags`), optionally with its body replaced."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("video.npy", npy(np.zeros((2, 8, 8, 3), np.uint8)))
+    data = bytearray(buffer.getvalue())
+    for header, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local and central headers: flags, method
+        at = data.index(header)
+        data[at + offset : at + offset + 4] = struct.pack("<HH", flags, method)
+    if body is not None:
+        start = data.index(b"video.npy") + len(b"video.npy")
+        data[start : start + len(body)] = body
+    return bytes(data)
+
+
+@pytest.mark.parametrize("data, status", [
+    (_zip_with(99), 415),  # AES / unknown method: zipfile raised NotImplementedError
+    (_zip_with(zipfile.ZIP_BZIP2), 415),  # a method whose reads are not bounded
+    (_zip_with(zipfile.ZIP_LZMA), 415),
+    (_zip_with(zipfile.ZIP_DEFLATED, flags=0x1), 415),  # encrypted: zipfile raised RuntimeError
+    (_zip_with(zipfile.ZIP_DEFLATED, body=b"\xff" * 40), 422),  # a broken deflate stream: zlib.error
+    (_zip_with(zipfile.ZIP_DEFLATED, body=b"\x03\x00"), 422),  # a stream that ends at once
+], ids=["method-99", "bzip2", "lzma", "encrypted", "broken-deflate", "empty-deflate"])
+def test_npz_archives_with_other_methods_or_broken_streams(data: bytes, status: int) -> None:
+    with pytest.raises(ServeError) as info:
+        media.decode_video(data, size=(16, 16))
+    assert info.value.status == status, info.value.message
+
+
+def _npy_with_header(header: bytes) -> bytes:
+    header = header + b" " * (-(len(header) + 11) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
+
+
+@pytest.mark.parametrize("header", [
+    b"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 2, 2, 3),",  # SyntaxError
+    b"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 2, 2, 3)} + 1",  # not a literal
+    b"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 2, 2, 3), 'shape': 7}",
+    b"{'descr': 7, 'fortran_order': False, 'shape': (1, 2, 2, 3)}",  # TypeError in numpy
+    b"{'descr': '|u1', 'fortran_order': False, 'shape': " + b"(" * 3000 + b")" * 3000 + b"}",  # deep nesting
+    b"{'descr': [('a', '|u1', (2**40,))], 'fortran_order': False, 'shape': (1, 2, 2, 3)}",  # a huge sub-array
+    b"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 2, 2, 3.5)}",
+    b"{'descr': '|u1', 'fortran_order': False, 'shape': (10**400, 2, 2, 3)}",
+    b"{'descr': '|u1', 'fortran_order': False, 'shape': (-1, 2, 2, 3)}",
+    b"{'descr': '\xff\xfe', 'fortran_order': False, 'shape': (1, 2, 2, 3)}",  # not UTF-8
+    b"{'descr': '|u1', 'fortran_order': 'yes', 'shape': (1, 2, 2, 3)}",
+], ids=["unclosed", "expression", "duplicate-key", "descr-int", "deep", "subarray", "float-dim", "huge-dim",
+        "negative-dim", "not-utf8", "fortran-str"])
+def test_npy_headers_that_do_not_parse_are_422(header: bytes) -> None:
+    with pytest.raises(ServeError) as info:
+        media.decode_video(_npy_with_header(header) + bytes(12), size=(2, 2))
+    assert info.value.status in (413, 422), info.value.message

@@ -108,11 +108,11 @@ async def test_media_decodes_run_at_most_max_concurrent_decodes_at_a_time(
         make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
     import time
 
-    import server.routers.classify_image as route
+    import server.tasks.image_classification as route
     from tests.server.crafted import image_file
 
     running, peak, lock = 0, 0, threading.Lock()
-    real = route.decode_image
+    real = route._opened  # every image decode (header probe, decode, decode-and-shrink) goes through it
 
     def slow_decode(*args, **kwargs):
         nonlocal running, peak
@@ -124,7 +124,7 @@ async def test_media_decodes_run_at_most_max_concurrent_decodes_at_a_time(
             running -= 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(route, "decode_image", slow_decode)
+    monkeypatch.setattr(route, "_opened", slow_decode)
     app = build_app(make_settings({"max_concurrent_decodes": limit}))
     async with open_client(app) as client:
         answers = await asyncio.gather(*(client.post("/classify-image", content=image_file(seed=i),

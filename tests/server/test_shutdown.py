@@ -1,10 +1,13 @@
-"""SIGTERM on a real server process: readiness and new requests answer 503 at once, the request in flight
-finishes with 200, and the process exits within its grace period."""
+"""Signals on a real server process: readiness and new requests answer 503 at once, the request in flight
+finishes with 200, and the process exits within its grace period. Whatever the signals (SIGTERM or SIGINT, once
+or twice, with a drain window or not), every answer is the real result or the JSON error shape."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,11 +29,11 @@ TIMEOUT_S = 20.0
 
 
 @contextmanager
-def server_process(tmp_path: Path, checkpoints: dict[str, Path],
-                   drain_s: float) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def server_process(tmp_path: Path, checkpoints: dict[str, Path], drain_s: float,
+                   **server: object) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     models = {"mlm": {"task": "fill-mask", "source": str(checkpoints["mlm"]), "max_delay_ms": 0}}
     config = write_config(tmp_path / "serve.toml", {"server": {
-        "device": "cpu", "drain_seconds": drain_s, "request_timeout_s": TIMEOUT_S, "preload": ["mlm"]},
+        "device": "cpu", "drain_seconds": drain_s, "request_timeout_s": TIMEOUT_S, "preload": ["mlm"], **server},
         "models": models})
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONUNBUFFERED": "1",
@@ -56,18 +59,25 @@ def start_long_request(base: str) -> tuple[threading.Thread, list[httpx.Response
     thread = threading.Thread(target=lambda: answer.append(
         httpx.post(f"{base}/fill-mask", json={"inputs": "in flight [MASK]"}, timeout=60)))
     thread.start()
-    deadline = time.monotonic() + 10
-    while "perceiver_inflight_requests 1.0" not in httpx.get(f"{base}/metrics").text:
-        assert time.monotonic() < deadline, "the request never started"
-        time.sleep(0.05)
+    wait_in_flight(base)
     time.sleep(0.3)  # admitted with an empty queue: in the model now, for FORWARD_S
     return thread, answer
 
 
-def wait_exit(proc: subprocess.Popen[bytes], budget_s: float) -> float:
+def wait_in_flight(base: str) -> None:
+    deadline = time.monotonic() + 10
+    while "perceiver_inflight_requests 1.0" not in httpx.get(f"{base}/metrics").text:
+        assert time.monotonic() < deadline, "the request never started"
+        time.sleep(0.05)
+
+
+EXIT_CODES = {signal.SIGTERM: -signal.SIGTERM, signal.SIGINT: 130}  # the signal re-raised after a clean shutdown
+
+
+def wait_exit(proc: subprocess.Popen[bytes], budget_s: float, sig: int = signal.SIGTERM) -> float:
     started = time.monotonic()
     code = proc.wait(timeout=budget_s)
-    assert code in (0, -signal.SIGTERM), code  # uvicorn re-raises the signal once it has shut down cleanly
+    assert code in (0, EXIT_CODES[sig]), code  # uvicorn re-raises the signal once it has shut down cleanly
     return time.monotonic() - started
 
 
@@ -109,3 +119,56 @@ def test_sigterm_without_a_drain_window_still_finishes_the_request_in_flight(tmp
         wait_exit(proc, budget_s=TIMEOUT_S + 5)
         assert time.monotonic() - signalled < FORWARD_S + 5
     assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def send(proc: subprocess.Popen[bytes], sig: int, times: int) -> None:
+    for _ in range(times):
+        proc.send_signal(sig)
+        time.sleep(0.3)  # each handled on its own event-loop tick
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("times,drain_s", [(1, 0.0), (2, 0.0), (1, 1.5), (2, 6.0)],
+                         ids=["once", "twice", "once-drained", "twice-drained"])
+def test_in_flight_work_is_answered_whatever_the_signals(tmp_path: Path, checkpoints: dict[str, Path], sig: int,
+                                                          times: int, drain_s: float) -> None:
+    with server_process(tmp_path, checkpoints, drain_s) as (base, proc):
+        thread, answer = start_long_request(base)
+        signalled = time.monotonic()
+        send(proc, sig, times)
+        if drain_s and times == 1:  # in the window, new work is refused in the error shape
+            refused = httpx.post(f"{base}/fill-mask", json={"inputs": "late [MASK]"}, timeout=10)
+            assert_error(refused, 503, "not_ready", "shutting down")
+        thread.join(30)
+        assert answer and answer[0].status_code == 200, answer  # a repeated signal never cuts it off
+        assert answer[0].json()[0]["sequence"].startswith("in flight ")
+        wait_exit(proc, budget_s=drain_s + TIMEOUT_S + 5, sig=sig)
+        took = time.monotonic() - signalled
+        assert took < (drain_s if times == 1 else 0) + FORWARD_S + 4  # a second signal skips the drain window
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log
+
+
+@pytest.mark.parametrize("sig,times,drain_s", [(signal.SIGTERM, 1, 0.0), (signal.SIGINT, 2, 1.0)],
+                         ids=["SIGTERM-once", "SIGINT-twice-drained"])
+def test_a_request_still_running_when_the_grace_period_ends_gets_a_json_503(
+        tmp_path: Path, checkpoints: dict[str, Path], sig: int, times: int, drain_s: float) -> None:
+    # request_timeout_s = 0.5: the grace period is int(0.5) + 5 s. A body that never comes outlasts it.
+    with server_process(tmp_path, checkpoints, drain_s, request_timeout_s=0.5, body_timeout_s=60) as (base, proc):
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as upload:
+            upload.sendall(b"POST /fill-mask HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 100\r\n\r\n{")
+            wait_in_flight(base)  # in the app, waiting for its body
+            signalled = time.monotonic()
+            send(proc, sig, times)
+            response = b""
+            while chunk := upload.recv(65536):
+                response += chunk
+        head, body = response.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 503 ") and b"content-type: application/json" in head.lower()
+        assert b"connection: close" in head.lower(), head
+        error = json.loads(body)["error"]
+        assert error["code"] == "not_ready" and "shut down before the request finished" in error["message"]
+        assert time.monotonic() - signalled >= 5 - 0.5  # not before the grace period (the drain: skipped by signal 2)
+        wait_exit(proc, budget_s=30, sig=sig)

@@ -16,6 +16,9 @@ TEXTS = ["Hello [MASK]orld, how are you doing today?", "The capital of France is
          "ünïcode [MASK] text, with a few more words in it"]
 
 
+MASKS = 256  # max_masks_per_text
+
+
 @pytest.fixture(scope="module")
 def runner(checkpoints: dict[str, Path]) -> FillMaskRunner:
     spec = ModelSpec(name="mlm", task=Task.FILL_MASK, source=str(checkpoints["mlm"]))
@@ -28,21 +31,21 @@ def run(runner: FillMaskRunner, items: list) -> list:
 
 
 def test_prepare_finds_masks_and_refuses_text_without_one(runner: FillMaskRunner) -> None:
-    item = runner.prepare("a[MASK]b[MASK][MASK]c", top_k=None)
+    item = runner.prepare("a[MASK]b[MASK][MASK]c", top_k=None, max_masks=MASKS)
     assert item.positions == (2, 4, 5) and item.top_k == 5  # [CLS] a [MASK] b [MASK] [MASK] c [SEP]
     with pytest.raises(ServeError) as info:
-        runner.prepare("no mask here", top_k=3)
+        runner.prepare("no mask here", top_k=3, max_masks=MASKS)
     assert info.value.code is ErrorCode.INVALID_INPUT and "[MASK]" in info.value.message
 
 
 def test_too_long_input_is_refused(runner: FillMaskRunner) -> None:
     with pytest.raises(ServeError) as info:
-        runner.prepare("x" * 300 + "[MASK]", top_k=None)
+        runner.prepare("x" * 300 + "[MASK]", top_k=None, max_masks=MASKS)
     assert info.value.code is ErrorCode.PAYLOAD_TOO_LARGE and "256" in info.value.message
 
 
 def test_output_is_identical_alone_and_in_a_batch(runner: FillMaskRunner) -> None:
-    items = [runner.prepare(t, top_k=4) for t in TEXTS]
+    items = [runner.prepare(t, top_k=4, max_masks=MASKS) for t in TEXTS]
     assert len({runner.key(i) for i in items}) == 1  # one bucket, so they can share a batch
     together = run(runner, items)
     alone = [run(runner, [item])[0] for item in items]
@@ -50,28 +53,30 @@ def test_output_is_identical_alone_and_in_a_batch(runner: FillMaskRunner) -> Non
 
 
 def test_response_shape(runner: FillMaskRunner) -> None:
-    one = runner.prepare("Hello [MASK]orld", top_k=3)
+    one = runner.prepare("Hello [MASK]orld", top_k=3, max_masks=MASKS)
     [result] = run(runner, [one])
     answer = runner.respond(one, result)
-    assert len(answer) == 3 and all(c.sequence.startswith("Hello ") for c in answer)
-    assert answer[0].score >= answer[1].score >= answer[2].score
-    assert answer[0].run.start == 6 and answer[0].run.end == 12
+    assert len(answer) == 3 and all(c["sequence"].startswith("Hello ") for c in answer)
+    assert answer[0]["score"] >= answer[1]["score"] >= answer[2]["score"]
+    assert answer[0]["run"]["start"] == 6 and answer[0]["run"]["end"] == 12
 
-    several = runner.prepare("a[MASK]b[MASK][MASK]c", top_k=2)
+    several = runner.prepare("a[MASK]b[MASK][MASK]c", top_k=2, max_masks=MASKS)
     [result] = run(runner, [several])
     per_mask = runner.respond(several, result)
     assert len(per_mask) == 3 and all(len(c) == 2 for c in per_mask)
-    first_run, second_run = per_mask[0][0].run, per_mask[1][0].run
-    assert (first_run.start, first_run.end) == (1, 7)
-    assert per_mask[2][0].run == second_run and (second_run.start, second_run.end) == (8, 20)
-    assert first_run.sequence.count("[MASK]") == 2 and second_run.sequence.count("[MASK]") == 1
-    assert per_mask[1][0].sequence.count("[MASK]") == 2  # only this mask is filled
+    first_run, second_run = per_mask[0][0]["run"], per_mask[1][0]["run"]
+    assert (first_run["start"], first_run["end"]) == (1, 7)
+    assert per_mask[2][0]["run"] == second_run and (second_run["start"], second_run["end"]) == (8, 20)
+    assert len(first_run["fill"]) == 1 and per_mask[0][0]["token_str"] in first_run["fill"]
+    text = "a[MASK]b[MASK][MASK]c"  # a run's filled text, from its offsets
+    assert text[: second_run["start"]] + "##" + text[second_run["end"]:] == "a[MASK]b##c"
+    assert per_mask[1][0]["sequence"].count("[MASK]") == 2  # only this mask is filled
 
 
 def test_token_ids_and_raw_logits(runner: FillMaskRunner) -> None:
     text = "a[MASK]b[MASK][MASK]c"
-    by_text = runner.prepare(text, top_k=3)
-    by_ids = runner.prepare_ids(runner.codec.encode(text))
+    by_text = runner.prepare(text, top_k=3, max_masks=MASKS)
+    by_ids = runner.prepare_ids(runner.codec.encode(text), max_masks=MASKS)
     assert by_ids.positions == by_text.positions and by_ids.ids == by_text.ids and by_ids.raw
     scores, logits = run(runner, [by_text, by_ids])
     assert logits.shape == (3, 262)  # (P, V): the masked positions only
@@ -88,5 +93,5 @@ def test_token_ids_and_raw_logits(runner: FillMaskRunner) -> None:
 ])
 def test_bad_token_ids_are_refused(runner: FillMaskRunner, ids: list[int], code: ErrorCode) -> None:
     with pytest.raises(ServeError) as info:
-        runner.prepare_ids(ids)
+        runner.prepare_ids(ids, max_masks=MASKS)
     assert info.value.code is code

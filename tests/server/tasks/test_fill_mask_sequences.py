@@ -28,7 +28,7 @@ def expected(text: str, j: int, fill: bytes) -> str:
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_candidate_sequences(runner: FillMaskRunner, text: str) -> None:
-    item = runner.prepare(text, top_k=4)
+    item = runner.prepare(text, top_k=4, max_masks=256)
     with torch.inference_mode():
         [result] = runner.split(runner.forward(runner.collate([item])), [item])
     assert isinstance(result, MaskScores)
@@ -37,5 +37,6 @@ def test_candidate_sequences(runner: FillMaskRunner, text: str) -> None:
     assert len(per_mask) == text.count(MASK)
     for j, candidates in enumerate(per_mask):
         for c in candidates:
-            fill = bytes([c.token - runner.byte_offset]) if c.token >= runner.byte_offset else c.token_str.encode()
-            assert c.sequence == expected(text, j, fill)
+            token = c["token"]
+            fill = bytes([token - runner.byte_offset]) if token >= runner.byte_offset else c["token_str"].encode()
+            assert c["sequence"] == expected(text, j, fill)

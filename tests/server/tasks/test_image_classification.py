@@ -12,6 +12,7 @@ from model_core.image_processing import preprocess_images
 from server.errors import ErrorCode, ServeError
 from server.loading import load_model
 from server.settings import ModelSpec, Settings, Task
+from server.limits import DEFAULT_LIMITS
 from server.tasks.image_classification import ImageClassificationRunner, decode_image
 from server.tasks.labels import rank
 
@@ -76,3 +77,18 @@ def test_bad_pixel_values_are_refused(runner: ImageClassificationRunner, pixels:
     with pytest.raises(ServeError) as info:
         runner.prepare_pixels(pixels)
     assert info.value.code is ErrorCode.INVALID_INPUT and says in info.value.message
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "LA", "I;16"])
+def test_a_file_is_cropped_before_conversion_with_the_same_pixels(runner: ImageClassificationRunner,
+                                                                  mode: str) -> None:
+    """prepare_file crops in the file's own mode, then converts: the pixels equal decode_image then prepare."""
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (61, 97, 3), dtype=np.uint8)).convert(mode) if mode != "I;16" \
+        else Image.fromarray(rng.integers(0, 65535, (61, 97), dtype=np.uint16))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    by_file = runner.prepare_file(data, DEFAULT_LIMITS.image)
+    by_image = runner.prepare(decode_image(data), top_k=None, function=None)
+    assert torch.equal(by_file.pixels, by_image.pixels)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import json
 import zlib
+from collections.abc import Callable
 
 import ml_dtypes
 import numpy as np
@@ -11,7 +13,9 @@ import pytest
 import torch
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor, triton_to_np_dtype
 
+from server.app import build_app
 from server.errors import ErrorCode, ServeError
+from server.settings import Settings
 from server.v2.binary import (
     NUMPY,
     Tensor,
@@ -22,6 +26,7 @@ from server.v2.binary import (
     encode_json,
     split_body,
 )
+from tests.server.support import open_client
 
 NUMERIC = [d for d in NUMPY if d != "BF16"]
 
@@ -140,3 +145,59 @@ def test_decompress_gzip_and_deflate_within_the_limit() -> None:
     with pytest.raises(ServeError) as info:
         decompress(b"not gzip", "gzip", 1000)
     assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_v2_values_outside_every_datatype_are_400() -> None:
+    cases = [("FP32", [3.5e38]), ("FP32", [10**39]), ("FP32", [10**400]), ("FP16", [65520.0]), ("BF16", [1e39]),
+             ("FP64", [10**400]), ("FP64", [float("inf")]), ("FP32", [float("nan")]), ("INT8", [128]),
+             ("UINT8", [-1]), ("INT64", [2**63]), ("UINT64", [2**64]), ("INT32", [-(2**31) - 1]), ("UINT16", [2**16])]
+    for datatype, values in cases:
+        with pytest.raises(ServeError) as info:
+            decode_json("x", datatype, [1], values)
+        assert info.value.status == 400 and "range" in info.value.message, (datatype, values)
+    assert decode_json("x", "FP32", [1], [3.4028234e38]).array.tolist() == [np.finfo(np.float32).max]
+
+
+@pytest.mark.parametrize("shape", [[0, 2**31, 2**31, 2**31], [2**31, 2**31, 0], [2**16, 2**16, 2**16, 0],
+                                   [2**31, 2**31], [0, 0, 2**31, 2**31, 2**31, 2**31, 2**31, 2**31]])
+def test_v2_shapes_past_the_element_limit_are_400_whatever_the_data(shape: list[int]) -> None:
+    for datatype in ("FP32", "BYTES", "BOOL"):
+        for call in (lambda: decode_binary("x", datatype, shape, memoryview(b"")),
+                     lambda: decode_json("x", datatype, shape, [])):
+            with pytest.raises(ServeError) as info:
+                call()
+            assert info.value.status == 400 and "elements" in info.value.message
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP16", "BF16", "FP64"])
+def test_huge_json_integers_in_float_tensors_are_400(datatype: str) -> None:
+    for value in (10**309, -(10**400), 2**1024):
+        with pytest.raises(ServeError) as info:
+            decode_json("x", datatype, [2], [1.0, value])
+        assert info.value.code is ErrorCode.BAD_REQUEST and datatype in info.value.message
+
+
+@pytest.mark.anyio
+async def test_v2_infer_answers_overflows_as_protocol_errors(make_settings: Callable[..., Settings]) -> None:
+    """Through the route: 400 in the protocol's {"error": message} shape, for JSON data and binary shapes."""
+    def infer_json(datatype: str, shape: list[int], data_literal: str) -> bytes:
+        return (f'{{"inputs": [{{"name": "pixel_values", "datatype": "{datatype}", "shape": {json.dumps(shape)}, '
+                f'"data": {data_literal}}}]}}').encode()
+
+    binary_head = json.dumps({"inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": [0, 2**31, 2**31],
+                                          "parameters": {"binary_data_size": 0}}]}).encode()
+    requests = [
+        ({"content": infer_json("FP32", [1], "[1e39]")}, "range"),
+        ({"content": infer_json("FP32", [1], "[" + "9" * 400 + "]")}, "range"),
+        ({"content": infer_json("FP16", [2], "[1.0, 70000]")}, "range"),
+        ({"content": infer_json("INT64", [1], "[" + "9" * 30 + "]")}, "range"),
+        ({"content": infer_json("FP32", [0, 2147483648, 2147483648], "[]")}, "elements"),
+        ({"content": binary_head, "headers": {"Inference-Header-Content-Length": str(len(binary_head))}}, "elements"),
+    ]
+    async with open_client(build_app(make_settings())) as client:
+        for request, says in requests:
+            headers = {"content-type": "application/json", **request.get("headers", {})}
+            response = await client.post("/v2/models/conv/infer", content=request["content"], headers=headers)
+            assert response.status_code == 400, response.text
+            body = response.json()
+            assert set(body) == {"error"} and says in body["error"], body
