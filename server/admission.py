@@ -12,14 +12,13 @@ import math
 import time
 
 import numpy as np
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import ErrorCode, ServeError, error_response
-from server.serving import DEADLINE_KEY, STARTED_KEY
+from server.offload import Offload
+from server.scope import DEADLINE_KEY, STARTED_KEY
 
 TIMEOUT_HEADER = b"x-request-timeout"
-_SCAN_INLINE_BYTES = 256 * 1024  # larger bodies are scanned on a worker thread
 _CHUNK = 1 << 20
 _STRUCTURE = b'"[]{}'
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in _STRUCTURE)
@@ -73,8 +72,8 @@ def _is_json(content_type: bytes) -> bool:
 
 
 class AdmissionMiddleware:
-    def __init__(self, app: ASGIApp, *, max_json_depth: int, timeout_cap_s: float) -> None:
-        self.app, self.max_json_depth, self.timeout_cap_s = app, max_json_depth, timeout_cap_s
+    def __init__(self, app: ASGIApp, *, max_json_depth: int, timeout_cap_s: float, offload: Offload) -> None:
+        self.app, self.max_json_depth, self.timeout_cap_s, self.offload = app, max_json_depth, timeout_cap_s, offload
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -108,11 +107,7 @@ class AdmissionMiddleware:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         text = body if prefix is None else body[:prefix]
-        if len(text) > _SCAN_INLINE_BYTES:
-            too_deep = await run_in_threadpool(nesting_exceeds, text, self.max_json_depth)
-        else:
-            too_deep = nesting_exceeds(text, self.max_json_depth)
-        if too_deep:
+        if await self.offload.run(nesting_exceeds, text, self.max_json_depth):
             raise ServeError(ErrorCode.BAD_REQUEST,
                              f"JSON body is nested more than {self.max_json_depth} levels deep")
         replayed = False

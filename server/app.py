@@ -15,6 +15,7 @@ from server.lifecycle import Lifecycle
 from server.admission import AdmissionMiddleware
 from server.loading import load_model
 from server.metrics import Metrics
+from server.offload import Offload
 from server.middleware import RequestMiddleware
 from server.registry import Loader, Registry
 from server.routers import (autoencode_video, classify_image, classify_text, fill_mask, health, jobs, models,
@@ -31,6 +32,7 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
     lifecycle = Lifecycle(registry=registry, preload=settings.server.preload, retry_s=settings.server.load_retry_s)
     api_keys = configured_keys(settings.server)  # SettingsError for an unreadable or malformed key file
     job_store = JobStore()
+    offload = Offload()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -43,17 +45,18 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
             await lifecycle.stop()
             await job_store.close()
             await registry.close()
+            offload.close()
 
     app = FastAPI(title="perceiver-serve", version="0.1.0", lifespan=lifespan,
                   summary="Inference server for the Perceiver IO model family")
     app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
     app.state.lifecycle, app.state.jobs = lifecycle, job_store
     app.state.api_keys_configured = bool(api_keys)  # public probes then say only why, never what (health.py)
-    app.state.service = InferenceService(registry=registry, settings=settings)
+    app.state.service = InferenceService(registry=registry, settings=settings, offload=offload)
     install_error_handlers(app)
     # Outermost last: RequestMiddleware -> AuthMiddleware -> AdmissionMiddleware -> routes.
     app.add_middleware(AdmissionMiddleware, max_json_depth=settings.server.max_json_depth,
-                       timeout_cap_s=settings.server.request_timeout_cap_s)
+                       timeout_cap_s=settings.server.request_timeout_cap_s, offload=offload)
     app.add_middleware(AuthMiddleware, keys=api_keys, public=public_paths(settings.server))
     app.add_middleware(RequestMiddleware, metrics=metrics, lifecycle=lifecycle,
                        max_body_bytes=int(settings.server.max_body_mb * 2**20),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 import threading
@@ -102,6 +103,10 @@ def _run(settings: Settings) -> None:
     from server.connections import ConnectionLimits, protocol_class
 
     app = build_app(settings)
+    # What is alive now lives as long as the process: out of every later collection, whose full passes would
+    # otherwise walk these few hundred thousand objects (torch, the app) and stall the event loop each time.
+    gc.collect()
+    gc.freeze()
     server = settings.server
     _make_room_for_connections(server.max_connections)
     # In-flight requests get as long as the longest deadline a request may have, plus a margin. No websocket

@@ -77,6 +77,13 @@ class ServeError(Exception):
     def status(self) -> int:
         return STATUS[self.code]
 
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (server.offload) intact
+        return (_serve_error, (self.code, self.message, self.retry_after))
+
+
+def _serve_error(code: ErrorCode, message: str, retry_after: float | None) -> ServeError:
+    return ServeError(code, message, retry_after=retry_after)
+
 
 class ErrorBody(BaseModel):
     code: ErrorCode

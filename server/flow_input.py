@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from server.errors import ErrorCode, ServeError
-from server.limits import ImageLimits
-from server.tasks.image_classification import probe_image
-from server.tasks.optical_flow import check_sizes, decode_frame
 from server.uploads import decode_base64, read_form, read_json
 
 FIELDS = ("frame1", "frame2")
-T = TypeVar("T")
-Decoder = Callable[..., Awaitable[Any]]
 
 
 class FramePairRequest(BaseModel):
@@ -43,33 +36,10 @@ async def read_frame_pair(request: Request) -> tuple[bytes, bytes]:
     if ctype == "multipart/form-data":
         return await _multipart(request)
     if ctype == "application/json":
-        return await read_json(FramePairRequest, await request.body(), _from_json)
+        return await read_json(request, FramePairRequest, await request.body(), _from_json)
     raise ServeError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, (
         f"Content-Type {ctype or 'none'!r} is not accepted: send multipart/form-data with file parts 'frame1' "
         "and 'frame2', or application/json {\"frame1\": \"<base64>\", \"frame2\": \"<base64>\"}"))
-
-
-def probe_frames(data1: bytes, data2: bytes, limits: ImageLimits) -> tuple[int, int]:
-    """(width, height) of the pair from the files' headers (format and pixels checked; one size for both, at
-    most MAX_SIDE a side); an error names the frame. Nothing is decoded."""
-    sizes = [_named(name, probe_image, data, limits) for name, data in zip(FIELDS, (data1, data2), strict=True)]
-    check_sizes(sizes[0], sizes[1])
-    return sizes[0]
-
-
-async def decode_frame_pair(decode: Decoder, data1: bytes, data2: bytes,
-                            limits: ImageLimits) -> tuple[np.ndarray, np.ndarray]:
-    """Both frames as (H, W, 3) uint8, one decode unit each (`decode` runs a function as one)."""
-    first = await decode(_named, FIELDS[0], decode_frame, data1, limits)
-    second = await decode(_named, FIELDS[1], decode_frame, data2, limits)
-    return first, second
-
-
-def _named(name: str, fn: Callable[[bytes, ImageLimits], T], data: bytes, limits: ImageLimits) -> T:
-    try:
-        return fn(data, limits)
-    except ServeError as exc:
-        raise ServeError(exc.code, f"{name}: {exc.message}", retry_after=exc.retry_after) from None
 
 
 def _from_json(payload: FramePairRequest) -> tuple[bytes, bytes]:

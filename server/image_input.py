@@ -35,7 +35,7 @@ async def read_image_request(request: Request, *, top_k: int | None) -> tuple[by
             "a multipart/form-data upload with a 'file' part, or application/json {\"inputs\": \"<base64>\"}"))
     body = await request.body()
     if ctype == "application/json" or (ctype in _RAW and body.lstrip()[:1] == b"{"):
-        return await read_json(ClassifyImageRequest, body, _from_json)  # parse and base64-decode
+        return await read_json(request, ClassifyImageRequest, body, _from_json)  # parse and base64-decode
     return body, ClassifyParameters(top_k=top_k)
 
 

@@ -42,6 +42,7 @@ class AudioLimits:
 
 @dataclass(frozen=True)
 class Limits:
+    max_body_bytes: int
     max_inputs: int
     max_text_bytes: int
     max_masks_per_text: int
@@ -54,6 +55,7 @@ class Limits:
     @classmethod
     def of(cls, server: ServerSettings) -> Limits:
         return cls(
+            max_body_bytes=int(server.max_body_mb * 2**20),
             max_inputs=server.max_inputs,
             max_text_bytes=server.max_text_bytes,
             max_masks_per_text=server.max_masks_per_text,

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.errors import ErrorCode, ServeError, code_for_status, error_payload, error_response
 from server.lifecycle import Lifecycle
 from server.metrics import Metrics
-from server.serving import MODEL_KEY, STARTED_KEY
+from server.scope import MODEL_KEY, STARTED_KEY
 
 log = logging.getLogger(__name__)
 

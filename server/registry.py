@@ -93,6 +93,7 @@ class Registry:
                                         max_delay_s=spec.max_delay_ms / 1000, max_queue=spec.max_queue,
                                         metrics=self.metrics)
             entry.model, entry.state = model, ModelState.READY
+            gc.freeze()  # the model's objects live as long as it is loaded: keep them out of every collection
             self.metrics.model_load.labels(model=spec.name).observe(time.monotonic() - started)
             self.metrics.models_loaded.set(self.loaded_count())
             await self._enforce_budget(keep=entry)
@@ -137,8 +138,10 @@ class Registry:
         self.metrics.models_loaded.set(self.loaded_count())
         if model is not None:
             on_cuda = model.device.type == "cuda"
-            del model
+            del model, batcher
+            gc.unfreeze()  # frozen at load: let the model's objects be collected, cycles included
             gc.collect()
+            gc.freeze()
             if on_cuda:
                 torch.cuda.empty_cache()
             log.info("model %s: unloaded", name)

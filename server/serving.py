@@ -22,12 +22,11 @@ from starlette.concurrency import run_in_threadpool
 from server.batching import Outcome, Pending
 from server.errors import ErrorCode, ServeError
 from server.limits import Limits
+from server.offload import Offload
 from server.registry import Entry, Registry
+from server.scope import DEADLINE_KEY, MODEL_KEY, STARTED_KEY
 from server.settings import Settings, Task
 
-STARTED_KEY = "perceiver_started"  # scope["state"] keys shared with the middleware
-DEADLINE_KEY = "perceiver_deadline"  # set by the admission middleware from X-Request-Timeout
-MODEL_KEY = "perceiver_model"
 _DROP_REASONS = {ErrorCode.TIMEOUT: "expired", ErrorCode.CLIENT_CLOSED: "disconnected"}
 OFF_LOOP_ENTRIES = 256  # answers with more ranked entries than this are built on a worker thread
 T = TypeVar("T")
@@ -134,9 +133,10 @@ async def _disconnected(request: Request) -> None:
 
 
 class InferenceService:
-    def __init__(self, *, registry: Registry, settings: Settings) -> None:
+    def __init__(self, *, registry: Registry, settings: Settings, offload: Offload | None = None) -> None:
         self.registry, self.settings = registry, settings
         self.limits = Limits.of(settings.server)
+        self.offload = offload or Offload()  # parses large bodies away from the event loop
         # A decoded 64-megapixel image is ~200 MB: bound how many decode at once, whatever the load.
         self._decodes = anyio.CapacityLimiter(settings.server.max_concurrent_decodes or max(2, os.cpu_count() or 2))
 

@@ -1,7 +1,8 @@
 """Request bodies the routes share: multipart forms, JSON payloads, base64 file fields.
 
-Parsing a JSON body or inflating base64 is CPU work proportional to the body (up to `max_body_mb`): past
-INLINE_BYTES it runs on a worker thread, so a large body never stalls the event loop (probes included).
+Parsing a JSON body or inflating base64 is CPU work proportional to the body (up to `max_body_mb`): a large
+body is parsed by `server.offload` (a worker thread, or the helper process for the largest), so it never
+stalls the event loop, probes included. Everything the helper runs is here or in other torch-free modules.
 """
 
 from __future__ import annotations
@@ -15,43 +16,71 @@ from typing import Any, TypeVar
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from server.errors import ErrorCode, ServeError, describe_validation
+from server.offload import INLINE_BYTES, Offload
 
 M = TypeVar("M", bound=BaseModel)
-INLINE_BYTES = 64 * 1024  # bodies up to this size are parsed on the event loop (a thread hop costs more)
 
 
-class _OffLoopJSONRequest(Request):
+def _offload(request: Request) -> Offload:
+    return request.app.state.service.offload
+
+
+class _LargeJSONRequest(Request):
+    """A request whose large JSON body is parsed and validated away from the event loop (small ones as FastAPI
+    does); FastAPI then validates the small payload that comes back."""
+
+    body_model: type[BaseModel]
+
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
-            self._json = json.loads(body) if len(body) <= INLINE_BYTES else await run_in_threadpool(json.loads, body)
+            if len(body) <= INLINE_BYTES:
+                self._json = json.loads(body)
+            else:
+                try:
+                    self._json = await _offload(self).run(validated_payload, body, self.body_model)
+                except ServeError as exc:  # FastAPI passes on only HTTPException from here; the shape is the same
+                    headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
+                    raise HTTPException(exc.status, exc.message, headers=headers) from None
         return self._json
 
 
 class JSONBodyRoute(APIRoute):
-    """A route whose JSON body FastAPI parses (and validates against its pydantic model) as usual, except that
-    a large body is parsed on a worker thread."""
+    """A route whose pydantic body FastAPI parses and documents as usual, except that a large body is parsed
+    (and validated against the same model) away from the event loop."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        model = self.body_field.field_info.annotation if self.body_field is not None else None
+        request_class = type("RouteJSONRequest", (_LargeJSONRequest,), {"body_model": model})
 
         async def route(request: Request) -> Response:
-            return await handler(_OffLoopJSONRequest(request.scope, request.receive))
+            return await handler(request_class(request.scope, request.receive))
 
         return route
 
 
-async def read_json(model: type[M], body: bytes, then: Callable[[M], Any] = lambda m: m) -> Any:
-    """then(`body` validated as `model`), on a worker thread for a large body (`then` decodes base64 fields)."""
-    if len(body) <= INLINE_BYTES:
-        return then(parse_json(model, body))
-    return await run_in_threadpool(lambda: then(parse_json(model, body)))
+def validated_payload(body: bytes, model: type[BaseModel]) -> dict[str, Any]:
+    """`body` validated as `model`, as plain values (small: what the model admits). 422 otherwise."""
+    try:
+        return model.model_validate_json(body).model_dump()
+    except ValidationError as exc:
+        raise ServeError(ErrorCode.INVALID_INPUT, describe_validation(exc)) from None
+
+
+async def read_json(request: Request, model: type[M], body: bytes, then: Callable[[M], Any]) -> Any:
+    """then(`body` validated as `model`), away from the event loop when the body is large (`then` decodes the
+    base64 fields). `then` must be a module-level function of a torch-free module."""
+    return await _offload(request).run(parsed_then, body, model, then)
+
+
+def parsed_then(body: bytes, model: type[M], then: Callable[[M], Any]) -> Any:
+    return then(parse_json(model, body))
 
 
 async def read_form(request: Request, *, max_files: int, max_fields: int = 16) -> FormData:

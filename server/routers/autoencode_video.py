@@ -22,7 +22,8 @@ from server.errors import ErrorCode, ServeError, responses
 from server.jobs import JobResult, Progress
 from server.routers.jobs import ACCEPTED, accepted
 from server.schemas import LabelScore
-from server.serving import STARTED_KEY, InferenceService
+from server.scope import STARTED_KEY
+from server.serving import InferenceService
 from server.settings import Task
 from server.tasks.labels import as_labels
 from server.uploads import read_form

@@ -10,9 +10,9 @@ from starlette.concurrency import run_in_threadpool
 from server.deps import ModelParam, ServiceDep
 from server.errors import ErrorCode, responses
 from server.flow_formats import FORMAT_VALUE_BYTES, MEDIA_TYPES, OPENAPI_CONTENT, FlowFormat, encode_flow, negotiate
-from server.flow_input import OPENAPI_BODY, decode_frame_pair, probe_frames, read_frame_pair
+from server.flow_input import OPENAPI_BODY, read_frame_pair
 from server.settings import Task
-from server.tasks.optical_flow import check_answer, estimate_flow, flow_image_limits
+from server.tasks.optical_flow import check_answer, decode_frame_pair, estimate_flow, flow_image_limits, probe_frames
 
 router = APIRouter(tags=["vision"])
 ERRORS = responses(ErrorCode.BAD_REQUEST, ErrorCode.INVALID_INPUT, ErrorCode.PAYLOAD_TOO_LARGE,

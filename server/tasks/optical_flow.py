@@ -9,9 +9,9 @@ for the grid and the blending.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -22,8 +22,12 @@ from model_core.flow_processing import extract_patches, normalize_frame
 from model_core.flow_tiling import Corner, Size, cover_size, resize_flow, stitch, tile_grid
 from server.errors import ErrorCode, ServeError
 from server.limits import ImageLimits, Limits
-from server.tasks.image_classification import decode_image
+from server.tasks.image_classification import decode_image, probe_image
 
+T = TypeVar("T")
+Decoder = Callable[..., Awaitable[Any]]
+
+FRAMES = ("frame1", "frame2")
 FLOW_SCALE = 20.0  # model output -> pixels (the DeepMind colab's FLOW_SCALE_FACTOR)
 MAX_SIDE = 4096  # per side, frames as sent and as run; the tile count (the cost) grows with the area
 
@@ -111,6 +115,29 @@ def decode_frame(data: bytes, limits: ImageLimits) -> np.ndarray:
     """An image file -> (H, W, 3) uint8 RGB: the decoded image is kept as its bare pixels, nothing more. CPU work:
     call off the event loop (one decode unit)."""
     return np.asarray(decode_image(data, limits))
+
+
+def probe_frames(data1: bytes, data2: bytes, limits: ImageLimits) -> tuple[int, int]:
+    """(width, height) of the pair from the files' headers (format and pixels checked; one size for both, at
+    most MAX_SIDE a side); an error names the frame. Nothing is decoded."""
+    sizes = [_named(name, probe_image, data, limits) for name, data in zip(FRAMES, (data1, data2), strict=True)]
+    check_sizes(sizes[0], sizes[1])
+    return sizes[0]
+
+
+async def decode_frame_pair(decode: Decoder, data1: bytes, data2: bytes,
+                            limits: ImageLimits) -> tuple[np.ndarray, np.ndarray]:
+    """Both frames as (H, W, 3) uint8, one decode unit each (`decode` runs a function as one)."""
+    first = await decode(_named, FRAMES[0], decode_frame, data1, limits)
+    second = await decode(_named, FRAMES[1], decode_frame, data2, limits)
+    return first, second
+
+
+def _named(name: str, fn: Callable[[bytes, ImageLimits], T], data: bytes, limits: ImageLimits) -> T:
+    try:
+        return fn(data, limits)
+    except ServeError as exc:
+        raise ServeError(exc.code, f"{name}: {exc.message}", retry_after=exc.retry_after) from None
 
 
 async def estimate_flow(call: Any, frame1: np.ndarray, frame2: np.ndarray) -> np.ndarray:

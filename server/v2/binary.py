@@ -16,18 +16,20 @@ import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from server.errors import ErrorCode, ServeError
+
+if TYPE_CHECKING:  # decoding needs numpy only: a body-parsing helper process never imports torch
+    import torch
 
 NUMPY: dict[str, np.dtype[Any]] = {name: np.dtype(t).newbyteorder("<") for name, t in {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
     "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BF16": np.uint16}.items()}
-_TORCH = {"FP32": torch.float32, "FP16": torch.float16, "BF16": torch.bfloat16, "INT64": torch.int64}
+_FLOATS = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
 _LENGTH = struct.Struct("<I")
 MAX_ELEMENTS = 2**30  # of one tensor: as many as a body of the largest max_body_mb (1 GiB) could carry
 
@@ -46,7 +48,10 @@ class Tensor:
     @classmethod
     def from_torch(cls, name: str, tensor: torch.Tensor, datatype: str) -> Tensor:
         """FP32/FP16/BF16/INT64 from a CPU tensor (BF16 rounded to nearest even, kept as bit patterns)."""
-        converted = tensor.detach().to(_TORCH[datatype]).contiguous()
+        import torch
+
+        dtypes = {"FP32": torch.float32, "FP16": torch.float16, "BF16": torch.bfloat16, "INT64": torch.int64}
+        converted = tensor.detach().to(dtypes[datatype]).contiguous()
         if datatype == "BF16":
             return cls(name, datatype, converted.view(torch.int16).numpy().view(np.uint16))
         return cls(name, datatype, converted.numpy())
@@ -59,6 +64,8 @@ class Tensor:
         return cls(name, "BYTES", array.reshape(shape))
 
     def to_torch(self) -> torch.Tensor:
+        import torch
+
         if self.datatype == "BF16":
             return torch.from_numpy(self.array.astype(np.int16, copy=True)).view(torch.bfloat16)
         return torch.from_numpy(np.array(self.array, dtype=self.array.dtype.newbyteorder("=")))
@@ -181,13 +188,24 @@ def _floats(name: str, datatype: str, flat: list[Any]) -> np.ndarray:
     """JSON numbers as `datatype`: each must be finite and stay finite in it (nothing rounds to infinity)."""
     outside = f"input {name!r}: a value is outside the finite {datatype} range"
     try:
-        values = torch.tensor(flat, dtype=torch.float64)
+        values = np.array(flat, dtype=np.float64)
     except OverflowError:  # an integer past the double range
         raise ServeError(ErrorCode.BAD_REQUEST, outside) from None
-    converted = values.to(_TORCH.get(datatype, torch.float64))
-    if not bool(torch.isfinite(converted).all()):
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = bfloat16_bits(values) if datatype == "BF16" else values.astype(_FLOATS[datatype])
+    finite = (converted & 0x7F80) != 0x7F80 if datatype == "BF16" else np.isfinite(converted)
+    if not finite.all():
         raise ServeError(ErrorCode.BAD_REQUEST, outside)
-    return Tensor.from_torch(name, converted, datatype).array if datatype == "BF16" else converted.numpy()
+    return converted
+
+
+def bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """float64 -> bfloat16 bit patterns (uint16), as torch converts: to float32, then its upper 16 bits rounded
+    to the nearest, ties to even."""
+    bits = values.astype(np.float32).view(np.uint32)
+    upper, lower = bits >> 16, bits & 0xFFFF
+    up = (lower > 0x8000) | ((lower == 0x8000) & (upper & 1 == 1))
+    return (upper + up).astype(np.uint16)
 
 
 def _flatten(data: list[Any]) -> list[Any]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from server.errors import ErrorCode, ServeError, describe_validation
-from server.v2.binary import Tensor, decode_binary, decode_json, encode_binary, encode_json, split_body
+from server.v2.binary import Tensor, decode_binary, decode_json, decompress, encode_binary, encode_json, split_body
 from server.v2.protocol import InferenceRequest
 
 
@@ -53,6 +53,23 @@ def read_request(body: bytes, header_length: str | None) -> tuple[InferenceReque
             inputs[spec.name] = decode_json(spec.name, spec.datatype, spec.shape, spec.data)
     if offset != len(binary):
         raise ServeError(ErrorCode.BAD_REQUEST, f"{len(binary) - offset} bytes follow the binary inputs")
+    return request, inputs
+
+
+def decode_body(body: bytes, encoding: str | None, header_length: str | None, *, max_body_bytes: int,
+                max_rows: int) -> tuple[InferenceRequest, dict[str, Tensor]]:
+    """An inference request body as sent (gzip/deflate or not) -> (request without its JSON data, tensors).
+
+    Every BYTES input is one element per row (text, an encoded file), so one holding more than `max_rows`
+    elements is refused here, before it is handed on. May run in the body-parsing helper process
+    (server.offload): what it returns is small to hand back, numeric data as arrays, not lists."""
+    request, inputs = read_request(decompress(body, encoding, max_body_bytes), header_length)
+    for tensor in inputs.values():
+        if tensor.datatype == "BYTES" and tensor.array.size > max_rows:
+            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"{tensor.array.size} inputs in one request (rows of "
+                             f"{tensor.name!r}); at most {max_rows} (max_inputs)")
+    for spec in request.inputs:
+        spec.data = None  # decoded into `inputs`
     return request, inputs
 
 

@@ -7,7 +7,6 @@ through `call.infer`, exactly as the task routes do: same batcher, limits, deadl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -16,8 +15,8 @@ from server.errors import ErrorCode, ServeError
 from server.registry import ModelState, Registry
 from server.serving import InferenceService
 from server.settings import ModelSpec, Settings, Task
-from server.v2.binary import Tensor, decompress
-from server.v2.messages import Output, read_request, write_response
+from server.v2.binary import Tensor
+from server.v2.messages import Output, decode_body, write_response
 from server.v2.protocol import HEADER_LENGTH, InferenceRequest, ModelMetadata
 from server.v2.tensors import Options, TaskTensors, bad, classification
 from server.v2.text import FillMaskTensors, TextClassificationTensors
@@ -93,8 +92,11 @@ def _outputs(adapter: TaskTensors, request: InferenceRequest) -> list[Output]:
 async def infer(request: Request, service: InferenceService, name: str, version: str | None) -> Response:
     spec = find_model(service.settings, name, version)
     adapter = ADAPTERS[spec.task]
-    body = await request.body()
-    payload, inputs = await run_in_threadpool(_decode, body, request.headers, service.settings.server.max_body_mb)
+    body, headers = await request.body(), request.headers
+    encoding = headers.get("content-encoding")
+    payload, inputs = await service.offload.run(
+        decode_body, body, encoding, headers.get(HEADER_LENGTH), max_body_bytes=service.limits.max_body_bytes,
+        max_rows=service.limits.max_inputs, cost=None if encoding in (None, "identity") else service.limits.max_body_bytes)
     outputs = _outputs(adapter, payload)
     service.check_inputs(max(t.shape[0] if t.shape else 1 for t in inputs.values()))  # before decoding files
     rows = await service.decode(adapter.parse, inputs, service.limits)  # file headers are checked here
@@ -112,11 +114,6 @@ async def infer(request: Request, service: InferenceService, name: str, version:
         response.headers[HEADER_LENGTH] = str(json_length)
     call.apply_headers(response)
     return response
-
-
-def _decode(body: bytes, headers: Mapping[str, str], max_body_mb: float) -> tuple[InferenceRequest, dict[str, Tensor]]:
-    body = decompress(body, headers.get("content-encoding"), int(max_body_mb * 2**20))
-    return read_request(body, headers.get(HEADER_LENGTH))
 
 
 def _encode(adapter: TaskTensors, runner: object, model: str, request_id: str | None, outputs: list[Output],

@@ -16,12 +16,11 @@ import torch
 from starlette.concurrency import run_in_threadpool
 
 from server.errors import ErrorCode, ServeError
-from server.flow_input import decode_frame_pair
 from server.limits import ImageLimits, Limits
 from server.serving import Call
 from server.tasks.image_classification import DEFAULT_TOP_K as IMAGE_TOP_K
 from server.tasks.image_classification import ImageClassificationRunner, probe_image
-from server.tasks.optical_flow import check_sizes, estimate_flow, flow_image_limits
+from server.tasks.optical_flow import check_sizes, decode_frame_pair, estimate_flow, flow_image_limits
 from server.v2.binary import Tensor
 from server.v2.protocol import TensorMetadata
 from server.v2.tensors import Options, Planned, bad, check, check_answer, choose, each, files, labels, meta

@@ -38,7 +38,8 @@ def test_short_sweep_writes_the_report(config_file: Path, tmp_path: Path) -> Non
         assert int(r["max_batch_size"]) == (4 if r["variant"] == BATCHING else 1)
         assert int(r["max_queue"]) == 64
         assert int(r["batches"]) >= 10 / int(r["max_batch_size"])
-        assert float(r["server_cpu_ms_per_request"]) > 0
+        assert float(r["server_cpu_ms_per_request"]) >= 0  # clock ticks (10 ms): 10 tiny requests may take fewer
+    assert sum(float(r["server_cpu_ms_per_request"]) for r in rows) > 0
     batch = {(r["variant"], r["route"], int(r["concurrency"])): float(r["mean_batch_size"]) for r in rows}
     assert batch[BATCHING, "/fill-mask", 1] == 1.0  # one client: nobody to batch with
     assert batch[BATCHING, "/fill-mask", 4] > 1.5  # 4 clients, texts of one length, 50 ms to gather

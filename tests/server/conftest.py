@@ -153,12 +153,13 @@ def write_config(path: Path, settings_table: dict[str, Any]) -> Path:
 
 
 @contextmanager
-def serve_in_thread(app: Any) -> Iterator[str]:
-    """A real uvicorn server on loopback, in a thread of this process (so tests can reach into the app)."""
+def serve_in_thread(app: Any, **options: Any) -> Iterator[str]:
+    """A real uvicorn server on loopback, in a thread of this process (so tests can reach into the app);
+    `options` are more uvicorn.Config arguments."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

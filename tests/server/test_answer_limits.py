@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -180,32 +180,46 @@ async def test_large_answers_are_built_off_the_event_loop(app_with: Callable[...
     assert log.threads[0] == loop_thread and log.threads[1] != loop_thread and log.threads[2] == loop_thread
 
 
-async def test_large_json_bodies_are_parsed_off_the_event_loop(app_with: Callable[..., Any],
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
+@pytest.mark.parametrize("process_bytes", [2**30, 100_000])  # large bodies on a thread; in the helper process
+async def test_large_json_bodies_are_parsed_off_the_event_loop(make_settings: Callable[..., Settings],
+                                                               process_bytes: int) -> None:
+    """Every route's large JSON body (the admission scan included) is parsed by the offload, never inline."""
+    app = build_app(make_settings(server={"max_text_bytes": 200_000}))
+    offload = app.state.service.offload
+    offload.process_bytes = process_bytes
+    placed: list[tuple[str, int]] = []
+    run = offload.run
 
-    import server.uploads as uploads
+    async def recorded(fn: Callable[..., Any], body: bytes, *args: Any, **kwargs: Any) -> Any:
+        placed.append((fn.__name__, len(body)))
+        return await run(fn, body, *args, **kwargs)
 
-    loads_log, parse = ThreadLog(), ThreadLog()
-
-    class Json:  # json as the uploads module sees it
-        loads = staticmethod(loads_log.wrap(json.loads))
-
-    monkeypatch.setattr(uploads, "json", Json)
-    monkeypatch.setattr(uploads, "parse_json", parse.wrap(uploads.parse_json))
-    loop_thread = threading.get_ident()
-    padding = " " * 100_000  # the body is large; its content is not
+    offload.run = recorded
+    padding = " " * 150_000  # the body is large; its content is not
     picture = base64.b64encode(image_file()).decode()
     frame = base64.b64encode(image_file(64, 48)).decode()
-    async with app_with(max_text_bytes=200_000) as client:
-        for route, payload in [("/fill-mask", '{"inputs": "a[MASK]"}'), ("/classify-text", '{"inputs": "nice"}'),
-                               ("/classify-image", f'{{"inputs": "{picture}"}}'),
-                               ("/optical-flow", f'{{"frame1": "{frame}", "frame2": "{frame}"}}')]:
-            for body in (payload, payload + padding):
-                r = await client.post(route, content=body, headers={"Content-Type": "application/json"})
-                assert r.status_code == 200, (route, r.text)
-    on_loop = [thread == loop_thread for thread in loads_log.threads + parse.threads]
-    assert on_loop == [True, False, True, False, True, False, True, False]
+    text = {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a[MASK]"]}
+    cases = [("/fill-mask", '{"inputs": "a[MASK]"}'), ("/classify-text", '{"inputs": "nice"}'),
+             ("/classify-image", f'{{"inputs": "{picture}"}}'),
+             ("/optical-flow", f'{{"frame1": "{frame}", "frame2": "{frame}"}}'),
+             ("/v2/models/mlm/infer", json_text({"inputs": [text]}))]
+    async with open_client(app) as client:
+        for route, payload in cases:
+            placed.clear()
+            r = await client.post(route, content=payload + padding, headers={"Content-Type": "application/json"})
+            assert r.status_code == 200, (route, r.text)
+            assert [size for _, size in placed] == [len(payload + padding)] * 2, (route, placed)  # scan, then parse
+        invalid = await client.post("/fill-mask", content='{"inputs": [1]}' + padding,
+                                    headers={"Content-Type": "application/json"})
+        assert_error(invalid, 422, "invalid_input", "inputs")
+        assert (offload._pool is not None) == (process_bytes < 2**30)  # the helper process was used
+    assert offload._pool is None  # and stopped with the app
+
+
+def json_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
 
 
 # ---------------------------------------------------------------------------------------- v2 images

@@ -9,21 +9,19 @@ import select
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from server.app import build_app
 from server.connections import ConnectionLimits, protocol_class
 from server.settings import Settings
-from tests.server.conftest import free_port, wait_ready
+from tests.server.conftest import serve_in_thread
 
 pytestmark = pytest.mark.slow
 HEADER_S, BODY_S, KEEP_ALIVE_S = 1.0, 1.5, 1.0
@@ -119,21 +117,26 @@ def test_headers_must_be_complete_within_the_deadline_however_far_they_got(guard
         assert seconds < HEADER_S + SLACK_S
 
 
+def drip_until_answered(sock: socket.socket, drop: bytes, *, every_s: float) -> Answer:
+    """Send `drop` every `every_s` until the server answers (a close without an answer fails the test)."""
+    sock.settimeout(every_s)
+    while True:
+        try:
+            sock.sendall(drop)
+            answer = read_answer(sock)
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            pytest.fail("closed without an answer")
+        if answer is not None:
+            return answer
+
+
 def test_a_trickle_of_header_bytes_does_not_extend_the_deadline(guarded: str) -> None:
     with closing(connect(guarded)) as sock:
         started = time.monotonic()
         sock.sendall(HEAD)
-        sock.settimeout(0.2)
-        answer = None
-        while answer is None:
-            try:
-                sock.sendall(b"X-Drip: 1\r\n")
-                answer = read_answer(sock)
-            except TimeoutError:
-                continue
-            except (BrokenPipeError, ConnectionResetError):
-                pytest.fail("closed without an answer")
-        answer.error(408, "request_timeout")
+        drip_until_answered(sock, b"X-Drip: 1\r\n", every_s=0.2).error(408, "request_timeout")
         assert time.monotonic() - started < HEADER_S + SLACK_S
 
 
@@ -233,15 +236,7 @@ def test_a_trickled_body_gets_no_more_time_than_a_stalled_one(guarded: str) -> N
         sock.sendall(b"POST /fill-mask HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 1000\r\n\r\n{")
         started = time.monotonic()
-        sock.settimeout(0.1)
-        answer = None
-        while answer is None:
-            try:
-                sock.sendall(b" ")
-                answer = read_answer(sock)
-            except TimeoutError:
-                continue
-        answer.error(408, "request_timeout")
+        drip_until_answered(sock, b" ", every_s=0.1).error(408, "request_timeout")
         assert time.monotonic() - started < BODY_S + SLACK_S
 
 
@@ -425,23 +420,10 @@ def test_a_flood_of_trickling_clients_is_cut_while_normal_clients_are_served(gua
 
 # ------------------------------------------------------------------------------ the same guard over h11
 
-@contextmanager
-def h11_server(settings: Settings) -> Iterator[str]:
+def h11_server(settings: Settings) -> AbstractContextManager[str]:
     server = settings.server
-    port = free_port()
-    config = uvicorn.Config(build_app(settings), host="127.0.0.1", port=port, log_level="warning", ws="none",
-                            http=protocol_class(ConnectionLimits.of(server), "h11"),
-                            timeout_keep_alive=server.keep_alive_s)  # type: ignore[arg-type]
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, timeout_s=30)
-        yield base
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
+    return serve_in_thread(build_app(settings), ws="none", http=protocol_class(ConnectionLimits.of(server), "h11"),
+                           timeout_keep_alive=server.keep_alive_s)
 
 
 def test_the_guard_works_over_h11_too(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
