@@ -6,8 +6,7 @@ Starts a server with the small random models (default limits) and sends, one at 
 make the answer or the decoding far larger than the request: hundreds of [MASK]s with a large top_k, many
 large images in one /v2 tensor, an audio header declaring an absurd sample rate, a long 1080p clip. For each
 it resets the server's peak-RSS mark (Linux: /proc/PID/clear_refs) and reports how far the peak rose above
-the resident memory before the request. Loopback only. The payload builders are the test suite's
-(tests/server/crafted.py), so run it from the repository root.
+the resident memory before the request. Loopback only.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import httpx
 import numpy as np
 
 from loadtest.servers import serve, write_model_set
-from tests.server.crafted import png_bomb, video_file, wav_claiming
+from loadtest.hostile import png_bomb, video_file, wav_claiming
 
 Request = dict[str, Any]  # httpx.Client.post keyword arguments, and "url"
 

@@ -58,7 +58,7 @@ ROUTES: dict[str, tuple[str, dict[str, str]]] = {
 
 def run_ours(case: Case) -> tuple[dict[str, Any], Outputs]:
     from server.app import build_app
-    from server.devices import configure_cpu_threads
+    from server.engine.devices import configure_cpu_threads
     from server.settings import build_settings
 
     task = "optical-flow" if case.task == "flow" else "video-autoencoding"

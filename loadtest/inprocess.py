@@ -52,14 +52,9 @@ def _preparer(route: str, runner: Any) -> Callable[[Payload], Any]:
     from server.limits import DEFAULT_LIMITS
 
     if route == "/fill-mask":
-        return lambda p: runner.prepare(p.json["inputs"], top_k=(p.json.get("parameters") or {}).get("top_k"),
-                                        max_masks=DEFAULT_LIMITS.max_masks_per_text)
+        return lambda p: runner.prepare(p.json["inputs"], max_masks=DEFAULT_LIMITS.max_masks_per_text)
     if route == "/classify-text":
-        def text(p: Payload) -> Any:
-            params = p.json.get("parameters") or {}
-            return runner.prepare(p.json["inputs"], top_k=params.get("top_k"),
-                                  function=params.get("function_to_apply"))
-        return text
+        return lambda p: runner.prepare(p.json["inputs"])
     if route == "/classify-image":  # decoded and shrunk in one step, as the route does
         return lambda p: runner.prepare_file(_image_bytes(p), DEFAULT_LIMITS.image)
     raise ValueError(f"no in-process measurement for {route}; supported: {', '.join(SUPPORTED)}")
@@ -68,8 +63,8 @@ def _preparer(route: str, runner: Any) -> Callable[[Payload], Any]:
 def measure(route: str, model: str, config: dict[str, Any], payloads: Sequence[Payload], *, batch_size: int,
             duration_s: float, max_items: int) -> InProcessResult:
     """Load `model` as the server would (`config` is the server's TOML table) and time full batches."""
-    from server.devices import cpu_threads
-    from server.loading import load_model
+    from server.engine.devices import cpu_threads
+    from server.engine.loading import load_model
     from server.settings import build_settings
 
     settings = build_settings(config)

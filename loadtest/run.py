@@ -217,7 +217,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "wall_s": round(time.time() - started, 1), "load_average_before": load_before,
             "load_average_after": os.getloadavg(), "notes": notes}
     if config is not None:
-        from server.devices import cpu_threads
+        from server.engine.devices import cpu_threads
         from server.settings import build_settings
 
         meta["server_cpu_threads"] = cpu_threads(build_settings(config))

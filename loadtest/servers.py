@@ -56,7 +56,7 @@ MODEL_SETS: dict[str, dict[str, tuple[str, dict[str, Any], str]]] = {
 
 def write_model_set(name: str, root: Path) -> dict[str, dict[str, Any]]:
     """Random checkpoints of set `name` under `root` (reused when present); its [models.*] tables."""
-    from server.demo import create_checkpoint  # written atomically: concurrent runs may share `root`
+    from server.models.demo import create_checkpoint  # written atomically: concurrent runs may share `root`
 
     tables = {}
     for model, (task, config, folder_name) in MODEL_SETS[name].items():

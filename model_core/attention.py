@@ -10,12 +10,18 @@ constructor arguments. Submodule names follow the Hugging Face checkpoints:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Literal, TypedDict, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ACTIVATIONS = {
+HiddenAct = Literal["gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish"]
+# Where a cross-attention's default qk width comes from: the queries' or the keys-values'.
+ShapeForAttention = Literal["q", "kv"]
+
+_ACTIVATIONS: dict[HiddenAct, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
     "gelu_new": lambda: nn.GELU(approximate="tanh"),
     "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
@@ -23,6 +29,21 @@ _ACTIVATIONS = {
     "silu": nn.SiLU,
     "swish": nn.SiLU,
 }
+HIDDEN_ACTS: tuple[HiddenAct, ...] = get_args(HiddenAct)
+SHAPES_FOR_ATTENTION: tuple[ShapeForAttention, ...] = get_args(ShapeForAttention)
+
+
+class AttentionOptions(TypedDict, total=False):
+    """The choices of one AttentionLayer besides its widths, as the modules that build
+    layers (encoder, decoders) receive and pass them on; missing keys take the defaults."""
+
+    qk_channels: int | None
+    v_channels: int | None
+    num_heads: int
+    widening_factor: int
+    use_query_residual: bool
+    shape_for_attention: ShapeForAttention
+    hidden_act: HiddenAct
 
 
 # On CPU the fused kernels are several times slower than two matmuls in bfloat16/float16
@@ -98,11 +119,11 @@ class MultiHeadAttention(nn.Module):
         mask = None if kv_mask is None else kv_mask[:, None, None, :]  # (B, 1, 1, M)
         out = (attend if self.fused else attend_reference)(q, k, v, mask)  # (B, H, N, Dv)
         b, h, n, d = out.shape
-        return out.transpose(1, 2).reshape(b, n, h * d)
+        return out.transpose(1, 2).reshape(b, n, h * d)  # (B, N, H * Dv)
 
 
 class _Dense(nn.Module):
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, *, in_features: int, out_features: int) -> None:
         super().__init__()
         self.dense = nn.Linear(in_features, out_features)
 
@@ -111,22 +132,20 @@ class _Dense(nn.Module):
 
 
 class Attention(nn.Module):
-    """Attention followed by its output projection back to the query width."""
+    """Attention followed by its output projection to `out_dim`."""
 
-    def __init__(self, *, out_dim: int, v_channels: int, **attention_kwargs) -> None:
+    def __init__(self, *, attention: MultiHeadAttention, out_dim: int) -> None:
         super().__init__()
-        self.self = MultiHeadAttention(v_channels=v_channels, **attention_kwargs)
-        self.output = _Dense(v_channels, out_dim)
+        self.self = attention
+        self.output = _Dense(in_features=attention.value.out_features, out_features=out_dim)
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor | None, kv_mask: torch.Tensor | None) -> torch.Tensor:
         return self.output(self.self(x, kv, kv_mask))
 
 
 class MLP(nn.Module):
-    def __init__(self, *, dim: int, widening_factor: int, hidden_act: str) -> None:
+    def __init__(self, *, dim: int, widening_factor: int, hidden_act: HiddenAct) -> None:
         super().__init__()
-        if hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act {hidden_act!r} is not one of {sorted(_ACTIVATIONS)}")
         self.dense1 = nn.Linear(dim, widening_factor * dim)
         self.act = _ACTIVATIONS[hidden_act]()
         self.dense2 = nn.Linear(widening_factor * dim, dim)
@@ -155,26 +174,23 @@ class AttentionLayer(nn.Module):
         num_heads: int = 1,
         widening_factor: int = 1,
         use_query_residual: bool = True,
-        shape_for_attention: str = "kv",
-        hidden_act: str = "gelu",
+        shape_for_attention: ShapeForAttention = "kv",
+        hidden_act: HiddenAct = "gelu",
     ) -> None:
         super().__init__()
         if qk_channels is None:
-            if is_cross_attention and shape_for_attention not in ("q", "kv"):
-                raise ValueError(f"unknown cross_attention_shape_for_attention {shape_for_attention!r}")
             qk_channels = kv_dim if is_cross_attention and shape_for_attention == "kv" else q_dim
         if v_channels is None:
             v_channels = qk_channels
-        out_dim = q_dim if is_cross_attention else v_channels
-        self.attention = Attention(
+        attention = MultiHeadAttention(
             q_dim=q_dim,
             kv_dim=kv_dim,
             qk_channels=qk_channels,
             v_channels=v_channels,
             num_heads=num_heads,
             is_cross_attention=is_cross_attention,
-            out_dim=out_dim,
         )
+        self.attention = Attention(attention=attention, out_dim=q_dim if is_cross_attention else v_channels)
         self.use_query_residual = use_query_residual
         self.layernorm = nn.LayerNorm(q_dim)
         self.mlp = MLP(dim=q_dim, widening_factor=widening_factor, hidden_act=hidden_act)

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from model_core.cpu_packing import packing_supported, prepack_linears
+from model_core.assemblies import TaskModel, build_model
 from model_core.config import PerceiverConfig
+from model_core.cpu_packing import packing_supported, prepack_linears
 from model_core.errors import CheckpointError, CheckpointNotFoundError, StateDictMismatchError
-from model_core.tasks import build_model
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -72,12 +72,14 @@ def download(
         raise CheckpointNotFoundError(f"cannot fetch {repo_id!r} from the hub: {exc}") from exc
 
 
-def _fetch_files(repo_id: str, *, local_files_only: bool, **hub_kwargs: Any) -> Path:
+def _fetch_files(repo_id: str, *, local_files_only: bool, revision: str | None, cache_dir: str | None) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     def fetch(name: str) -> Path:
-        return Path(hf_hub_download(repo_id, name, local_files_only=local_files_only, **hub_kwargs))
+        return Path(
+            hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        )
 
     folder = fetch(CONFIG_FILE).parent
     for name in WEIGHT_FILES:
@@ -157,7 +159,7 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise StateDictMismatchError(missing=missing, unexpected=unexpected, mismatched=mismatched)
 
 
-def _finish(model: nn.Module, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
+def _finish(model: TaskModel, device: torch.device | str, dtype: torch.dtype) -> TaskModel:
     model.to(device=device, dtype=dtype)
     model.eval()
     model.requires_grad_(False)
@@ -173,7 +175,7 @@ def load_pretrained(
     dtype: torch.dtype = torch.float32,
     revision: str | None = None,
     cache_dir: str | None = None,
-) -> nn.Module:
+) -> TaskModel:
     """The model a checkpoint folder (or hub id) describes, weights loaded strictly,
     in eval mode on `device` in `dtype`. The assembly follows config.json's architectures."""
     folder = resolve_source(source, revision=revision, cache_dir=cache_dir)
@@ -209,7 +211,7 @@ def from_config(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
-) -> nn.Module:
+) -> TaskModel:
     """A randomly initialised model (deterministic in `seed`) for a config or config.json dict."""
     if not isinstance(config, PerceiverConfig):
         config = PerceiverConfig.from_dict(config)
@@ -218,7 +220,7 @@ def from_config(
     return _finish(model, device, dtype)
 
 
-def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
+def save_pretrained(model: TaskModel, folder: str | Path) -> Path:
     """Write config.json and model.safetensors, readable by load_pretrained and transformers."""
     from safetensors.torch import save_file
 

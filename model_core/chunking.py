@@ -11,9 +11,18 @@ from dataclasses import dataclass
 
 import torch
 
+from model_core.assemblies import PerceiverForTask
+from model_core.decoders import MultimodalDecoder
 from model_core.model import Encoded
 
 Points = dict[str, torch.Tensor | None]
+
+
+def _indices(points: Points, name: str) -> torch.Tensor:
+    value = points[name]
+    if value is None:
+        raise ValueError(f"a chunk names its {name} points")
+    return value
 
 
 def output_chunks(*, num_chunks: int, image_points: int, audio_points: int) -> list[Points]:
@@ -39,14 +48,21 @@ def label_only() -> Points:
 def merge(chunks: Sequence[Points]) -> Points:
     """Several chunks as one set of points, decoded in a single pass (queries are independent)."""
     return {
-        "image": torch.cat([c["image"] for c in chunks]),
-        "audio": torch.cat([c["audio"] for c in chunks]),
+        "image": torch.cat([_indices(c, "image") for c in chunks]),
+        "audio": torch.cat([_indices(c, "audio") for c in chunks]),
         "label": None,
     }
 
 
+def _decode(model: PerceiverForTask, encoded: Encoded, points: Points) -> dict[str, torch.Tensor]:
+    out = model.decode(encoded, points)
+    if not isinstance(out, dict):
+        raise TypeError("chunked decoding needs a multimodal model (outputs per modality)")
+    return out
+
+
 def decode_chunks(
-    model: torch.nn.Module,
+    model: PerceiverForTask,
     encoded: Encoded,
     chunks: Sequence[Points],
     *,
@@ -60,19 +76,19 @@ def decode_chunks(
         raise ValueError("chunks_per_pass must be >= 1")
     for start in range(0, len(chunks), chunks_per_pass):
         group = chunks[start : start + chunks_per_pass]
-        yield start + len(group), model.decode(encoded, merge(group))
+        yield start + len(group), _decode(model, encoded, merge(group))
 
 
 def reconstruct(
-    model: torch.nn.Module, encoded: Encoded, chunks: Sequence[Points], *, chunks_per_pass: int = 1
+    model: PerceiverForTask, encoded: Encoded, chunks: Sequence[Points], *, chunks_per_pass: int = 1
 ) -> dict[str, torch.Tensor]:
     """Every chunk decoded and concatenated: image (B, N, 3), audio (B, S), label (B, C)."""
-    images, audio, label = [], [], None
+    images, audio, labels = [], [], []
     for _, out in decode_chunks(model, encoded, chunks, chunks_per_pass=chunks_per_pass):
         images.append(out["image"])
         audio.append(out["audio"])
-        label = out["label"] if label is None else label
-    return {"image": torch.cat(images, dim=1), "audio": torch.cat(audio, dim=1), "label": label}
+        labels.append(out["label"])
+    return {"image": torch.cat(images, dim=1), "audio": torch.cat(audio, dim=1), "label": labels[0]}
 
 
 def default_num_chunks(*, image_points: int, audio_points: int, max_chunks: int = 128) -> int:
@@ -101,8 +117,10 @@ class DecoderWidths:
     output_channels: int
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> DecoderWidths:
+    def of(cls, model: PerceiverForTask) -> DecoderWidths:
         perceiver = model.perceiver
+        if not isinstance(perceiver.decoder, MultimodalDecoder):
+            raise TypeError("decoder widths are those of a multimodal decoder")
         decoder = perceiver.decoder.decoder  # the BasicDecoder all modalities' queries share
         layer = decoder.decoding_cross_attention
         attention = layer.attention.self
@@ -115,7 +133,7 @@ class DecoderWidths:
             v_channels=attention.value.out_features,
             num_heads=attention.num_heads,
             mlp_channels=layer.mlp.dense1.out_features,
-            output_channels=decoder.final_layer.out_features,
+            output_channels=decoder.output_num_channels,
         )
 
     def elements_per_query(self) -> int:

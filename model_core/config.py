@@ -5,7 +5,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
+
+from model_core.attention import HIDDEN_ACTS, SHAPES_FOR_ATTENTION, HiddenAct, ShapeForAttention
+
+# The task each architecture serves (the pipeline names of the Hugging Face hub).
+TaskName = Literal[
+    "fill-mask", "text-classification", "image-classification", "optical-flow", "video-autoencoding"
+]
 
 
 class Architecture(str, Enum):
@@ -20,11 +27,11 @@ class Architecture(str, Enum):
     MULTIMODAL_AUTOENCODING = "PerceiverForMultimodalAutoencoding"
 
     @property
-    def task(self) -> str:
+    def task(self) -> TaskName:
         return _TASKS[self]
 
 
-_TASKS = {
+_TASKS: dict[Architecture, TaskName] = {
     Architecture.MASKED_LM: "fill-mask",
     Architecture.SEQUENCE_CLASSIFICATION: "text-classification",
     Architecture.IMAGE_LEARNED: "image-classification",
@@ -55,10 +62,10 @@ class PerceiverConfig:
     num_cross_attention_heads: int = 8
     qk_channels: int | None = None
     v_channels: int | None = None
-    cross_attention_shape_for_attention: str = "kv"
+    cross_attention_shape_for_attention: ShapeForAttention = "kv"
     self_attention_widening_factor: int = 1
     cross_attention_widening_factor: int = 1
-    hidden_act: str = "gelu"
+    hidden_act: HiddenAct = "gelu"
     use_query_residual: bool = True
     vocab_size: int = 262
     max_position_embeddings: int = 2048
@@ -76,8 +83,13 @@ class PerceiverConfig:
     # Everything else config.json carried (legacy keys included), written back on save.
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {sorted(choices)}")
+
     @property
-    def task(self) -> str:
+    def task(self) -> TaskName:
         return self.architecture.task
 
     @property
@@ -129,5 +141,9 @@ class PerceiverConfig:
         out["label2id"] = {name: i for i, name in enumerate(labels)}
         return out
 
-    def replace(self, **changes: Any) -> PerceiverConfig:
-        return dataclasses.replace(self, **changes)
+
+# The closed choices among the fields, checked once, when a config is made.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "hidden_act": HIDDEN_ACTS,
+    "cross_attention_shape_for_attention": SHAPES_FOR_ATTENTION,
+}

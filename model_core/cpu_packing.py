@@ -29,6 +29,9 @@ class PackedLinear(nn.Linear):
     """nn.Linear plus its weight in oneDNN's layout, repacked if the weight is replaced or
     modified in place (load_state_dict, .to())."""
 
+    _packed: torch.Tensor | None
+    _signature: tuple[int, int] | None
+
     @classmethod
     def wrap(cls, linear: nn.Linear) -> PackedLinear:
         packed = cls.__new__(cls)
@@ -45,8 +48,10 @@ class PackedLinear(nn.Linear):
         version = -1 if self.weight.is_inference() else self.weight._version
         signature = (self.weight.data_ptr(), version)
         if signature != self._signature:
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
-            self._signature = signature
+            packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
+            self._packed, self._signature = packed, signature
+            return packed
+        assert self._packed is not None  # set with the signature
         return self._packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

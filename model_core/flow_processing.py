@@ -36,10 +36,10 @@ def _as_uint8_hwc(frame: Frame) -> torch.Tensor:
     return tensor
 
 
-def normalize_frame(frame: Frame) -> torch.FloatTensor:
+def normalize_frame(frame: Frame) -> torch.Tensor:
     """uint8 (..., H, W, 3) RGB -> float32 (..., 3, H, W) in [-1, 1] (channels first), on the frame's device."""
     tensor = _as_uint8_hwc(frame)
-    return _LUT.to(tensor.device)[tensor.long()].movedim(-1, -3).contiguous()
+    return _LUT.to(tensor.device)[tensor.long()].movedim(-1, -3).contiguous()  # (..., 3, H, W)
 
 
 def extract_patches(frames: torch.Tensor) -> torch.Tensor:
@@ -55,18 +55,18 @@ def extract_patches(frames: torch.Tensor) -> torch.Tensor:
 def frame_pairs_inputs(
     frames1: np.ndarray | torch.Tensor | Sequence[Frame],
     frames2: np.ndarray | torch.Tensor | Sequence[Frame],
-) -> torch.FloatTensor:
+) -> torch.Tensor:
     """Batches of frames (B, H, W, 3) uint8 -> model inputs (B, 2, 27, H, W) float32."""
     first, second = _stack(frames1), _stack(frames2)
     if first.shape != second.shape:
         raise ValueError(f"frame shapes differ: {tuple(first.shape)} vs {tuple(second.shape)}")
     batch, height, width, _ = first.shape
-    pairs = torch.stack([first, second], dim=1).reshape(batch * 2, height, width, 3)
+    pairs = torch.stack([first, second], dim=1).reshape(batch * 2, height, width, 3)  # (2B, H, W, 3)
     patches = extract_patches(normalize_frame(pairs))
-    return patches.view(batch, 2, 27, height, width)
+    return patches.view(batch, 2, 27, height, width)  # (B, 2, 27, H, W)
 
 
-def frame_pair_inputs(frame1: Frame, frame2: Frame) -> torch.FloatTensor:
+def frame_pair_inputs(frame1: Frame, frame2: Frame) -> torch.Tensor:
     """One pair of uint8 H x W x 3 frames (arrays or PIL images) -> (1, 2, 27, H, W)."""
     return frame_pairs_inputs([frame1], [frame2])
 
@@ -78,7 +78,7 @@ def _stack(frames: np.ndarray | torch.Tensor | Sequence[Frame]) -> torch.Tensor:
         items = [_as_uint8_hwc(f) for f in frames]
         if len({tuple(t.shape) for t in items}) > 1:
             raise ValueError(f"frames in a batch must share one shape, got {[tuple(t.shape) for t in items]}")
-        tensor = torch.stack(items) if items else None
-    if tensor is None or tensor.ndim != 4:
+        tensor = torch.stack(items) if items else torch.empty(0)
+    if tensor.ndim != 4:
         raise ValueError("expected a batch of frames shaped (B, H, W, 3)")
     return tensor

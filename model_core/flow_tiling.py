@@ -58,7 +58,7 @@ def tile_weights(tile: Size) -> torch.Tensor:
 class FlowStitcher:
     """Accumulates sum(w * flow) and sum(w) over a frame, tile by tile, in float32 on the CPU."""
 
-    def __init__(self, height: int, width: int, tile: Size = TRAIN_SIZE, *, channels: int = 2) -> None:
+    def __init__(self, *, height: int, width: int, tile: Size = TRAIN_SIZE, channels: int = 2) -> None:
         self.tile = tile
         self.weights = tile_weights(tile)  # (H_t, W_t)
         self.weighted = torch.zeros(height, width, channels)  # (H, W, C)
@@ -86,7 +86,8 @@ def stitch(corners: list[Corner], flows: torch.Tensor | list[torch.Tensor], size
     if len(corners) != len(flows) or not corners:
         raise ValueError(f"{len(corners)} corners for {len(flows)} tile flows")
     first = flows[0]
-    stitcher = FlowStitcher(*size, tile=(first.shape[0], first.shape[1]), channels=first.shape[2])
+    tile, channels = (first.shape[0], first.shape[1]), first.shape[2]
+    stitcher = FlowStitcher(height=size[0], width=size[1], tile=tile, channels=channels)
     for corner, flow in zip(corners, flows, strict=True):
         stitcher.add(corner, flow)
     return stitcher.result()

@@ -43,6 +43,12 @@ def _hw(value: Any, default: tuple[int, int]) -> tuple[int, int]:
     return (int(height), int(width))
 
 
+def _rgb(values: Sequence[float]) -> tuple[float, float, float]:
+    """One value per RGB channel."""
+    red, green, blue = (float(v) for v in values)
+    return (red, green, blue)
+
+
 @dataclass(frozen=True)
 class ImageProcessingConfig:
     """Sizes are (height, width). `resample` is a PIL filter id (3 = bicubic)."""
@@ -70,8 +76,8 @@ class ImageProcessingConfig:
         return cls(
             size=_hw(d.get("size"), base.size),
             crop_size=_hw(d.get("crop_size"), base.crop_size),
-            mean=tuple(float(x) for x in get("image_mean", base.mean)),
-            std=tuple(float(x) for x in get("image_std", base.std)),
+            mean=_rgb(get("image_mean", base.mean)),
+            std=_rgb(get("image_std", base.std)),
             resample=int(get("resample", base.resample)),
             do_center_crop=bool(get("do_center_crop", base.do_center_crop)),
             do_resize=bool(get("do_resize", base.do_resize)),
@@ -143,7 +149,7 @@ def _center_crop(image: PIL.Image.Image, config: ImageProcessingConfig) -> PIL.I
 def preprocess_images(
     images: Sequence[PIL.Image.Image | np.ndarray],
     config: ImageProcessingConfig = DEFAULT,
-) -> torch.FloatTensor:
+) -> torch.Tensor:
     """(B, 3, size_h, size_w) float32 pixel values for the vision Perceivers.
 
     Crop and resize run per image in PIL (needed for bit-parity with transformers,
@@ -174,7 +180,7 @@ def preprocess_images(
     else:
         pixels = batch.to(torch.float32)
     if config.do_normalize:
-        mean = torch.tensor(config.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(config.std, dtype=torch.float32).view(1, -1, 1, 1)
+        mean = torch.tensor(config.mean, dtype=torch.float32).view(1, -1, 1, 1)  # (1, 3, 1, 1)
+        std = torch.tensor(config.std, dtype=torch.float32).view(1, -1, 1, 1)  # (1, 3, 1, 1)
         pixels = (pixels - mean) / std
     return pixels.contiguous()

@@ -4,13 +4,14 @@ decoder -> postprocessor, each injected."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from model_core.attention import AttentionLayer
-from model_core.preprocessors.base import Preprocessed
+from model_core.attention import AttentionLayer, AttentionOptions
+from model_core.decoders.base import Decoder, Points
+from model_core.postprocessors import Postprocessed, Postprocessor
+from model_core.preprocessors.base import Inputs, Preprocessed, Preprocessor
 
 
 class Latents(nn.Module):
@@ -33,44 +34,21 @@ class Encoder(nn.Module):
         d_latents: int,
         num_blocks: int,
         num_self_attends_per_block: int,
-        num_cross_attention_heads: int,
-        num_self_attention_heads: int,
-        qk_channels: int | None,
-        v_channels: int | None,
-        cross_attention_widening_factor: int,
-        self_attention_widening_factor: int,
-        use_query_residual: bool,
-        shape_for_attention: str,
-        hidden_act: str,
+        cross_attention: AttentionOptions,
+        self_attention: AttentionOptions,
     ) -> None:
         super().__init__()
-        for heads in (num_self_attention_heads, num_cross_attention_heads):
+        for options in (self_attention, cross_attention):
+            heads = options.get("num_heads", 1)
             if d_latents % heads:
                 raise ValueError(f"d_latents ({d_latents}) must be divisible by the number of heads ({heads})")
+        self.d_latents = d_latents
         self.num_blocks = num_blocks
         self.cross_attention = AttentionLayer(
-            q_dim=d_latents,
-            kv_dim=kv_dim,
-            is_cross_attention=True,
-            qk_channels=qk_channels,
-            v_channels=v_channels,
-            num_heads=num_cross_attention_heads,
-            widening_factor=cross_attention_widening_factor,
-            use_query_residual=use_query_residual,
-            shape_for_attention=shape_for_attention,
-            hidden_act=hidden_act,
+            q_dim=d_latents, kv_dim=kv_dim, is_cross_attention=True, **cross_attention
         )
         self.self_attends = nn.ModuleList(
-            AttentionLayer(
-                q_dim=d_latents,
-                kv_dim=d_latents,
-                is_cross_attention=False,
-                qk_channels=qk_channels,
-                v_channels=v_channels,
-                num_heads=num_self_attention_heads,
-                widening_factor=self_attention_widening_factor,
-                hidden_act=hidden_act,
-            )
+            AttentionLayer(q_dim=d_latents, kv_dim=d_latents, is_cross_attention=False, **self_attention)
             for _ in range(num_self_attends_per_block)
         )
 
@@ -96,23 +74,24 @@ class PerceiverModel(nn.Module):
     def __init__(
         self,
         *,
-        input_preprocessor: nn.Module,
-        decoder: nn.Module,
+        input_preprocessor: Preprocessor,
         num_latents: int,
-        d_latents: int,
-        output_postprocessor: nn.Module | None = None,
-        **encoder_kwargs: Any,
+        encoder: Encoder,
+        decoder: Decoder,
+        output_postprocessor: Postprocessor | None = None,
     ) -> None:
         super().__init__()
         self.input_preprocessor = input_preprocessor
-        self.embeddings = Latents(num_latents=num_latents, d_latents=d_latents)
-        self.encoder = Encoder(kv_dim=input_preprocessor.num_channels, d_latents=d_latents, **encoder_kwargs)
+        self.embeddings = Latents(num_latents=num_latents, d_latents=encoder.d_latents)
+        self.encoder = encoder
         self.decoder = decoder
         self.output_postprocessor = output_postprocessor
 
-    def encode(self, inputs: Any, attention_mask: torch.Tensor | None = None, **prep_kwargs: Any) -> Encoded:
+    def encode(
+        self, inputs: Inputs, attention_mask: torch.Tensor | None = None, *, interpolate_pos_encoding: bool = False
+    ) -> Encoded:
         """attention_mask: (B, M), nonzero where an input token is real (text padding)."""
-        pre = self.input_preprocessor(inputs, **prep_kwargs)
+        pre = self.input_preprocessor(inputs, interpolate_pos_encoding=interpolate_pos_encoding)
         mask = None
         # An all-ones mask is dropped (the unmasked kernels are faster) when that can be seen
         # without a device sync: a host tensor is checked before its copy, a device one is kept.
@@ -121,12 +100,20 @@ class PerceiverModel(nn.Module):
         latents = self.encoder(self.embeddings(pre.inputs.shape[0]), pre.inputs, mask)
         return Encoded(latents=latents, pre=pre)
 
-    def decode(self, encoded: Encoded, points: Any = None) -> Any:
-        """Outputs for every output point, or only for `points` (see the decoder)."""
-        out, sizes = self.decoder.decode(encoded.latents, encoded.pre, points)
+    def decode(self, encoded: Encoded, points: Points = None) -> Postprocessed:
+        """Outputs for every output point, or only for `points` (see `decoders.Points`)."""
+        latents, pre = encoded.latents, encoded.pre
+        queries = self.decoder.queries(
+            pre, points, batch_size=latents.shape[0], device=latents.device, dtype=latents.dtype
+        )  # (B, N, C_q)
+        out = self.decoder(queries, latents)  # (B, N, C)
+        shape = self.decoder.output_shape(pre, points)
+        out = out.reshape(out.shape[0], *shape.index_dims, out.shape[-1])  # (B, *index_dims, C)
         if self.output_postprocessor is not None:
-            out = self.output_postprocessor(out, sizes)
+            return self.output_postprocessor(out, shape.sizes)
         return out
 
-    def forward(self, inputs: Any, attention_mask: torch.Tensor | None = None, points: Any = None, **prep_kwargs):
-        return self.decode(self.encode(inputs, attention_mask, **prep_kwargs), points)
+    def forward(
+        self, inputs: Inputs, attention_mask: torch.Tensor | None = None, points: Points = None
+    ) -> Postprocessed:
+        return self.decode(self.encode(inputs, attention_mask), points)

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 import torch
 from torch import nn
+
+# A task's outputs: one tensor, or one per modality.
+Postprocessed = torch.Tensor | dict[str, torch.Tensor]
+
+
+class Postprocessor(Protocol):
+    def __call__(self, x: torch.Tensor, sizes: Mapping[str, int] | None, /) -> Postprocessed:
+        """x: the decoder's outputs; sizes: outputs per modality, in sorted name order."""
+        ...
 
 
 class EmbeddingDecoder(nn.Module):
@@ -42,13 +52,13 @@ class AudioPostprocessor(ProjectionPostprocessor):
     """Audio patches back to samples: (B, N, C) -> (B, N * samples_per_patch)."""
 
     def forward(self, x: torch.Tensor, sizes: Mapping[str, int] | None = None) -> torch.Tensor:
-        return self.classifier(x).reshape(x.shape[0], -1)
+        return self.classifier(x).reshape(x.shape[0], -1)  # (B, N * samples_per_patch)
 
 
 class MultimodalPostprocessor(nn.Module):
     """Split (B, N, C) by modality sizes (sorted names) and postprocess each part."""
 
-    def __init__(self, *, modalities: Mapping[str, nn.Module]) -> None:
+    def __init__(self, *, modalities: Mapping[str, ProjectionPostprocessor]) -> None:
         super().__init__()
         self.modalities = nn.ModuleDict(modalities)
 

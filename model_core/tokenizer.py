@@ -78,7 +78,7 @@ class ByteTokenizer:
         *,
         length: int | None = None,
         bucket_sizes: Sequence[int] | None = None,
-    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad with PAD_ID into (input_ids (B, L), attention_mask (B, L)), int64.
 
         L is `length` if given; otherwise the smallest bucket >= the longest sequence

@@ -8,19 +8,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server.auth import AuthMiddleware, configured_keys, document_auth, public_paths
+from server.http.auth import AuthMiddleware, configured_keys, document_auth, public_paths
 from server.errors import install_error_handlers
-from server.jobs import JobStore
-from server.lifecycle import Lifecycle
-from server.admission import AdmissionMiddleware
-from server.loading import load_model
-from server.metrics import Metrics
-from server.offload import Offload
-from server.middleware import RequestMiddleware
-from server.registry import Loader, Registry
-from server.routers import (autoencode_video, classify_image, classify_text, fill_mask, health, jobs, models,
-                            optical_flow, v2)
-from server.serving import InferenceService
+from server.engine.jobs import JobLimits, JobStore
+from server.engine.lifecycle import Lifecycle
+from server.http.admission import AdmissionMiddleware
+from server.engine.loading import load_model
+from server.engine.metrics import Metrics
+from server.http.offload import Offload
+from server.http.middleware import RequestMiddleware
+from server.engine.registry import Loader, Registry
+from server.routers import SERVICE_ROUTERS, TASK_ROUTERS, models
+from server.v2 import router as v2
+from server.engine.serving import InferenceService
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
     registry = Registry(settings=settings, metrics=metrics, loader=loader)
     lifecycle = Lifecycle(registry=registry, preload=settings.server.preload, retry_s=settings.server.load_retry_s)
     api_keys = configured_keys(settings.server)  # SettingsError for an unreadable or malformed key file
-    job_store = JobStore()
+    job_store = JobStore(JobLimits.of(settings.server))
     offload = Offload()
 
     @asynccontextmanager
@@ -52,7 +52,8 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
     app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
     app.state.lifecycle, app.state.jobs = lifecycle, job_store
     app.state.api_keys_configured = bool(api_keys)  # public probes then say only why, never what (health.py)
-    app.state.service = InferenceService(registry=registry, settings=settings, offload=offload)
+    app.state.service = InferenceService(registry=registry, settings=settings)
+    app.state.offload = offload
     install_error_handlers(app)
     # Outermost last: RequestMiddleware -> AuthMiddleware -> AdmissionMiddleware -> routes.
     app.add_middleware(AdmissionMiddleware, max_json_depth=settings.server.max_json_depth,
@@ -61,8 +62,7 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
     app.add_middleware(RequestMiddleware, metrics=metrics, lifecycle=lifecycle,
                        max_body_bytes=int(settings.server.max_body_mb * 2**20),
                        body_timeout_s=settings.server.body_timeout_s)
-    for router in (health.router, models.router, fill_mask.router, classify_text.router, classify_image.router,
-                   optical_flow.router, autoencode_video.router, jobs.router, v2.router):
+    for router in (*SERVICE_ROUTERS, *TASK_ROUTERS.values(), v2.router):
         app.include_router(router)
     if settings.server.admin_api:
         app.include_router(models.admin)

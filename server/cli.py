@@ -47,8 +47,8 @@ def _configure_logging(level: str) -> None:
 
 def download(argv: Sequence[str]) -> int:
     from server.errors import ServeError
-    from server.hub import HubRepo, is_hub_id
-    from server.hub import download as fetch
+    from server.models.hub import HubRepo, is_hub_id
+    from server.models.hub import download as fetch
 
     args = _download_parser().parse_args(argv)
     settings = load_settings(args.config)
@@ -81,12 +81,12 @@ def serve(argv: Sequence[str]) -> int:
                  "dtype": args.dtype, "log_level": args.log_level, "demo": args.demo, "demo_dir": args.demo_dir}
     settings = load_settings(args.config, overrides=overrides)
     _configure_logging(settings.server.log_level)
-    from server.devices import check_devices, configure_cpu_threads
+    from server.engine.devices import check_devices, configure_cpu_threads
 
     check_devices(settings)
     log.info("torch uses %d intra-op CPU thread(s)", configure_cpu_threads(settings))
     if settings.server.demo:
-        from server.demo import demo_settings
+        from server.models.demo import demo_settings
 
         settings = demo_settings(settings)
         log.warning("DEMO MODE: serving RANDOMLY INITIALISED checkpoints (%s); answers are meaningless",
@@ -100,7 +100,7 @@ def serve(argv: Sequence[str]) -> int:
 
 def _run(settings: Settings) -> None:
     from server.app import build_app
-    from server.connections import ConnectionLimits, protocol_class
+    from server.http.connections import ConnectionLimits, protocol_class
 
     app = build_app(settings)
     # What is alive now lives as long as the process: out of every later collection, whose full passes would

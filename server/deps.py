@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
-from server.jobs import JobStore
-from server.lifecycle import Lifecycle
-from server.metrics import Metrics
-from server.registry import Registry
-from server.serving import InferenceService
+from server.engine.jobs import JobStore
+from server.engine.lifecycle import Lifecycle
+from server.engine.metrics import Metrics
+from server.engine.registry import Registry
+from server.engine.serving import InferenceService
 from server.settings import Settings
 
 

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ErrorCode(StrEnum):
@@ -77,7 +82,7 @@ class ServeError(Exception):
     def status(self) -> int:
         return STATUS[self.code]
 
-    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (server.offload) intact
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (server.http.offload) intact
         return (_serve_error, (self.code, self.message, self.retry_after))
 
 
@@ -107,16 +112,34 @@ def error_payload(code: ErrorCode, message: str, status: int | None = None) -> d
     return {"error": {"code": code.value, "message": message, "status": status or STATUS[code]}}
 
 
+def retry_headers(error: ServeError) -> dict[str, str]:
+    """`Retry-After` in whole seconds (at least 1) when the error says when to retry: for both error shapes."""
+    return {} if error.retry_after is None else {"Retry-After": str(max(1, math.ceil(error.retry_after)))}
+
+
 def error_response(error: ServeError, headers: dict[str, str] | None = None) -> JSONResponse:
-    headers = dict(headers or {})
-    if error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    headers = {**(headers or {}), **retry_headers(error)}
     return JSONResponse(error_payload(error.code, error.message), status_code=error.status, headers=headers)
 
 
 def responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` for a route: the error shape under each status it may answer."""
     return {STATUS[c]: {"model": ErrorResponse, "description": c.value} for c in codes}
+
+
+def prepare_each(values: Sequence[T], prepare: Callable[[T], R], *, name: str = "inputs",
+                 name_single: bool = False) -> list[R]:
+    """prepare(v) for each value; an error names the value (`inputs[2]: ...`), a lone value's only
+    with `name_single` (the task routes' single input is not a list; a tensor's rows always are)."""
+    items = []
+    for i, value in enumerate(values):
+        try:
+            items.append(prepare(value))
+        except ServeError as exc:
+            if len(values) == 1 and not name_single:
+                raise
+            raise ServeError(exc.code, f"{name}[{i}]: {exc.message}", retry_after=exc.retry_after) from None
+    return items
 
 
 MAX_DESCRIBED_ERRORS = 10  # a message names this many validation errors, then counts the rest

@@ -8,6 +8,7 @@ model runs: how many ranked entries an answer may hold (`max_candidates`) and ho
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from server.errors import ErrorCode, ServeError
@@ -48,6 +49,8 @@ class Limits:
     max_masks_per_text: int
     max_candidates: int
     max_response_bytes: int
+    max_flow_side: int  # optical flow: a frame's side, as sent and as run
+    decode_budget_bytes: int  # video decode: activations of one pass, all its items together
     image: ImageLimits
     video: VideoLimits
     audio: AudioLimits
@@ -61,6 +64,8 @@ class Limits:
             max_masks_per_text=server.max_masks_per_text,
             max_candidates=server.max_candidates,
             max_response_bytes=int(server.max_response_mb * 2**20),
+            max_flow_side=server.max_flow_side,
+            decode_budget_bytes=int(server.decode_budget_mb * 2**20),
             image=ImageLimits(server.max_image_pixels, tuple(server.image_formats)),
             video=VideoLimits(server.max_video_frames, server.max_video_frame_pixels,
                               int(server.max_array_mb * 2**20), tuple(server.video_containers)),
@@ -72,6 +77,17 @@ class Limits:
         if count > self.max_inputs:
             raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"{count} inputs in one request; at most {self.max_inputs} "
                              "(max_inputs)")
+
+    def check_texts(self, texts: Sequence[str]) -> None:
+        """The count cap, then `max_text_bytes` per text (UTF-8), before any tokenizing."""
+        self.check_inputs(len(texts))
+        limit = self.max_text_bytes
+        for i, text in enumerate(texts):
+            size = len(text) if len(text) > limit else len(text.encode("utf-8", "surrogatepass"))
+            if size > limit:
+                where = f"inputs[{i}]: " if len(texts) > 1 else ""
+                raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"{where}text is over {limit} bytes (UTF-8; "
+                                 "max_text_bytes); split it or send it in several requests")
 
     def check_candidates(self, count: int, what: str) -> None:
         """`count` ranked entries in one answer; `what` says how they multiply, e.g. "3 texts x 40 masks x top_k 5"."""

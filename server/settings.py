@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, get_origin
 from pydantic import (BaseModel, ConfigDict, Field, SecretStr, StringConstraints, TypeAdapter, ValidationError,
                       field_validator, model_validator)
 
-from server.catalog import catalog_models
+from server.models.catalog import catalog_models
 
 CONFIG_ENV = "PERCEIVER_SERVE_CONFIG"
 ENV_PREFIX = "PERCEIVER_SERVE_"
@@ -95,6 +95,14 @@ class ServerSettings(_Strict):
     max_masks_per_text: int = Field(256, ge=1, le=65_536)  # [MASK]s (or mask token ids) in one fill-mask text
     max_candidates: int = Field(8192, ge=1, le=10_000_000)  # ranked entries in one answer: top_k x masks x inputs
     max_response_mb: float = Field(128.0, gt=0, le=16_384)  # one answer's size, estimated from the request
+    max_flow_side: int = Field(4096, ge=64, le=16_384)  # optical flow: a frame's side, as sent and as run
+    decode_budget_mb: float = Field(512.0, gt=0, le=65_536)  # video decode: activations of one pass, all items
+    # Background jobs (per process): running and waiting at once, then 429; results kept, and for how long.
+    max_running_jobs: int = Field(2, ge=1, le=1024)
+    max_queued_jobs: int = Field(16, ge=0, le=100_000)
+    job_result_ttl_s: float = Field(900.0, gt=0, le=7 * 86_400)
+    max_job_results_mb: float = Field(512.0, gt=0, le=1_048_576)
+    job_unit_timeout_s: float = Field(600.0, gt=0, le=86_400)  # a job's unit of work may wait this long to run
     # Connections (enforced by the HTTP protocol, before the app sees a request).
     max_connections: int = Field(1000, ge=1, le=1_000_000)  # open at once; past it the slowest header reader goes
     header_timeout_s: float = Field(15.0, gt=0, le=300)  # from a request's first byte to the end of its headers
@@ -149,8 +157,7 @@ class Settings(_Strict):
         if cap is not None and cap < self.server.request_timeout_s:
             raise ValueError(f"max_request_timeout_s ({cap:g}) is below request_timeout_s "
                              f"({self.server.request_timeout_s:g})")
-        if self.server.dtype == "float16" and self.server.device == "cpu":
-            raise ValueError("dtype float16 is not supported on device cpu; use float32 or bfloat16")
+        check_dtype(self.server.dtype, on_cpu=self.server.device == "cpu", where="[server]", error=ValueError)
         return self
 
     def default_model(self, task: Task) -> ModelSpec | None:
@@ -161,6 +168,12 @@ class Settings(_Strict):
         """A model of `task` by name, alias or source."""
         specs = [m for m in self.models.values() if m.task == task]
         return next((m for m in specs if name == m.name or name in m.aliases or name == m.source), None)
+
+
+def check_dtype(dtype: str, *, on_cpu: bool, where: str, error: type[Exception] = ValueError) -> None:
+    """The one place float16 is refused on a CPU (no fast kernels, and no bfloat16-like range)."""
+    if dtype == "float16" and on_cpu:
+        raise error(f"{where}: dtype float16 is not supported on cpu; use float32 or bfloat16")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

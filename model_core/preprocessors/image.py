@@ -9,14 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from model_core.position import FourierPositionEncoding, TrainablePositionEncoding
-from model_core.preprocessors.base import (
-    ConcatOrAdd,
-    PositionEncoding,
-    Preprocessed,
-    positions_projection,
-    with_positions,
-)
+from model_core.position import PositionEncoding
+from model_core.preprocessors.base import ConcatOrAdd, PositionedTokens, Preprocessed
 
 
 class PrepType(str, Enum):
@@ -35,12 +29,12 @@ def space_to_depth(frames: torch.Tensor, *, temporal_block: int = 1, spatial_blo
     if frames.dim() == 4:
         b, c, h, w = frames.shape
         x = frames.reshape(b, c, h // s, s, w // s, s).permute(0, 2, 4, 3, 5, 1)  # (B, H/s, W/s, s, s, C)
-        return x.reshape(b, h // s, w // s, s * s * c)
+        return x.reshape(b, h // s, w // s, s * s * c)  # (B, H/s, W/s, s*s*C)
     if frames.dim() == 5:
         b, time, c, h, w = frames.shape
-        x = frames.reshape(b, time // t, t, c, h // s, s, w // s, s)
+        x = frames.reshape(b, time // t, t, c, h // s, s, w // s, s)  # (B, T/t, t, C, H/s, s, W/s, s)
         x = x.permute(0, 1, 4, 6, 2, 5, 7, 3)  # (B, T/t, H/s, W/s, t, s, s, C)
-        return x.reshape(b, time // t, h // s, w // s, t * s * s * c)
+        return x.reshape(b, time // t, h // s, w // s, t * s * s * c)  # (B, T/t, H/s, W/s, t*s*s*C)
     raise ValueError(f"frames must be (B, C, H, W) or (B, T, C, H, W), got shape {tuple(frames.shape)}")
 
 
@@ -68,7 +62,7 @@ class Conv2DDownsample(nn.Module):
         return self.max_pool(self.relu(self.batchnorm(self.conv(x))))
 
 
-class ImagePreprocessor(nn.Module):
+class ImagePreprocessor(PositionedTokens):
     def __init__(
         self,
         *,
@@ -78,8 +72,7 @@ class ImagePreprocessor(nn.Module):
         temporal_downsample: int = 1,
         in_channels: int = 3,
         out_channels: int = 64,
-        conv_after_patching: bool = False,
-        conv_after_patching_in_channels: int = 54,
+        conv_after_patching_in_channels: int | None = None,
         concat_or_add_pos: ConcatOrAdd = "concat",
         project_pos_dim: int = -1,
     ) -> None:
@@ -89,9 +82,8 @@ class ImagePreprocessor(nn.Module):
         self.temporal_downsample = temporal_downsample
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.conv_after_patching = conv_after_patching
-        self.concat_or_add_pos = concat_or_add_pos
-        self.project_pos_dim = project_pos_dim
+        # Patches of conv_after_patching_in_channels are projected to out_channels (optical flow).
+        self.conv_after_patching = conv_after_patching_in_channels is not None
         if self.prep_type is PrepType.CONV:
             # As in the checkpoints, the stem is one conv+pool stage whatever the (power of 4)
             # spatial_downsample says; the vision-perceiver-conv config passes 1.
@@ -102,24 +94,23 @@ class ImagePreprocessor(nn.Module):
             if temporal_downsample != 1:
                 raise ValueError("conv1x1 does not downsample in time")
             self.convnet_1x1 = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=spatial_downsample)
-        self.position_embeddings = position_encoding
-        self.positions_projection = positions_projection(out_channels, project_pos_dim)
-        if conv_after_patching:
+        self._set_positions(
+            position_encoding=position_encoding, concat_or_add_pos=concat_or_add_pos, project_pos_dim=project_pos_dim
+        )
+        if conv_after_patching_in_channels is not None:
             self.conv_after_patches = nn.Linear(conv_after_patching_in_channels, out_channels)
 
     @property
     def num_channels(self) -> int:
-        pos_dim = self.project_pos_dim if self.project_pos_dim > 0 else self.position_embeddings.output_size
-        if self.concat_or_add_pos == "add":
-            return pos_dim
+        return self._channels(self._token_channels())
+
+    def _token_channels(self) -> int:
         if self.conv_after_patching or self.prep_type in (PrepType.CONV, PrepType.CONV1X1):
-            return self.out_channels + pos_dim
+            return self.out_channels
         temporal = self.position_embeddings.num_dimensions > 2
         if self.prep_type is PrepType.PIXELS:
-            inp = self.in_channels if temporal else math.ceil(self.in_channels / self.spatial_downsample)
-        else:
-            inp = self.in_channels * self.spatial_downsample**2 * (self.temporal_downsample if temporal else 1)
-        return inp + pos_dim
+            return self.in_channels if temporal else math.ceil(self.in_channels / self.spatial_downsample)
+        return self.in_channels * self.spatial_downsample**2 * (self.temporal_downsample if temporal else 1)
 
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) or (B, T, C, H, W) -> channels-last grid (B, *index_dims, C')."""
@@ -138,27 +129,13 @@ class ImagePreprocessor(nn.Module):
         elif x.dim() == 5:
             x = x[:, ::t, :, ::s, ::s]
         if x.dim() == 4:
-            return x.permute(0, 2, 3, 1)
+            return x.permute(0, 2, 3, 1)  # (B, H, W, C)
         if x.dim() == 5:
-            return x.permute(0, 1, 3, 4, 2)
+            return x.permute(0, 1, 3, 4, 2)  # (B, T, H, W, C)
         raise ValueError(f"expected images (B, C, H, W) or video (B, T, C, H, W), got {tuple(x.shape)}")
 
     def forward(self, x: torch.Tensor, *, interpolate_pos_encoding: bool = False) -> Preprocessed:
         grid = self._tokens(x)
         b, index_dims, c = grid.shape[0], tuple(grid.shape[1:-1]), grid.shape[-1]
         tokens = grid.reshape(b, -1, c)  # (B, M, C')
-        enc = self.position_embeddings
-        if isinstance(enc, TrainablePositionEncoding):
-            pos = enc.table(index_dims[:2] if interpolate_pos_encoding else None)
-            if pos.shape[0] != tokens.shape[1]:
-                raise ValueError(
-                    f"input gives {tokens.shape[1]} positions {index_dims} but the learned position "
-                    f"table has {pos.shape[0]}; resize the input or pass interpolate_pos_encoding=True"
-                )
-        else:
-            assert isinstance(enc, FourierPositionEncoding)
-            pos = enc.grid(index_dims, device=tokens.device, dtype=tokens.dtype)
-        pos = self.positions_projection(pos)
-        return Preprocessed(
-            inputs=with_positions(tokens, pos, self.concat_or_add_pos), without_pos=tokens, index_dims=index_dims
-        )
+        return self._positioned(tokens, index_dims, interpolate=interpolate_pos_encoding)

@@ -18,7 +18,7 @@ class TextPreprocessor(nn.Module):
     def num_channels(self) -> int:
         return self.embeddings.embedding_dim
 
-    def forward(self, input_ids: torch.Tensor) -> Preprocessed:
+    def forward(self, input_ids: torch.Tensor, *, interpolate_pos_encoding: bool = False) -> Preprocessed:
         """input_ids: (B, L) with L <= max_position_embeddings -> (B, L, d_model)."""
         length = input_ids.shape[1]
         if length > self.position_embeddings.num_embeddings:
@@ -26,6 +26,6 @@ class TextPreprocessor(nn.Module):
                 f"sequence of {length} tokens exceeds max_position_embeddings "
                 f"({self.position_embeddings.num_embeddings})"
             )
-        tokens = self.embeddings(input_ids)
+        tokens = self.embeddings(input_ids)  # (B, L, d_model)
         inputs = tokens + self.position_embeddings.weight[:length]
         return Preprocessed(inputs=inputs, without_pos=tokens, index_dims=(length,))

@@ -9,20 +9,28 @@ keys the details stay in the body. /v2/health/* answer from the same verdicts, i
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 
 from server.deps import LifecycleDep, MetricsDep, RegistryDep, SettingsDep
 from server.errors import ErrorCode, ServeError, error_response, responses
-from server.lifecycle import Lifecycle
-from server.registry import Registry
-from server.schemas import Health
+from server.engine.lifecycle import Lifecycle
+from server.engine.registry import Registry
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class Health(BaseModel):
+    """A probe's 200 body; every "no" is a 503 in the error shape, its message saying why."""
+
+    status: Literal["ok"]
+
+
 router = APIRouter(tags=["health"])
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from server.deps import JobsDep
 from server.errors import ErrorBody, ErrorCode, error_response, responses
-from server.jobs import Job, JobStatus
+from server.engine.jobs import Job, JobStatus
 
 router = APIRouter(tags=["jobs"])
 RETRY_AFTER_S = 1  # what a poll of an unfinished job is told

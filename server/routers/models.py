@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from server.deps import RegistryDep
 from server.errors import ErrorCode, ServeError, responses
-from server.schemas import ModelInfo, ModelList
+from server.engine.registry import ModelInfo, ModelList
 
 router = APIRouter(tags=["models"])
 admin = APIRouter(tags=["admin"])

@@ -13,10 +13,10 @@ import torch
 from model_core.tokenizer import MASK_ID
 from server.errors import ErrorCode, ServeError
 from server.limits import Limits
+from server.tasks.labels import DEFAULT_TOP_K
 from server.tasks.text import TextCodec
 
 MASK = "[MASK]"
-DEFAULT_TOP_K = 5
 # A candidate's JSON besides its sequence: score, token, token_str, run {start, end, fill of a short run}.
 _CANDIDATE_BYTES = 192
 Answer = list[dict[str, Any]] | list[list[dict[str, Any]]]
@@ -27,8 +27,6 @@ class FillMaskItem:
     text: str
     ids: tuple[int, ...]
     positions: tuple[int, ...]  # token indexes of the [MASK]s
-    top_k: int
-    raw: bool = False  # split returns the masked positions' logits (P, V) instead of MaskScores
 
 
 @dataclass(frozen=True)
@@ -38,24 +36,30 @@ class MaskScores:
 
 
 class FillMaskRunner:
+    """Steps: prepare (tokenize, find the masks) -> collate (pad to the length bucket, positions padded with the
+    first) -> forward (decoding the masked positions only) -> split ((P, V) logits per text) -> respond (the top_k
+    candidates of every mask, in the HF payload)."""
+
     def __init__(self, model: torch.nn.Module, *, device: torch.device) -> None:
         self.model, self.device = model, device
         self.codec = TextCodec(max_length=model.config.max_position_embeddings)
         self.byte_offset = self.codec.tokenizer.encode("\x00", add_special_tokens=False)[0]
         self.vocab_size: int = model.config.vocab_size
 
-    def prepare(self, text: str, *, top_k: int | None, max_masks: int, raw: bool = False) -> FillMaskItem:
-        """`max_masks`: [MASK]s one text may hold (each one costs a decoder query and an answer entry)."""
+    def prepare(self, text: str, *, max_masks: int) -> FillMaskItem:
+        """`max_masks`: [MASK]s one text may hold (each one costs a decoder query and answer entries)."""
         ids = self.codec.encode(text)
-        top_k = min(top_k or DEFAULT_TOP_K, self.vocab_size)
-        return FillMaskItem(text, tuple(ids), _mask_positions(ids, max_masks=max_masks), top_k, raw)
+        return FillMaskItem(text, tuple(ids), _mask_positions(ids, max_masks=max_masks))
 
     def prepare_ids(self, ids: Sequence[int], *, max_masks: int) -> FillMaskItem:
-        """Token ids as the byte tokenizer makes them ([CLS] bytes [SEP], no padding); answers logits."""
+        """Token ids as the byte tokenizer makes them ([CLS] bytes [SEP], no padding)."""
         ids = self.codec.check_ids(ids)
         text = self.codec.tokenizer.decode(ids)
-        positions = _mask_positions(ids, id_input=True, max_masks=max_masks)
-        return FillMaskItem(text, ids, positions, DEFAULT_TOP_K, raw=True)
+        return FillMaskItem(text, ids, _mask_positions(ids, id_input=True, max_masks=max_masks))
+
+    def top_k(self, requested: int | None) -> int:
+        """Candidates per mask: as asked (DEFAULT_TOP_K by default), at most the vocabulary."""
+        return min(requested or DEFAULT_TOP_K, self.vocab_size)
 
     def key(self, item: FillMaskItem) -> int:
         return self.codec.bucket(item.ids)
@@ -70,24 +74,22 @@ class FillMaskRunner:
         input_ids, attention_mask, positions = batch
         return self.model(input_ids, attention_mask=attention_mask, output_positions=positions).logits  # (B, P, V)
 
-    def split(self, logits: torch.Tensor, items: Sequence[FillMaskItem]) -> list[MaskScores | torch.Tensor]:
-        probs = logits.float().softmax(dim=-1).cpu()
-        results: list[MaskScores | torch.Tensor] = []
-        for b, item in enumerate(items):
-            if item.raw:
-                results.append(logits[b, : len(item.positions)].cpu())  # (P, V): drop the padding queries
-                continue
-            row = probs[b, : len(item.positions)]
-            scores, tokens = row.topk(item.top_k, dim=-1)
-            results.append(MaskScores(scores.tolist(), tokens.tolist()))
-        return results
+    def split(self, logits: torch.Tensor, items: Sequence[FillMaskItem]) -> list[torch.Tensor]:
+        logits = logits.float().cpu()
+        return [logits[b, : len(item.positions)] for b, item in enumerate(items)]  # (P, V): padding queries dropped
 
-    def respond(self, item: FillMaskItem, result: MaskScores) -> Answer:
+    def scores(self, logits: torch.Tensor, top_k: int) -> MaskScores:
+        """The top_k candidates of every mask, best first: (P, V) logits -> probabilities."""
+        scores, tokens = logits.softmax(dim=-1).topk(top_k, dim=-1)  # (P, k) each
+        return MaskScores(scores.tolist(), tokens.tolist())
+
+    def respond(self, item: FillMaskItem, logits: torch.Tensor, *, top_k: int) -> Answer:
         """HF shape, as plain JSON values: one [MASK] -> a list of candidates; several -> one list per [MASK].
 
         A candidate's `sequence` is the input with its one byte filled (HF's field, as long as the input: the
         answer's size is bounded by `answer_bytes` before the model runs); its `run` is small: the offsets of
         the run of consecutive masks it belongs to and the run's best fill."""
+        result = self.scores(logits, top_k)
         parts = item.text.split(MASK)
         offsets = [m.start() for m in re.finditer(re.escape(MASK), item.text)]
         runs = self._runs(item, result, offsets)
@@ -125,17 +127,17 @@ class FillMaskRunner:
         return by_mask
 
 
-def check_answer(items: Sequence[FillMaskItem], limits: Limits) -> int:
+def check_answer(items: Sequence[FillMaskItem], limits: Limits, *, top_k: int) -> int:
     """Refuse (413) an answer over the candidate or size limits; returns its number of candidates.
 
     Every candidate repeats its input in `sequence`, so the size is candidates x input length."""
-    candidates = sum(len(i.positions) * i.top_k for i in items)
-    masks, top_k = max(len(i.positions) for i in items), max(i.top_k for i in items)
+    candidates = sum(len(i.positions) * top_k for i in items)
+    masks = max(len(i.positions) for i in items)
     limits.check_candidates(candidates, f"{len(items)} text(s) x up to {masks} [MASK]s x top_k {top_k}")
     size = 0
     for item in items:
         text_bytes = len(json.dumps(item.text, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-        size += len(item.positions) * item.top_k * (text_bytes + _CANDIDATE_BYTES)
+        size += len(item.positions) * top_k * (text_bytes + _CANDIDATE_BYTES)
     limits.check_answer(size, f"{candidates} candidates, each repeating its text",
                         "lower top_k, or send fewer [MASK]s or shorter texts per request")
     return candidates

@@ -21,15 +21,14 @@ from starlette.concurrency import run_in_threadpool
 from model_core.flow_processing import extract_patches, normalize_frame
 from model_core.flow_tiling import Corner, Size, cover_size, resize_flow, stitch, tile_grid
 from server.errors import ErrorCode, ServeError
-from server.limits import ImageLimits, Limits
-from server.tasks.image_classification import decode_image, probe_image
+from server.limits import DEFAULT_LIMITS, ImageLimits, Limits
+from server.media.image import decode_image, probe_image
 
 T = TypeVar("T")
 Decoder = Callable[..., Awaitable[Any]]
 
 FRAMES = ("frame1", "frame2")
 FLOW_SCALE = 20.0  # model output -> pixels (the DeepMind colab's FLOW_SCALE_FACTOR)
-MAX_SIDE = 4096  # per side, frames as sent and as run; the tile count (the cost) grows with the area
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,9 @@ class FlowPlan:
 
 
 class OpticalFlowRunner:
-    def __init__(self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype) -> None:
-        self.model, self.device, self.dtype = model, device, dtype
+    def __init__(self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype,
+                 max_side: int = DEFAULT_LIMITS.max_flow_side) -> None:
+        self.model, self.device, self.dtype, self.max_side = model, device, dtype, max_side
         height, width = model.config.train_size
         self.tile: Size = (int(height), int(width))
 
@@ -52,12 +52,12 @@ class OpticalFlowRunner:
         """Check the pair ((H, W, 3) uint8 each), upscale it if smaller than a tile, cut it. CPU work: call off
         the event loop."""
         size = (frame1.shape[0], frame1.shape[1])
-        check_sizes(size[::-1], (frame2.shape[1], frame2.shape[0]))
+        check_sizes(size[::-1], (frame2.shape[1], frame2.shape[0]), self.max_side)
         run_size = cover_size(*size, tile=self.tile)
-        if max(run_size) > MAX_SIDE:
+        if max(run_size) > self.max_side:
             raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
                 f"frames of {_wxh(size[::-1])} are too elongated: covering one {_wxh(self.tile[::-1])} model tile "
-                f"would upscale them to {_wxh(run_size[::-1])}, beyond {MAX_SIDE}x{MAX_SIDE}"))
+                f"would upscale them to {_wxh(run_size[::-1])}, beyond {self.max_side}x{self.max_side} (max_flow_side)"))
         pair = torch.stack([_pixels(f, run_size) for f in (frame1, frame2)])  # (2, H, W, 3) uint8
         corners = tile_grid(*run_size, tile=self.tile)
         th, tw = self.tile
@@ -86,15 +86,15 @@ class OpticalFlowRunner:
         return resize_flow(flow, plan.size).numpy()  # (H, W, 2)
 
 
-def check_sizes(size1: tuple[int, int], size2: tuple[int, int]) -> None:
+def check_sizes(size1: tuple[int, int], size2: tuple[int, int], max_side: int) -> None:
     """The checks that need no model, on (width, height) from the files' headers: one size for both frames, at
-    most MAX_SIDE on a side."""
+    most `max_side` on a side (the tile count, the cost, grows with the area)."""
     if size1 != size2:
         raise ServeError(ErrorCode.INVALID_INPUT, (
             f"frame1 is {_wxh(size1)} but frame2 is {_wxh(size2)}; the frames must be the same size"))
-    if max(size1) > MAX_SIDE:
+    if max(size1) > max_side:
         raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
-            f"frames are {_wxh(size1)}; optical flow takes frames of at most {MAX_SIDE}x{MAX_SIDE}"))
+            f"frames are {_wxh(size1)}; optical flow takes frames of at most {max_side}x{max_side} (max_flow_side)"))
 
 
 def check_answer(limits: Limits, size: tuple[int, int], *, pairs: int = 1, value_bytes: float = 4.0,
@@ -107,8 +107,8 @@ def check_answer(limits: Limits, size: tuple[int, int], *, pairs: int = 1, value
 
 
 def flow_image_limits(limits: Limits) -> ImageLimits:
-    """The image limits of a flow frame: the server's, and at most MAX_SIDE x MAX_SIDE pixels."""
-    return ImageLimits(min(limits.image.max_pixels, MAX_SIDE * MAX_SIDE), limits.image.formats)
+    """The image limits of a flow frame: the server's, and at most max_flow_side squared pixels."""
+    return ImageLimits(min(limits.image.max_pixels, limits.max_flow_side**2), limits.image.formats)
 
 
 def decode_frame(data: bytes, limits: ImageLimits) -> np.ndarray:
@@ -117,11 +117,12 @@ def decode_frame(data: bytes, limits: ImageLimits) -> np.ndarray:
     return np.asarray(decode_image(data, limits))
 
 
-def probe_frames(data1: bytes, data2: bytes, limits: ImageLimits) -> tuple[int, int]:
+def probe_frames(data1: bytes, data2: bytes, limits: Limits) -> tuple[int, int]:
     """(width, height) of the pair from the files' headers (format and pixels checked; one size for both, at
-    most MAX_SIDE a side); an error names the frame. Nothing is decoded."""
-    sizes = [_named(name, probe_image, data, limits) for name, data in zip(FRAMES, (data1, data2), strict=True)]
-    check_sizes(sizes[0], sizes[1])
+    most max_flow_side a side); an error names the frame. Nothing is decoded."""
+    frames = flow_image_limits(limits)
+    sizes = [_named(name, probe_image, data, frames) for name, data in zip(FRAMES, (data1, data2), strict=True)]
+    check_sizes(sizes[0], sizes[1], limits.max_flow_side)
     return sizes[0]
 
 

@@ -10,7 +10,6 @@ long reconstruction instead of waiting behind it.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -32,12 +31,11 @@ from model_core.model import Encoded
 from model_core.preprocessors.base import Preprocessed
 from server import media
 from server.limits import DEFAULT_LIMITS, AudioLimits, Limits, VideoLimits
-from server.tasks.labels import check_labels, label_bytes, rank
+from server.tasks.labels import DEFAULT_TOP_K, Labels
 
 SAMPLE_RATE = 48_000  # the model family's audio rate
-DECODE_BUDGET_BYTES = 512 * 2**20  # decoder activations per pass (all items of a batch together)
+DECODE_BUDGET_BYTES = DEFAULT_LIMITS.decode_budget_bytes  # decoder activations per pass (decode_budget_mb)
 MAX_CHUNKS = 128  # the finest chunking of one window's outputs (the published model's)
-DEFAULT_TOP_K = 5
 AudioSource = Literal["provided", "silence"]
 Progress = Callable[[int, int], None]  # (units done, units in all)
 
@@ -55,10 +53,6 @@ class Clip:
     @property
     def windows(self) -> int:
         return len(self.frames) // self.window_frames
-
-    @property
-    def padded_frames(self) -> int:
-        return len(self.frames) - self.num_frames
 
 
 @dataclass(frozen=True)
@@ -101,10 +95,11 @@ class Autoencoded:
 
 
 class VideoAutoencodingRunner:
-    """The `BatchFunctions` of a multimodal autoencoder, plus clip preparation and the plan
+    """The task runner of a multimodal autoencoder, plus clip preparation and the plan
     of its units of work. Sizes come from the checkpoint's config."""
 
-    def __init__(self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype,
+                 budget_bytes: int = DECODE_BUDGET_BYTES) -> None:
         self.model, self.device, self.dtype = model, device, dtype
         config = model.config
         self.window_frames = config.num_frames
@@ -112,8 +107,7 @@ class VideoAutoencodingRunner:
         self.samples_per_frame = config.audio_samples_per_frame
         self.samples_per_patch = config.samples_per_patch
         self.num_labels = config.num_labels
-        self.id2label = dict(config.id2label)
-        self.entry_bytes = label_bytes(self.id2label)
+        self.classes = Labels.of(config)
         self.image_points = self.window_frames * self.size[0] * self.size[1]
         self.audio_points = self.window_frames * self.samples_per_frame // self.samples_per_patch
         self.num_chunks = default_num_chunks(image_points=self.image_points, audio_points=self.audio_points,
@@ -121,7 +115,7 @@ class VideoAutoencodingRunner:
         self.chunk_queries = (self.image_points + self.audio_points) // self.num_chunks
         self.widths = DecoderWidths.of(model)
         self.element_size = torch.empty((), dtype=dtype).element_size()
-        self.budget_bytes = DECODE_BUDGET_BYTES
+        self.budget_bytes = budget_bytes
         self.chunks_per_pass = chunks_per_pass(self.widths, chunk_queries=self.chunk_queries,
                                                num_chunks=self.num_chunks, budget_bytes=self.budget_bytes,
                                                element_size=self.element_size)
@@ -167,8 +161,7 @@ class VideoAutoencodingRunner:
         """Refuse (413) a clip whose labels (windows x top_k) or reconstruction (every frame and its audio, built
         in memory whatever the format) would be over the limits, before any of it runs."""
         if labels:
-            check_labels(limits, rows=clip.windows, top_k=min(top_k, self.num_labels), entry_bytes=self.entry_bytes,
-                         what="windows")
+            self.classes.check(limits, rows=clip.windows, top_k=top_k, what="windows")
         if reconstruct:
             h, w = self.size
             size = clip.num_frames * (h * w * 3 + self.samples_per_frame * 4)  # uint8 RGB, float32 audio
@@ -179,7 +172,7 @@ class VideoAutoencodingRunner:
         """Units of work (encodes + decode passes) the clip takes: the progress total."""
         return clip.windows * (1 + (len(self.passes) if reconstruct else 1))
 
-    # -- BatchFunctions (collate, forward and split run on the worker thread)
+    # -- the batcher's steps (collate, forward and split run on the worker thread)
 
     def key(self, item: EncodeItem | DecodeItem) -> tuple[Any, ...]:
         if isinstance(item, EncodeItem):
@@ -226,7 +219,7 @@ class VideoAutoencodingRunner:
         return results
 
     def labels(self, logits: torch.Tensor, top_k: int) -> list[tuple[str, float]]:
-        return rank(logits, id2label=self.id2label, function="softmax", top_k=top_k)
+        return self.classes.rank(logits, top_k=top_k, function="softmax")
 
 
 def latents_only(latents: torch.Tensor) -> Encoded:
@@ -237,12 +230,9 @@ def latents_only(latents: torch.Tensor) -> Encoded:
 
 
 async def autoencode(call: Any, clip: Clip, *, labels: bool, reconstruct: bool, top_k: int = DEFAULT_TOP_K,
-                     progress: Progress | None = None, step_timeout_s: float | None = None) -> Autoencoded:
-    """Run a prepared clip through `call`'s model, one unit of work at a time.
-
-    With `step_timeout_s` every unit gets that long from its submission (a background job);
-    without it the call's own deadline covers the whole clip (a synchronous request).
-    """
+                     progress: Progress | None = None) -> Autoencoded:
+    """Run a prepared clip through `call`'s model, one unit of work at a time (a request's deadline covers
+    them all; a job's call gives each unit its own)."""
     runner: VideoAutoencodingRunner = call.runner
     total, done = runner.units(clip, reconstruct=reconstruct), 0
     h, w = runner.size
@@ -252,8 +242,6 @@ async def autoencode(call: Any, clip: Clip, *, labels: bool, reconstruct: bool, 
 
     async def step(item: EncodeItem | DecodeItem) -> Any:
         nonlocal done
-        if step_timeout_s is not None:
-            call.deadline = time.monotonic() + step_timeout_s
         [result] = await call.infer([item])
         done += 1
         if progress is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -12,15 +11,12 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from server.errors import STATUS, ErrorCode, ServeError, describe_validation
+from server.errors import STATUS, ErrorCode, ServeError, describe_validation, retry_headers
 from server.v2.protocol import V2Error
 
 
 def v2_error(error: ServeError) -> JSONResponse:
-    headers = {}
-    if error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
-    return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
+    return JSONResponse({"error": error.message}, status_code=error.status, headers=retry_headers(error))
 
 
 class V2Route(APIRoute):

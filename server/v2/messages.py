@@ -62,7 +62,7 @@ def decode_body(body: bytes, encoding: str | None, header_length: str | None, *,
 
     Every BYTES input is one element per row (text, an encoded file), so one holding more than `max_rows`
     elements is refused here, before it is handed on. May run in the body-parsing helper process
-    (server.offload): what it returns is small to hand back, numeric data as arrays, not lists."""
+    (server.http.offload): what it returns is small to hand back, numeric data as arrays, not lists."""
     request, inputs = read_request(decompress(body, encoding, max_body_bytes), header_length)
     for tensor in inputs.values():
         if tensor.datatype == "BYTES" and tensor.array.size > max_rows:

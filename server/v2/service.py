@@ -12,8 +12,9 @@ from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from server.errors import ErrorCode, ServeError
-from server.registry import ModelState, Registry
-from server.serving import InferenceService
+from server.engine.registry import ModelState, Registry
+from server.engine.serving import InferenceService
+from server.http.exchange import answer_headers, open_call
 from server.settings import ModelSpec, Settings, Task
 from server.v2.binary import Tensor
 from server.v2.messages import Output, decode_body, write_response
@@ -94,26 +95,26 @@ async def infer(request: Request, service: InferenceService, name: str, version:
     adapter = ADAPTERS[spec.task]
     body, headers = await request.body(), request.headers
     encoding = headers.get("content-encoding")
-    payload, inputs = await service.offload.run(
+    payload, inputs = await request.app.state.offload.run(
         decode_body, body, encoding, headers.get(HEADER_LENGTH), max_body_bytes=service.limits.max_body_bytes,
         max_rows=service.limits.max_inputs, cost=None if encoding in (None, "identity") else service.limits.max_body_bytes)
     outputs = _outputs(adapter, payload)
-    service.check_inputs(max(t.shape[0] if t.shape else 1 for t in inputs.values()))  # before decoding files
+    service.limits.check_inputs(max(t.shape[0] if t.shape else 1 for t in inputs.values()))  # before any file
     rows = await service.decode(adapter.parse, inputs, service.limits)  # file headers are checked here
     params = payload.parameters
     options = Options(wanted=frozenset(o.name for o in outputs), top_k=params.top_k,
                       function=params.function_to_apply, float_datatype=params.output_datatype,
                       binary=frozenset(o.name for o in outputs if o.binary),
                       classification={o.name: o.classification for o in outputs if o.classification is not None})
-    async with service.open(request, spec.task, spec.name) as call:
+    async with open_call(request, service, spec.task, spec.name) as call:
         tensors = await adapter.infer(call, rows, options)
     content, json_length = await run_in_threadpool(_encode, adapter, call.runner, spec.name, payload.id,
                                                    outputs, tensors)
-    response = Response(content, media_type="application/json" if json_length is None else "application/octet-stream")
+    headers = answer_headers(call)
     if json_length is not None:
-        response.headers[HEADER_LENGTH] = str(json_length)
-    call.apply_headers(response)
-    return response
+        headers[HEADER_LENGTH] = str(json_length)
+    return Response(content, media_type="application/json" if json_length is None else "application/octet-stream",
+                    headers=headers)
 
 
 def _encode(adapter: TaskTensors, runner: object, model: str, request_id: str | None, outputs: list[Output],

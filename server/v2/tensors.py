@@ -14,12 +14,11 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from server.errors import ErrorCode, ServeError
+from server.engine.serving import Call
+from server.errors import ErrorCode, ServeError, prepare_each
+from server.http.bodies import decode_base64
 from server.limits import Limits
-from server.schemas import Function
-from server.serving import Call, prepare_each
-from server.tasks.labels import apply_function
-from server.uploads import decode_base64
+from server.tasks.labels import Function, Labels, apply_function
 from server.v2.binary import NUMPY, Tensor
 from server.v2.protocol import TensorMetadata
 
@@ -157,13 +156,26 @@ def each(name: str, values: Sequence[T], prepare: Callable[[T], R]) -> list[R]:
     return prepare_each(values, prepare, name=name, name_single=True)
 
 
-def labels(name: str, logits: torch.Tensor, *, function: Function, top_k: int, names: Mapping[int, str]) -> Tensor:
-    """BYTES [N, k]: "score:index:label", best first; score is logits through `function`."""
-    scores = apply_function(logits.float(), function)
-    values, indexes = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
-    texts = [f"{v:.7g}:{i}:{names.get(i, f'LABEL_{i}')}" for v, i in zip(values.reshape(-1).tolist(),
-                                                                          indexes.reshape(-1).tolist(), strict=True)]
-    return Tensor.from_strings(name, texts, values.shape)
+def plan_classifier(call: Call, rows: int, labels: Labels, options: Options, *, default_top_k: int) -> Planned:
+    """Check the answer of a classifier's outputs (logits FP32 [N, C], labels BYTES [N, k]) before the model runs;
+    returns the plan of `labels`."""
+    top_k = min(options.top_k or default_top_k, len(labels))
+    plan = Planned("BYTES", [rows, top_k], labels.entry_bytes, ranked=True)
+    check_answer(call.limits, options, {"logits": Planned(options.float_datatype, [rows, len(labels)]),
+                                        "labels": plan}, label_bytes=labels.entry_bytes)
+    return plan
+
+
+def classified(logits: torch.Tensor, labels: Labels, options: Options, plan: Planned) -> dict[str, Tensor]:
+    """logits FP32 [N, C], and when asked, labels BYTES [N, k]: "score:index:label", best first."""
+    out = {"logits": Tensor.from_torch("logits", logits, options.float_datatype)}
+    if "labels" in options.wanted:
+        scores = apply_function(logits.float(), options.function or labels.function)
+        values, indexes = scores.topk(plan.shape[-1], dim=-1)
+        texts = [f"{v:.7g}:{i}:{labels.names[i]}" for v, i in zip(values.reshape(-1).tolist(),
+                                                                  indexes.reshape(-1).tolist(), strict=True)]
+        out["labels"] = Tensor.from_strings("labels", texts, values.shape)
+    return out
 
 
 def classification(tensor: Tensor, count: int, classes: Sequence[str] | None) -> Tensor:

@@ -17,13 +17,13 @@ import torch
 from starlette.concurrency import run_in_threadpool
 
 from server.limits import Limits
-from server.serving import Call
-from server.tasks.fill_mask import DEFAULT_TOP_K as FILL_MASK_TOP_K
+from server.engine.serving import Call
 from server.tasks.fill_mask import FillMaskRunner
 from server.tasks.text_classification import TextClassificationRunner
 from server.v2.binary import Tensor
 from server.v2.protocol import TensorMetadata
-from server.v2.tensors import Options, Planned, bad, check, check_answer, choose, each, labels, meta, strings
+from server.v2.tensors import (Options, Planned, bad, check, check_answer, choose, classified, each, meta,
+                               plan_classifier, strings)
 
 USAGE = ("text (BYTES [N] or [N, 1]), or input_ids (INT64 [N, L], byte-tokenizer ids with [CLS] and [SEP]) "
          "with an optional attention_mask (INT64 [N, L]: 1s, then 0s for right padding)")
@@ -76,33 +76,20 @@ class TextClassificationTensors:
         return text_inputs()
 
     def outputs(self, runner: TextClassificationRunner | None) -> list[TensorMetadata]:
-        classes = runner.num_labels if runner else None
+        classes = len(runner.labels) if runner else None
         return [meta("logits", "FP32", None, classes), meta("labels", "BYTES", None, None)]
 
     def parse(self, inputs: Mapping[str, Tensor], limits: Limits) -> list[TextRow]:
         return parse_text(inputs)
 
     async def infer(self, call: Call, rows: Sequence[TextRow], options: Options) -> dict[str, Tensor]:
-        runner: TextClassificationRunner = call.runner
-        items = await run_in_threadpool(_prepare, rows, lambda text: runner.prepare(text, top_k=None, function=None,
-                                                                                    raw=True), runner.prepare_ids)
-        rows_, classes = len(items), runner.num_labels
-        top_k = min(options.top_k or classes, classes)
-        check_answer(call.limits, options, {
-            "logits": Planned(options.float_datatype, [rows_, classes]),
-            "labels": Planned("BYTES", [rows_, top_k], runner.entry_bytes, ranked=True),
-        }, label_bytes=runner.entry_bytes)
-        logits = torch.stack(await call.infer(items))  # (N, C)
-        out = {"logits": Tensor.from_torch("logits", logits, options.float_datatype)}
-        if "labels" in options.wanted:
-            out["labels"] = labels("labels", logits, function=options.function or runner.function,
-                                   top_k=top_k, names=runner.id2label)
-        return out
+        runner = call.runner_as(TextClassificationRunner)
+        plan = plan_classifier(call, len(rows), runner.labels, options, default_top_k=len(runner.labels))
+        items = await run_in_threadpool(_prepare, rows, runner.prepare, runner.prepare_ids)
+        return classified(torch.stack(await call.infer(items)), runner.labels, options, plan)  # logits (N, C)
 
     def classes(self, runner: TextClassificationRunner, output: str) -> list[str] | None:
-        if output != "logits":
-            return None
-        return [runner.id2label.get(i, f"LABEL_{i}") for i in range(runner.num_labels)]
+        return list(runner.labels.names) if output == "logits" else None
 
 
 class FillMaskTensors:
@@ -125,13 +112,12 @@ class FillMaskTensors:
         return parse_text(inputs)
 
     async def infer(self, call: Call, rows: Sequence[TextRow], options: Options) -> dict[str, Tensor]:
-        runner: FillMaskRunner = call.runner
+        runner = call.runner_as(FillMaskRunner)
         masks = call.limits.max_masks_per_text
-        items = await run_in_threadpool(_prepare, rows, lambda text: runner.prepare(text, top_k=None, max_masks=masks,
-                                                                                    raw=True),
+        items = await run_in_threadpool(_prepare, rows, lambda text: runner.prepare(text, max_masks=masks),
                                         lambda ids: runner.prepare_ids(ids, max_masks=masks))
         n, width, vocab = len(items), max(len(i.positions) for i in items), runner.vocab_size
-        top_k = min(options.top_k or FILL_MASK_TOP_K, vocab)
+        top_k = runner.top_k(options.top_k)
         check_answer(call.limits, options, {
             "mask_positions": Planned("INT64", [n, width]),
             "logits": Planned(options.float_datatype, [n, width, vocab]),
@@ -151,7 +137,7 @@ class FillMaskTensors:
             positions[n, : len(item.positions)] = torch.tensor(item.positions)
             logits[n, : len(item.positions)] = result
         padding = positions < 0
-        scores, token_ids = logits.float().softmax(-1).topk(min(options.top_k or FILL_MASK_TOP_K, vocab), dim=-1)
+        scores, token_ids = logits.float().softmax(-1).topk(runner.top_k(options.top_k), dim=-1)
         scores[padding], token_ids[padding] = 0.0, -1
         tokenizer = runner.codec.tokenizer
         tokens = ["" if t < 0 else tokenizer.id_to_token_str(t) for t in token_ids.reshape(-1).tolist()]

@@ -17,13 +17,15 @@ from starlette.concurrency import run_in_threadpool
 
 from server.errors import ErrorCode, ServeError
 from server.limits import ImageLimits, Limits
-from server.serving import Call
-from server.tasks.image_classification import DEFAULT_TOP_K as IMAGE_TOP_K
-from server.tasks.image_classification import ImageClassificationRunner, probe_image
+from server.engine.serving import Call
+from server.media.image import probe_image
+from server.tasks.image_classification import ImageClassificationRunner
 from server.tasks.optical_flow import check_sizes, decode_frame_pair, estimate_flow, flow_image_limits
 from server.v2.binary import Tensor
 from server.v2.protocol import TensorMetadata
-from server.v2.tensors import Options, Planned, bad, check, check_answer, choose, each, files, labels, meta
+from server.v2.tensors import (Options, Planned, bad, check, check_answer, choose, classified, each, files, meta,
+                               plan_classifier)
+from server.tasks.labels import DEFAULT_TOP_K
 
 T = TypeVar("T")
 
@@ -52,7 +54,7 @@ class ImageClassificationTensors:
         return [meta("image", "BYTES", None), meta("pixel_values", "FP32", None, 3, height, width)]
 
     def outputs(self, runner: ImageClassificationRunner | None) -> list[TensorMetadata]:
-        classes = runner.model.config.num_labels if runner else None
+        classes = len(runner.labels) if runner else None
         return [meta("logits", "FP32", None, classes), meta("labels", "BYTES", None, None)]
 
     def parse(self, inputs: Mapping[str, Tensor], limits: Limits) -> list[EncodedImage] | list[torch.Tensor]:
@@ -65,29 +67,17 @@ class ImageClassificationTensors:
         return list(pixels.to_torch().unbind(0))
 
     async def infer(self, call: Call, rows: Sequence[Any], options: Options) -> dict[str, Tensor]:
-        runner: ImageClassificationRunner = call.runner
-        classes = runner.model.config.num_labels
-        top_k = min(options.top_k or IMAGE_TOP_K, classes)
-        check_answer(call.limits, options, {
-            "logits": Planned(options.float_datatype, [len(rows), classes]),
-            "labels": Planned("BYTES", [len(rows), top_k], runner.entry_bytes, ranked=True),
-        }, label_bytes=runner.entry_bytes)
+        runner = call.runner_as(ImageClassificationRunner)
+        plan = plan_classifier(call, len(rows), runner.labels, options, default_top_k=DEFAULT_TOP_K)
         if isinstance(rows[0], torch.Tensor):
             items = await run_in_threadpool(each, "pixel_values", rows, runner.prepare_pixels)
         else:  # one file at a time, each shrunk to the model's pixels as soon as it is decoded
-            items = [await call.decode(_row, "image", i, runner.prepare_file, row.data, call.limits.image, raw=True)
+            items = [await call.decode(_row, "image", i, runner.prepare_file, row.data, call.limits.image)
                      for i, row in enumerate(rows)]
-        logits = torch.stack(await call.infer(items))  # (N, C)
-        out = {"logits": Tensor.from_torch("logits", logits, options.float_datatype)}
-        if "labels" in options.wanted:
-            out["labels"] = labels("labels", logits, function=options.function or runner.function,
-                                   top_k=top_k, names=runner.id2label)
-        return out
+        return classified(torch.stack(await call.infer(items)), runner.labels, options, plan)  # logits (N, C)
 
     def classes(self, runner: ImageClassificationRunner, output: str) -> list[str] | None:
-        if output != "logits":
-            return None
-        return [runner.id2label.get(i, f"LABEL_{i}") for i in range(runner.model.config.num_labels)]
+        return list(runner.labels.names) if output == "logits" else None
 
 
 class OpticalFlowTensors:
@@ -115,7 +105,7 @@ class OpticalFlowTensors:
             shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
             raise ServeError(ErrorCode.INVALID_INPUT, f"frames have different sizes ({shown}); the flow tensor "
                              "[N, H, W, 2] needs one size for every frame of a request")
-        check_sizes(pairs[0][0].size, pairs[0][1].size)
+        check_sizes(pairs[0][0].size, pairs[0][1].size, limits.max_flow_side)
         return pairs
 
     async def infer(self, call: Call, rows: Sequence[Any], options: Options) -> dict[str, Tensor]:

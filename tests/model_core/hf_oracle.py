@@ -40,11 +40,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def hf_model(architecture: str, seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    return hf_from_config({"architectures": [architecture], **BASE, **CONFIGS[architecture], **overrides}, seed=seed)
+
+
+def hf_from_config(config: dict[str, Any], seed: int = 0) -> torch.nn.Module:
+    """The transformers model of a config.json dict, every weight random (seeded)."""
     import transformers
 
-    cfg = transformers.PerceiverConfig(**{**BASE, **CONFIGS[architecture], **overrides})
+    cfg = transformers.PerceiverConfig(**{"attention_probs_dropout_prob": 0.0, **config})
     torch.manual_seed(seed)
-    model = getattr(transformers, architecture)(cfg).eval()
+    model = getattr(transformers, config["architectures"][0])(cfg).eval()
     # transformers zero-initialises some parameters; make every one random so that no
     # wrong wiring can hide behind a zero.
     gen = torch.Generator().manual_seed(seed + 1)
@@ -105,3 +110,27 @@ def make_inputs(architecture: str, model: torch.nn.Module, batch: int = 2, seed:
             ),
         )
     raise KeyError(architecture)
+
+
+def mm_points() -> dict[str, torch.Tensor | None]:
+    """Output points both implementations decode (transformers' multimodal model needs some)."""
+    return {"image": torch.arange(10, 90), "audio": torch.arange(2, 7), "label": None}
+
+
+def run(model: torch.nn.Module, architecture: str, kwargs: dict[str, Any]) -> Any:
+    """The logits of either implementation for make_inputs' kwargs."""
+    with torch.inference_mode():
+        if architecture == "PerceiverForMaskedLM":
+            return model(kwargs["inputs"], attention_mask=kwargs.get("attention_mask")).logits
+        return model(**kwargs).logits
+
+
+def compare(a: Any, b: Any, tol: float = 1e-4) -> None:
+    """Equal shapes, values within `tol`, per modality where the outputs are dicts."""
+    if isinstance(a, dict):
+        assert sorted(a) == sorted(b)
+        for key in a:
+            compare(a[key], b[key], tol)
+        return
+    assert a.shape == b.shape
+    assert (a - b).abs().max().item() <= tol

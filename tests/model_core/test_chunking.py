@@ -21,13 +21,11 @@ from model_core.chunking import (
     reconstruct,
 )
 from model_core.config import PerceiverConfig
+from model_core.presets import preset_config
 from tests.model_core.hf_oracle import BASE, CONFIGS
 
 MM = "PerceiverForMultimodalAutoencoding"
-REAL = dict(architectures=[MM], num_latents=784, d_latents=512, d_model=704, num_blocks=1,
-            num_self_attends_per_block=8, num_self_attention_heads=8, num_cross_attention_heads=1, num_labels=700,
-            num_frames=16, audio_samples_per_frame=1920, samples_per_patch=16, image_size=56,
-            output_num_channels=512, output_shape=[1, 16, 224, 224])
+REAL = preset_config("multimodal-perceiver")
 
 
 class LiveBytes(TorchDispatchMode):

@@ -4,15 +4,22 @@ import torch
 
 from model_core import PerceiverModel, init_weights
 from model_core.decoders import BasicDecoder, ProjectionDecoder, VideoAutoencodingDecoder
+from model_core.model import Encoder
 from model_core.position import FourierPositionEncoding
 from model_core.postprocessors import ProjectionPostprocessor
 from model_core.preprocessors import AudioPreprocessor, ImagePreprocessor, PrepType
+from model_core.preprocessors.base import Preprocessor
 
-ENCODER = dict(
-    num_latents=4, d_latents=16, num_blocks=1, num_self_attends_per_block=1, num_cross_attention_heads=1,
-    num_self_attention_heads=2, qk_channels=None, v_channels=None, cross_attention_widening_factor=1,
-    self_attention_widening_factor=2, use_query_residual=True, shape_for_attention="kv", hidden_act="gelu",
-)
+
+def _encoder(pre: Preprocessor) -> Encoder:
+    return Encoder(
+        kv_dim=pre.num_channels,
+        d_latents=16,
+        num_blocks=1,
+        num_self_attends_per_block=1,
+        cross_attention={"num_heads": 1},
+        self_attention={"num_heads": 2, "widening_factor": 2},
+    )
 
 
 @torch.inference_mode()
@@ -20,7 +27,8 @@ def test_audio_classifier_with_projection_decoder():
     pre = AudioPreprocessor(
         samples_per_patch=8, position_encoding=FourierPositionEncoding(num_bands=4, max_resolution=(64,))
     )
-    model = PerceiverModel(input_preprocessor=pre, decoder=ProjectionDecoder(d_latents=16, num_labels=3), **ENCODER)
+    decoder = ProjectionDecoder(d_latents=16, num_labels=3)
+    model = PerceiverModel(input_preprocessor=pre, num_latents=4, encoder=_encoder(pre), decoder=decoder)
     init_weights(model)
     model.eval()
     logits = model(torch.randn(2, 64, 1))
@@ -35,14 +43,18 @@ def test_video_decoder_full_grid_and_subset_agree():
         position_encoding=FourierPositionEncoding(num_bands=3, max_resolution=(2, 4, 4)),
     )
     decoder = VideoAutoencodingDecoder(
-        output_shape=(1, 2, 8, 8),
-        d_latents=16,
-        output_num_channels=6,
-        position_encoding=FourierPositionEncoding(num_bands=3, max_resolution=(2, 8, 8)),
-        num_channels=21,
+        decoder=BasicDecoder(
+            d_latents=16,
+            output_num_channels=6,
+            position_encoding=FourierPositionEncoding(num_bands=3, max_resolution=(2, 8, 8)),
+            output_index_dims=(2, 8, 8),
+            num_channels=21,
+        )
     )
     post = ProjectionPostprocessor(in_channels=6, out_channels=3)
-    model = PerceiverModel(input_preprocessor=pre, decoder=decoder, output_postprocessor=post, **ENCODER)
+    model = PerceiverModel(
+        input_preprocessor=pre, num_latents=4, encoder=_encoder(pre), decoder=decoder, output_postprocessor=post
+    )
     init_weights(model, seed=2)
     model.eval()
     video = torch.randn(1, 2, 3, 8, 8)

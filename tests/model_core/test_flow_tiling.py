@@ -94,7 +94,7 @@ def test_weights_are_the_pyramid() -> None:
 
 @pytest.mark.parametrize("size", [(436, 1024), (1080, 1920), (368, 496), (369, 497), (700, 500)])
 def test_tiles_give_every_pixel_positive_weight(size: tuple[int, int]) -> None:
-    stitcher = FlowStitcher(*size, tile=TRAIN)
+    stitcher = FlowStitcher(height=size[0], width=size[1], tile=TRAIN)
     for corner in tile_grid(*size, tile=TRAIN):
         stitcher.add(corner, torch.zeros(*TRAIN, 2))
     assert bool((stitcher.total > 0).all())
@@ -120,7 +120,7 @@ def test_overlap_is_the_weighted_mean_by_hand() -> None:
 
 
 def test_stitcher_refuses_uncovered_frames_and_misplaced_tiles() -> None:
-    stitcher = FlowStitcher(60, 64, tile=SMALL)
+    stitcher = FlowStitcher(height=60, width=64, tile=SMALL)
     stitcher.add((0, 0), torch.zeros(*SMALL, 2))
     with pytest.raises(ValueError, match="cover"):
         stitcher.result()

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from model_core import load_pretrained
-from tests.model_core.hf_oracle import CONFIGS, hf_model, make_inputs, save
+from tests.model_core.hf_oracle import CONFIGS, compare, hf_model, make_inputs, mm_points, run, save
 
 ARCHS = sorted(CONFIGS)
-TOL = 1e-4
 
 VARIANTS = {
     "PerceiverForMaskedLM": [
@@ -27,27 +26,6 @@ VARIANTS = {
 }
 
 
-def _run(model, arch, kwargs):
-    with torch.inference_mode():
-        if arch == "PerceiverForMaskedLM":
-            return model(kwargs["inputs"], attention_mask=kwargs.get("attention_mask")).logits
-        return model(**kwargs).logits
-
-
-def _mm_points(cfg) -> dict:
-    return {"image": torch.arange(10, 90), "audio": torch.arange(2, 7), "label": None}
-
-
-def _compare(a, b):
-    if isinstance(a, dict):
-        assert sorted(a) == sorted(b)
-        for key in a:
-            _compare(a[key], b[key])
-        return
-    assert a.shape == b.shape
-    assert (a - b).abs().max().item() <= TOL
-
-
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_matches_transformers(arch, fmt, tmp_path):
@@ -56,8 +34,8 @@ def test_matches_transformers(arch, fmt, tmp_path):
     assert (tmp_path / ("model.safetensors" if fmt == "safetensors" else "pytorch_model.bin")).exists()
     kwargs = make_inputs(arch, hf)
     if arch == "PerceiverForMultimodalAutoencoding":
-        kwargs["subsampled_output_points"] = _mm_points(hf.config)
-    _compare(_run(hf, arch, kwargs), _run(model, arch, kwargs))
+        kwargs["subsampled_output_points"] = mm_points()
+    compare(run(hf, arch, kwargs), run(model, arch, kwargs))
 
 
 @pytest.mark.parametrize(
@@ -68,8 +46,8 @@ def test_matches_transformers_across_configs(arch, overrides, tmp_path):
     model = load_pretrained(save(hf, tmp_path))
     kwargs = make_inputs(arch, hf, batch=3, seed=1)
     if arch == "PerceiverForMultimodalAutoencoding":
-        kwargs["subsampled_output_points"] = _mm_points(hf.config)
-    _compare(_run(hf, arch, kwargs), _run(model, arch, kwargs))
+        kwargs["subsampled_output_points"] = mm_points()
+    compare(run(hf, arch, kwargs), run(model, arch, kwargs))
 
 
 def test_learned_interpolated_positions_match(tmp_path):
@@ -80,7 +58,7 @@ def test_learned_interpolated_positions_match(tmp_path):
     with torch.inference_mode():
         expected = hf(inputs=images, interpolate_pos_encoding=True).logits
         got = model(images, interpolate_pos_encoding=True).logits
-    _compare(expected, got)
+    compare(expected, got)
     with pytest.raises(ValueError, match="interpolate_pos_encoding"):
         model(images)
 
@@ -100,5 +78,5 @@ def test_multimodal_every_chunk_matches(tmp_path):
             "audio": torch.arange(k * n_audio // chunks, (k + 1) * n_audio // chunks),
             "label": None,
         }
-        _compare(_run(hf, arch, {**kwargs, "subsampled_output_points": points}),
-                 _run(model, arch, {**kwargs, "subsampled_output_points": points}))
+        compare(run(hf, arch, {**kwargs, "subsampled_output_points": points}),
+                run(model, arch, {**kwargs, "subsampled_output_points": points}))

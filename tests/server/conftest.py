@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from loadtest.servers import dump_toml
-from server.loading import LoadedModel, load_model
+from server.engine.loading import LoadedModel, load_model
 from server.settings import ModelSpec, Settings, build_settings
+from tests.server.support import with_forward
 
 REPO = Path(__file__).resolve().parents[2]
 _LATENTS = {"num_latents": 8, "d_latents": 32, "num_blocks": 1, "num_self_attends_per_block": 2,
@@ -100,19 +101,13 @@ class Gate:
         self.forwards = 0
 
     def wrap(self, loaded: LoadedModel) -> LoadedModel:
-        gate, runner = self, loaded.runner
+        def gated(batch: Any, forward: Callable[[Any], Any]) -> Any:
+            self.forwards += 1
+            self.entered.set()
+            assert self.open.wait(timeout=30), "test gate never opened"
+            return forward(batch)
 
-        class GatedRunner:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(runner, name)
-
-            def forward(self, batch: Any) -> Any:
-                gate.forwards += 1
-                gate.entered.set()
-                assert gate.open.wait(timeout=30), "test gate never opened"
-                return runner.forward(batch)
-
-        return dataclasses.replace(loaded, runner=GatedRunner())
+        return dataclasses.replace(loaded, runner=with_forward(loaded.runner, gated))
 
     def loader(self, spec: ModelSpec, settings: Settings) -> LoadedModel:
         return self.wrap(load_model(spec, settings))

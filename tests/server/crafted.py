@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from loadtest.hostile import png_bomb, png_chunk, riff_chunk, video_file, wav_claiming  # noqa: F401 (re-exported)
+
 
 def image_file(width: int = 64, height: int = 48, *, fmt: str = "PNG", seed: int = 0) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -27,23 +29,11 @@ def image_file(width: int = 64, height: int = 48, *, fmt: str = "PNG", seed: int
     return buffer.getvalue()
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
 def png_claiming(width: int, height: int, *, idat: bytes = b"") -> bytes:
     """A PNG whose header claims width x height (8-bit RGB); the pixel data is `idat`, typically far too short."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(idat))
-            + _chunk(b"IEND", b""))
-
-
-def png_bomb(side: int) -> bytes:
-    """A valid grayscale PNG of side x side black pixels: ~side**2 bytes decoded from ~side**2 / 1000 on the wire."""
-    squeeze, row = zlib.compressobj(9), b"\0" * (side + 1)  # filter byte + pixels
-    data = b"".join(squeeze.compress(row) for _ in range(side)) + squeeze.flush()
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(idat))
+            + png_chunk(b"IEND", b""))
 
 
 def nested_json(depth: int, *, key: str = "inputs") -> bytes:
@@ -80,25 +70,6 @@ def npy_file(array: np.ndarray, *, allow_pickle: bool = False) -> bytes:
 # ------------------------------------------------------------------------------------ audio headers
 
 
-def _riff_chunk(kind: bytes, data: bytes) -> bytes:
-    return kind + struct.pack("<I", len(data)) + data + b"\0" * (len(data) % 2)
-
-
-_PCM_GUID = bytes.fromhex("0100000000001000800000aa00389b71")  # KSDATAFORMAT_SUBTYPE_PCM
-
-
-def wav_claiming(rate: int, channels: int = 1, *, frames: int = 64, extensible: bool = False) -> bytes:
-    """A 16-bit PCM WAV of silence whose header declares `rate` Hz and `channels` (WAVE_FORMAT_EXTENSIBLE
-    when asked): mono with 64 frames is 172 bytes, whatever the rate."""
-    block = channels * 2
-    fmt = struct.pack("<HHIIHH", 0xFFFE if extensible else 1, channels & 0xFFFF, rate & 0xFFFFFFFF,
-                      (rate * block) & 0xFFFFFFFF, block & 0xFFFF, 16)
-    if extensible:
-        fmt += struct.pack("<HHI", 22, 16, 0) + _PCM_GUID
-    body = b"WAVE" + _riff_chunk(b"fmt ", fmt) + _riff_chunk(b"data", bytes(frames * block))
-    return b"RIFF" + struct.pack("<I", len(body)) + body
-
-
 def flac_claiming(flac: bytes, rate: int) -> bytes:
     """`flac` with the sample rate of its STREAMINFO block (20 bits: at most 1048575 Hz) replaced."""
     assert flac[:4] == b"fLaC" and flac[4] & 0x7F == 0, "STREAMINFO must be the first metadata block"
@@ -132,21 +103,6 @@ def ogg_vorbis_claiming(ogg: bytes, *, rate: int | None = None, channels: int | 
 
 
 # ------------------------------------------------------------------------------------ video containers
-
-
-def video_file(fmt: str, frames: np.ndarray, *, fps: int = 25) -> bytes:
-    """(T, H, W, 3) uint8 frames as an mp4 (H.264), webm (VP8) or avi (MPEG-4 part 2) file, written by PyAV."""
-    import av
-
-    codec = {"mp4": "libx264", "webm": "libvpx", "avi": "mpeg4"}[fmt]
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for image in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
-        container.mux(stream.encode())
-    return buffer.getvalue()
 
 
 def png_frames_in_avi(png: bytes, *, count: int = 2, side: int = 16) -> bytes:

@@ -167,7 +167,7 @@ class ThreadLog:
 
 async def test_large_answers_are_built_off_the_event_loop(app_with: Callable[..., Any],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import server.serving as serving
+    import server.http.exchange as serving
 
     log = ThreadLog()
     monkeypatch.setattr(serving, "json_bytes", log.wrap(serving.json_bytes))
@@ -185,7 +185,7 @@ async def test_large_json_bodies_are_parsed_off_the_event_loop(make_settings: Ca
                                                                process_bytes: int) -> None:
     """Every route's large JSON body (the admission scan included) is parsed by the offload, never inline."""
     app = build_app(make_settings(server={"max_text_bytes": 200_000}))
-    offload = app.state.service.offload
+    offload = app.state.offload
     offload.process_bytes = process_bytes
     placed: list[tuple[str, int]] = []
     run = offload.run

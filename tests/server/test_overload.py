@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from server.app import build_app
-from server.loading import LoadedModel, load_model
+from server.engine.loading import LoadedModel, load_model
 from server.settings import ModelSpec, Settings
 from tests.server.conftest import REPO
-from tests.server.support import assert_error, open_client
+from tests.server.support import assert_error, open_client, with_forward
 
 # Loaded by the spawned server's interpreter at start-up (PYTHONPATH): every fill-mask forward first sleeps.
 # It lives in the test, never in the server: production code has no slow-down switch.
@@ -87,16 +87,7 @@ def test_a_burst_over_the_queue_is_shed_with_429_and_the_rest_answered_right(
 
 def wrap_forward(loaded: LoadedModel, forward: Callable[[Any, Callable[[Any], Any]], Any]) -> LoadedModel:
     """The model with `forward(batch, real_forward)` in place of its runner's forward."""
-    runner = loaded.runner
-
-    class Wrapped:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(runner, name)
-
-        def forward(self, batch: Any) -> Any:
-            return forward(batch, runner.forward)
-
-    return dataclasses.replace(loaded, runner=Wrapped())
+    return dataclasses.replace(loaded, runner=with_forward(loaded.runner, forward))
 
 
 def out_of_memory(batch: Any, real: Callable[[Any], Any]) -> Any:

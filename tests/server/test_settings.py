@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.catalog import CATALOG
-from server.devices import check_devices
+from server.models.catalog import CATALOG
+from server.engine.devices import check_devices
 from server.settings import SettingsError, Task, build_settings, load_settings
 
 CATALOG_NAMES = [e["name"] for e in CATALOG]

@@ -16,7 +16,7 @@ from huggingface_hub import InferenceClient, constants
 from PIL import Image
 
 from server.app import build_app
-from server.demo import DEMO_IMAGE_LABELS
+from server.models.demo import DEMO_IMAGE_LABELS
 from server.settings import Settings
 
 TEXT_LABELS = {"negative", "neutral", "positive"}

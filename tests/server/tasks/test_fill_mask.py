@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from server.errors import ErrorCode, ServeError
-from server.loading import load_model
+from server.engine.loading import load_model
 from server.settings import ModelSpec, Settings, Task
 from server.tasks.fill_mask import FillMaskRunner
 
@@ -31,38 +31,39 @@ def run(runner: FillMaskRunner, items: list) -> list:
 
 
 def test_prepare_finds_masks_and_refuses_text_without_one(runner: FillMaskRunner) -> None:
-    item = runner.prepare("a[MASK]b[MASK][MASK]c", top_k=None, max_masks=MASKS)
-    assert item.positions == (2, 4, 5) and item.top_k == 5  # [CLS] a [MASK] b [MASK] [MASK] c [SEP]
+    item = runner.prepare("a[MASK]b[MASK][MASK]c", max_masks=MASKS)
+    assert item.positions == (2, 4, 5) and runner.top_k(None) == 5  # [CLS] a [MASK] b [MASK] [MASK] c [SEP]
+    assert runner.top_k(1000) == 262  # at most the vocabulary
     with pytest.raises(ServeError) as info:
-        runner.prepare("no mask here", top_k=3, max_masks=MASKS)
+        runner.prepare("no mask here", max_masks=MASKS)
     assert info.value.code is ErrorCode.INVALID_INPUT and "[MASK]" in info.value.message
 
 
 def test_too_long_input_is_refused(runner: FillMaskRunner) -> None:
     with pytest.raises(ServeError) as info:
-        runner.prepare("x" * 300 + "[MASK]", top_k=None, max_masks=MASKS)
+        runner.prepare("x" * 300 + "[MASK]", max_masks=MASKS)
     assert info.value.code is ErrorCode.PAYLOAD_TOO_LARGE and "256" in info.value.message
 
 
 def test_output_is_identical_alone_and_in_a_batch(runner: FillMaskRunner) -> None:
-    items = [runner.prepare(t, top_k=4, max_masks=MASKS) for t in TEXTS]
+    items = [runner.prepare(t, max_masks=MASKS) for t in TEXTS]
     assert len({runner.key(i) for i in items}) == 1  # one bucket, so they can share a batch
-    together = run(runner, items)
-    alone = [run(runner, [item])[0] for item in items]
+    together = [runner.respond(i, logits, top_k=4) for i, logits in zip(items, run(runner, items), strict=True)]
+    alone = [runner.respond(i, run(runner, [i])[0], top_k=4) for i in items]
     assert together == alone
 
 
 def test_response_shape(runner: FillMaskRunner) -> None:
-    one = runner.prepare("Hello [MASK]orld", top_k=3, max_masks=MASKS)
+    one = runner.prepare("Hello [MASK]orld", max_masks=MASKS)
     [result] = run(runner, [one])
-    answer = runner.respond(one, result)
+    answer = runner.respond(one, result, top_k=3)
     assert len(answer) == 3 and all(c["sequence"].startswith("Hello ") for c in answer)
     assert answer[0]["score"] >= answer[1]["score"] >= answer[2]["score"]
     assert answer[0]["run"]["start"] == 6 and answer[0]["run"]["end"] == 12
 
-    several = runner.prepare("a[MASK]b[MASK][MASK]c", top_k=2, max_masks=MASKS)
+    several = runner.prepare("a[MASK]b[MASK][MASK]c", max_masks=MASKS)
     [result] = run(runner, [several])
-    per_mask = runner.respond(several, result)
+    per_mask = runner.respond(several, result, top_k=2)
     assert len(per_mask) == 3 and all(len(c) == 2 for c in per_mask)
     first_run, second_run = per_mask[0][0]["run"], per_mask[1][0]["run"]
     assert (first_run["start"], first_run["end"]) == (1, 7)
@@ -73,14 +74,14 @@ def test_response_shape(runner: FillMaskRunner) -> None:
     assert per_mask[1][0]["sequence"].count("[MASK]") == 2  # only this mask is filled
 
 
-def test_token_ids_and_raw_logits(runner: FillMaskRunner) -> None:
+def test_token_ids_and_logits(runner: FillMaskRunner) -> None:
     text = "a[MASK]b[MASK][MASK]c"
-    by_text = runner.prepare(text, top_k=3, max_masks=MASKS)
+    by_text = runner.prepare(text, max_masks=MASKS)
     by_ids = runner.prepare_ids(runner.codec.encode(text), max_masks=MASKS)
-    assert by_ids.positions == by_text.positions and by_ids.ids == by_text.ids and by_ids.raw
-    scores, logits = run(runner, [by_text, by_ids])
-    assert logits.shape == (3, 262)  # (P, V): the masked positions only
-    top = logits.float().softmax(-1).topk(3, dim=-1)
+    assert by_ids.positions == by_text.positions and by_ids.ids == by_text.ids
+    first, logits = run(runner, [by_text, by_ids])
+    assert logits.shape == (3, 262) and torch.allclose(first, logits, rtol=0, atol=1e-6)  # (P, V): masked only
+    top, scores = logits.softmax(-1).topk(3, dim=-1), runner.scores(logits, 3)
     assert top.indices.tolist() == scores.tokens and torch.allclose(top.values, torch.tensor(scores.scores))
 
 

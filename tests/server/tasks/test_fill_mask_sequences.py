@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.loading import load_model
+from server.engine.loading import load_model
 from server.settings import ModelSpec, Settings, Task
-from server.tasks.fill_mask import MASK, FillMaskRunner, MaskScores
+from server.tasks.fill_mask import MASK, FillMaskRunner
 
 TEXTS = ["a[MASK]b[MASK][MASK]c", "ünï[MASK]code [MASK] tëxt", "[MASK]", "[MASK][MASK] at the start and end [MASK]"]
 
@@ -28,11 +28,11 @@ def expected(text: str, j: int, fill: bytes) -> str:
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_candidate_sequences(runner: FillMaskRunner, text: str) -> None:
-    item = runner.prepare(text, top_k=4, max_masks=256)
+    item = runner.prepare(text, max_masks=256)
     with torch.inference_mode():
         [result] = runner.split(runner.forward(runner.collate([item])), [item])
-    assert isinstance(result, MaskScores)
-    answer = runner.respond(item, result)
+    assert result.shape == (text.count(MASK), runner.vocab_size)
+    answer = runner.respond(item, result, top_k=4)
     per_mask = [answer] if text.count(MASK) == 1 else answer
     assert len(per_mask) == text.count(MASK)
     for j, candidates in enumerate(per_mask):

@@ -10,11 +10,11 @@ from PIL import Image
 
 from model_core.image_processing import preprocess_images
 from server.errors import ErrorCode, ServeError
-from server.loading import load_model
+from server.engine.loading import load_model
 from server.settings import ModelSpec, Settings, Task
 from server.limits import DEFAULT_LIMITS
-from server.tasks.image_classification import ImageClassificationRunner, decode_image
-from server.tasks.labels import rank
+from server.media.image import decode_image
+from server.tasks.image_classification import ImageClassificationRunner
 
 
 def png(width: int = 64, height: int = 48, seed: int = 0, mode: str = "RGB", fmt: str = "PNG") -> bytes:
@@ -49,23 +49,26 @@ def test_undecodable_input_is_refused(data: bytes, code: ErrorCode) -> None:
 
 
 def test_output_is_identical_alone_and_in_a_batch(runner: ImageClassificationRunner) -> None:
-    items = [runner.prepare(decode_image(png(seed=s, width=40 + 30 * s)), top_k=4, function=None) for s in range(3)]
+    items = [runner.prepare(decode_image(png(seed=s, width=40 + 30 * s))) for s in range(3)]
     with torch.inference_mode():
         together = runner.split(runner.forward(runner.collate(items)), items)
         alone = [runner.split(runner.forward(runner.collate([i])), [i])[0] for i in items]
-    assert together == alone
-    assert {label for label, _ in together[0]} == {"tabby cat", "golden retriever", "espresso", "volcano"}
+    answers = [runner.respond(logits, top_k=4, function=None) for logits in together]
+    assert answers == [runner.respond(logits, top_k=4, function=None) for logits in alone]
+    labels = answers[0]
+    assert {label for label, _ in labels} == {"tabby cat", "golden retriever", "espresso", "volcano"}
 
 
-def test_pixel_values_and_raw_logits(runner: ImageClassificationRunner) -> None:
+def test_pixel_values_and_logits(runner: ImageClassificationRunner) -> None:
     image = decode_image(png())
-    by_image = runner.prepare(image, top_k=4, function=None)
+    by_image = runner.prepare(image)
     by_pixels = runner.prepare_pixels(preprocess_images([image])[0])
-    assert runner.pixel_size == (224, 224) and by_pixels.raw and torch.equal(by_pixels.pixels, by_image.pixels)
+    assert runner.pixel_size == (224, 224) and torch.equal(by_pixels.pixels, by_image.pixels)
     with torch.inference_mode():
-        labels, logits = runner.split(runner.forward(runner.collate([by_image, by_pixels])), [by_image, by_pixels])
-    assert logits.shape == (4,)
-    assert rank(logits, id2label=runner.id2label, function="softmax", top_k=4) == labels
+        first, second = runner.split(runner.forward(runner.collate([by_image, by_pixels])), [by_image, by_pixels])
+    assert second.shape == (4,) and torch.allclose(first, second, rtol=0, atol=1e-6)
+    ranked = runner.respond(first, top_k=None, function=None)  # the default: 5, at most the 4 classes
+    assert [label for label, _ in ranked] == [runner.labels.names[i] for i in first.argsort(descending=True)]
 
 
 @pytest.mark.parametrize("pixels, says", [
@@ -90,5 +93,5 @@ def test_a_file_is_cropped_before_conversion_with_the_same_pixels(runner: ImageC
     image.save(buffer, format="PNG")
     data = buffer.getvalue()
     by_file = runner.prepare_file(data, DEFAULT_LIMITS.image)
-    by_image = runner.prepare(decode_image(data), top_k=None, function=None)
+    by_image = runner.prepare(decode_image(data))
     assert torch.equal(by_file.pixels, by_image.pixels)

@@ -20,7 +20,7 @@ from PIL import Image
 from model_core import load_pretrained
 from model_core.flow_processing import frame_pair_inputs
 from server.app import build_app
-from server.flow_formats import read_flo
+from server.media.flow import read_flo
 from server.settings import Settings
 from tests.server.support import open_client
 

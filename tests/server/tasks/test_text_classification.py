@@ -5,9 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.loading import load_model
+from server.engine.loading import load_model
 from server.settings import ModelSpec, Settings, Task
-from server.tasks.labels import rank
 from server.tasks.text import length_buckets
 from server.tasks.text_classification import TextClassificationRunner
 
@@ -29,24 +28,26 @@ def test_length_buckets() -> None:
 
 
 def test_labels_from_id2label_ranked(runner: TextClassificationRunner) -> None:
-    [labels] = run(runner, [runner.prepare("I loved it", top_k=None, function=None)])
+    [logits] = run(runner, [runner.prepare("I loved it")])
+    labels = runner.respond(logits, top_k=None, function=None)
     assert sorted(label for label, _ in labels) == ["negative", "neutral", "positive"]
     scores = [s for _, s in labels]
     assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-5
-    [top] = run(runner, [runner.prepare("I loved it", top_k=1, function="none")])
-    assert len(top) == 1 and top[0][0] == labels[0][0]
+    top = runner.respond(logits, top_k=1, function="none")
+    assert len(top) == 1 and top[0][0] == labels[0][0] and top[0][1] == logits.max().item()
 
 
 def test_output_is_identical_alone_and_in_a_batch(runner: TextClassificationRunner) -> None:
     texts = ["short one", "a slightly longer sentence", "é" * 6, "x"]
-    items = [runner.prepare(t, top_k=None, function=None) for t in texts]
-    assert run(runner, items) == [run(runner, [i])[0] for i in items]
+    items = [runner.prepare(t) for t in texts]
+    together, alone = run(runner, items), [run(runner, [i])[0] for i in items]
+    answer = lambda logits: runner.respond(logits, top_k=None, function=None)  # noqa: E731
+    assert [answer(x) for x in together] == [answer(x) for x in alone]
 
 
-def test_token_ids_and_raw_logits(runner: TextClassificationRunner) -> None:
-    by_text = runner.prepare("I loved it", top_k=None, function=None)
+def test_token_ids_and_logits(runner: TextClassificationRunner) -> None:
+    by_text = runner.prepare("I loved it")
     by_ids = runner.prepare_ids(runner.codec.encode("I loved it"))
-    assert by_ids.ids == by_text.ids and by_ids.raw and not by_text.raw
-    labels, logits = run(runner, [by_text, by_ids])
-    assert logits.shape == (3,)
-    assert rank(logits, id2label=runner.id2label, function="softmax", top_k=3) == labels
+    assert by_ids.ids == by_text.ids
+    first, second = run(runner, [by_text, by_ids])
+    assert second.shape == (3,) and torch.allclose(first, second, rtol=0, atol=1e-6)

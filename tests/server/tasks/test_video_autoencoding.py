@@ -23,12 +23,11 @@ import torch
 from model_core import load_pretrained
 from model_core.chunking import output_chunks
 from server.app import build_app
-from server.loading import LoadedModel, load_model
+from server.engine.loading import LoadedModel, load_model
 from server.settings import ModelSpec, Settings, Task
-from server.tasks import video_autoencoding
 from server.tasks.video_autoencoding import VideoAutoencodingRunner
 from tests.model_core.hf_oracle import hf_model, save
-from tests.server.support import open_client
+from tests.server.support import open_client, with_forward
 
 pytestmark = pytest.mark.anyio
 MM = "PerceiverForMultimodalAutoencoding"
@@ -74,9 +73,13 @@ def load_npz(response: httpx.Response) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def settings_for(make_settings: Callable[..., Settings], source: Path, **batching: Any) -> Settings:
+ONE_CHUNK_PER_PASS = {"decode_budget_mb": 2**-20}  # a 1-byte decode budget: every chunk its own pass
+
+
+def settings_for(make_settings: Callable[..., Settings], source: Path, *, server: dict[str, Any] | None = None,
+                 **batching: Any) -> Settings:
     table = {"task": "video-autoencoding", "source": str(source), "max_batch_size": 4, "max_delay_ms": 1, **batching}
-    return make_settings(models={"video": table})
+    return make_settings(server=server, models={"video": table})
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +111,11 @@ def hf_chunk_loop(model: torch.nn.Module, frames: np.ndarray, audio: np.ndarray,
             "label": label[0]}
 
 
-async def test_reconstruction_and_labels_equal_transformers(make_settings, hf_checkpoint, monkeypatch) -> None:
+async def test_reconstruction_and_labels_equal_transformers(make_settings, hf_checkpoint) -> None:
     hf, folder = hf_checkpoint
-    monkeypatch.setattr(video_autoencoding, "DECODE_BUDGET_BYTES", 1)  # one chunk per pass: 16 passes
     frames, audio = clip(FRAMES, seed=1)
     expected = hf_chunk_loop(hf, frames, audio, num_chunks=4)
-    async with open_client(build_app(settings_for(make_settings, folder))) as client:
+    async with open_client(build_app(settings_for(make_settings, folder, server=ONE_CHUNK_PER_PASS))) as client:
         both = load_npz(await client.post("/autoencode-video?outputs=labels,reconstruction&top_k=3",
                                           files=parts(frames, audio)))
         labels = await client.post("/autoencode-video?top_k=3", files=parts(frames, audio))
@@ -271,37 +273,28 @@ def test_answers_do_not_depend_on_batch_mates(checkpoints, monkeypatch) -> None:
     assert len(together[1].image) == len(runner.passes[-1]["image"])
 
 
-@dataclasses.dataclass
-class SlowPasses:
-    """A runner whose reconstruction passes (decode items with image points) take `delay_s` more."""
-
-    runner: Any
-    delay_s: float
-    slowed: int = 0  # reconstruction passes run so far
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.runner, name)
-
-    def forward(self, batch: Any) -> Any:
-        if isinstance(batch, list) and any(len(item.image) for item in batch):
-            self.slowed += 1
-            time.sleep(self.delay_s)
-        return self.runner.forward(batch)
-
-
 def slow_loader(delay_s: float) -> Callable[[ModelSpec, Settings], LoadedModel]:
+    """A loader whose runners' reconstruction passes (decode items with image points) take `delay_s` more; the
+    runner counts them in `slowed`."""
     def load(spec: ModelSpec, settings: Settings) -> LoadedModel:
         loaded = load_model(spec, settings)
-        return dataclasses.replace(loaded, runner=SlowPasses(loaded.runner, delay_s))
+
+        def slowed(batch: Any, forward: Callable[[Any], Any]) -> Any:
+            if isinstance(batch, list) and any(len(item.image) for item in batch):
+                runner.slowed += 1
+                time.sleep(delay_s)
+            return forward(batch)
+
+        runner = with_forward(loaded.runner, slowed)
+        runner.slowed = 0  # reconstruction passes run so far
+        return dataclasses.replace(loaded, runner=runner)
 
     return load
 
 
-async def test_a_labels_request_interleaves_with_a_long_reconstruction(make_settings, checkpoints,
-                                                                      monkeypatch) -> None:
-    monkeypatch.setattr(video_autoencoding, "DECODE_BUDGET_BYTES", 1)  # 16 passes of at least 0.2 s
-    app = build_app(settings_for(make_settings, checkpoints["video"], max_batch_size=1),
-                    loader=slow_loader(0.2))
+async def test_a_labels_request_interleaves_with_a_long_reconstruction(make_settings, checkpoints) -> None:
+    app = build_app(settings_for(make_settings, checkpoints["video"], server=ONE_CHUNK_PER_PASS, max_batch_size=1),
+                    loader=slow_loader(0.2))  # 16 passes of at least 0.2 s
     async with open_client(app) as client:
         long_clip, short_clip = clip(2, seed=8), clip(2, seed=9)
         accepted = await client.post("/autoencode-video?outputs=reconstruction&async=true", files=parts(*long_clip))

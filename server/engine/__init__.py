@@ -1,0 +1,1 @@
+"""Serving engine: the serving object, dynamic batching, the model registry and loading, lifecycle, jobs, devices, metrics."""

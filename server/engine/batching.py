@@ -1,0 +1,235 @@
+"""Dynamic batching: a bounded queue per model, drained in shape-compatible batches on one worker thread.
+
+Lifecycle of a request: enqueue -> wait (<= max_delay after the oldest queued request of its group,
+or until the group fills max_batch_size) -> drop if expired or abandoned -> collate -> forward ->
+split, on the thread that owns the model. The task's runner supplies the four (`server.tasks.TaskRunner`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from server.errors import ErrorCode, ServeError
+from server.engine.metrics import Metrics
+from server.tasks import TaskRunner
+
+log = logging.getLogger(__name__)
+
+# Out of memory on any device (torch.cuda.OutOfMemoryError is an alias on recent torch), or of host RAM.
+OUT_OF_MEMORY: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+                                                  torch.cuda.OutOfMemoryError, MemoryError)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: Any
+    queue_s: float
+    inference_s: float
+    batch_size: int
+
+
+@dataclass(eq=False)
+class Pending:
+    item: Any
+    key: Hashable
+    deadline: float  # time.monotonic()
+    future: asyncio.Future[Outcome]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    def __init__(self, *, name: str, runner: TaskRunner, max_batch_size: int, max_delay_s: float,
+                 max_queue: int, metrics: Metrics | None = None) -> None:
+        self.name, self.runner, self.metrics = name, runner, metrics
+        self.max_batch_size, self.max_delay_s, self.max_queue = max_batch_size, max_delay_s, max_queue
+        self._groups: dict[Hashable, deque[Pending]] = {}
+        self._depth = 0
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._batch_s = 0.01  # moving average of a batch's run time, for Retry-After
+        self._running_since: float | None = None
+        self._finished_at = time.monotonic()  # when the collector last finished a batch
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{name}")
+        self._task = asyncio.get_running_loop().create_task(self._collect(), name=f"batcher-{name}")
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    @property
+    def stalled_for(self) -> float:
+        """Seconds without progress (0 when idle or moving): the liveness signal. Either the batch on the worker
+        thread has run this long, or requests have waited this long past `max_delay` for a collector that
+        should have taken them (a dead or wedged collector)."""
+        now = time.monotonic()
+        if self._running_since is not None:
+            return now - self._running_since
+        waiting = [g[0].enqueued for g in self._groups.values() if g]
+        if not waiting:
+            return 0.0
+        return max(0.0, now - max(min(waiting), self._finished_at) - self.max_delay_s)
+
+    def enqueue(self, item: Any, *, deadline: float) -> Pending:
+        if self._closing:
+            raise ServeError(ErrorCode.MODEL_UNAVAILABLE, f"model {self.name!r} is unloading", retry_after=1)
+        if self._depth >= self.max_queue:
+            wait = self._depth / self.max_batch_size * self._batch_s
+            raise ServeError(ErrorCode.OVERLOADED, f"model {self.name!r} queue is full ({self.max_queue} waiting)",
+                             retry_after=max(1.0, wait))
+        pending = Pending(item, self.runner.key(item), deadline, asyncio.get_running_loop().create_future())
+        self._groups.setdefault(pending.key, deque()).append(pending)
+        self._set_depth(+1)
+        self._wakeup.set()
+        return pending
+
+    def abandon(self, pending: Pending, reason: str | None) -> None:
+        """Drop a request whose caller gave up if it is still queued; `reason` (expired, disconnected) is counted."""
+        group = self._groups.get(pending.key)
+        if group is not None and pending in group:
+            group.remove(pending)
+            self._set_depth(-1)
+            if reason:
+                self._count_drop(reason)
+        if not pending.future.done():
+            pending.future.cancel()
+        elif not pending.future.cancelled():
+            pending.future.exception()  # retrieved: the caller is already reporting another item's failure
+
+    async def close(self, *, timeout_s: float | None = None) -> None:
+        """Stop taking requests, finish the queued ones (for at most `timeout_s`), release the worker thread."""
+        self._closing = True
+        self._wakeup.set()
+        if not self._task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                log.warning("batcher %s: queued work not finished after %.0fs; abandoning it", self.name, timeout_s)
+                self._task.cancel()
+        unfinished = [p for group in self._groups.values() for p in group if not p.future.done()]
+        for pending in unfinished:  # left by a collector that died or was abandoned
+            pending.future.set_exception(ServeError(ErrorCode.MODEL_UNAVAILABLE, f"model {self.name!r} was unloaded "
+                                                    "before this request ran", retry_after=1))
+        self._groups.clear()
+        self._set_depth(-self._depth)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _set_depth(self, delta: int) -> None:
+        self._depth += delta
+        if self.metrics:
+            self.metrics.queue_depth.labels(model=self.name).set(self._depth)
+
+    def _count_drop(self, reason: str) -> None:
+        if self.metrics:
+            self.metrics.dropped.labels(model=self.name, reason=reason).inc()
+
+    async def _collect(self) -> None:
+        while True:
+            if self._depth == 0:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch: list[Pending] = []
+            try:
+                batch = await self._next_batch()
+                if batch:
+                    await self._run(batch)
+            except Exception:  # never let the collector die; fail this batch only
+                log.exception("batcher %s: batch failed", self.name)
+                failed = ServeError(ErrorCode.INTERNAL, f"model {self.name!r}: inference failed")
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(failed)
+            finally:
+                self._finished_at = time.monotonic()
+
+    async def _next_batch(self) -> list[Pending]:
+        key = min((k for k, g in self._groups.items() if g), key=lambda k: self._groups[k][0].enqueued)
+        group = self._groups[key]
+        due = group[0].enqueued + self.max_delay_s
+        while group and len(group) < self.max_batch_size and not self._closing:
+            remaining = due - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        taken = [group.popleft() for _ in range(min(len(group), self.max_batch_size))]
+        if not group:
+            del self._groups[key]
+        self._set_depth(-len(taken))
+        now, batch = time.monotonic(), []
+        for p in taken:
+            if p.future.done():  # abandoned while queued
+                self._count_drop("disconnected")
+            elif now >= p.deadline:
+                self._count_drop("expired")
+                p.future.set_exception(ServeError(ErrorCode.TIMEOUT, "request timed out in the queue"))
+            else:
+                batch.append(p)
+        return batch
+
+    async def _run(self, batch: list[Pending]) -> None:
+        started = time.monotonic()
+        if self.metrics:
+            for p in batch:
+                self.metrics.queue_wait.labels(model=self.name).observe(started - p.enqueued)
+            self.metrics.batch_size.labels(model=self.name).observe(len(batch))
+        loop = asyncio.get_running_loop()
+        self._running_since = started
+        try:
+            results = await loop.run_in_executor(self._executor, self._execute, [p.item for p in batch])
+        finally:
+            self._running_since = None
+        elapsed = time.monotonic() - started
+        self._batch_s = 0.8 * self._batch_s + 0.2 * elapsed
+        if self.metrics:
+            self.metrics.inference.labels(model=self.name).observe(elapsed)
+        for p, result in zip(batch, results, strict=True):
+            if p.future.done():
+                continue
+            if isinstance(result, BaseException):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(Outcome(result, started - p.enqueued, elapsed, len(batch)))
+
+    def _execute(self, items: list[Any]) -> list[Any]:
+        with torch.inference_mode():
+            return self._bisect(items)
+
+    def _bisect(self, items: list[Any]) -> list[Any]:
+        """Run a batch; on failure (out of memory included) retry its halves so only the culprit fails."""
+        try:
+            return self.runner.split(self.runner.forward(self.runner.collate(items)), items)
+        except ServeError as exc:
+            if len(items) == 1:
+                return [exc]
+        except OUT_OF_MEMORY:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(items) == 1:
+                log.warning("batcher %s: out of memory on a single request", self.name)
+                return [ServeError(ErrorCode.OUT_OF_MEMORY, (
+                    f"model {self.name!r} ran out of memory on this request alone; send a smaller input "
+                    "or retry later"), retry_after=5)]
+            log.warning("batcher %s: out of memory at batch size %d, splitting", self.name, len(items))
+        except Exception as exc:
+            if len(items) == 1:
+                log.exception("batcher %s: inference failed", self.name)
+                return [ServeError(ErrorCode.INTERNAL, (
+                    f"model {self.name!r} failed on this request ({type(exc).__name__}); the server log has "
+                    "the details"))]
+        half = len(items) // 2
+        return self._bisect(items[:half]) + self._bisect(items[half:])

@@ -1,0 +1,100 @@
+"""Device and dtype resolution, placement by free memory, memory readings. Called at run time only."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from server.settings import ModelSpec, Settings, SettingsError, check_dtype
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _most_free_cuda() -> torch.device:
+    free = [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
+    return torch.device("cuda", max(range(len(free)), key=free.__getitem__))
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` -> the visible CUDA device with the most free memory, else cpu; `cuda` -> the same, or an error."""
+    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SettingsError(f"device {spec!r} requested but no CUDA device is visible; use 'auto' or 'cpu'")
+    if spec in ("auto", "cuda"):
+        return _most_free_cuda()
+    index = int(spec.split(":", 1)[1])
+    if index >= torch.cuda.device_count():
+        visible = torch.cuda.device_count()
+        raise SettingsError(f"device {spec!r} requested but only {visible} CUDA device(s) are visible")
+    return torch.device("cuda", index)
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """`auto` -> bfloat16 on a CUDA device that supports it, float32 elsewhere."""
+    if spec == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    check_dtype(spec, on_cpu=device.type == "cpu", where=f"device {device}", error=SettingsError)
+    return _DTYPES[spec]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check_devices(settings: Settings) -> None:
+    """Refuse, at start-up, device and dtype settings this machine cannot honour."""
+    cuda = torch.cuda.is_available()
+    for spec in (settings.server, *settings.models.values()):
+        device = spec.device or settings.server.device
+        if device.startswith("cuda") and (":" in device or not cuda):
+            resolve_device(device)  # raises when that device is not visible
+        where = f"model {spec.name!r}" if isinstance(spec, ModelSpec) else "[server]"
+        check_dtype(spec.dtype or settings.server.dtype, on_cpu=device == "cpu" or (device == "auto" and not cuda),
+                    where=where, error=SettingsError)
+
+
+def cpu_threads(settings: Settings) -> int:
+    """Intra-op threads for CPU inference: `[server] cpu_threads`; else torch's own choice when OMP_NUM_THREADS
+    is set; else one fewer than torch's default (the cores), at least 1.
+
+    The spare core is for the event loop, request decoding and preprocessing. With every core in a
+    forward's parallel regions, each small op waits for a worker the scheduler has parked behind those
+    threads (or another process): on 2 busy cores a small model's forward ran ~100x slower."""
+    if settings.server.cpu_threads is not None:
+        return settings.server.cpu_threads
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    return max(1, torch.get_num_threads() - 1)
+
+
+def configure_cpu_threads(settings: Settings) -> int:
+    """Apply `cpu_threads(settings)` to this process (it is process-wide); returns it."""
+    threads = cpu_threads(settings)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def memory_readings() -> list[tuple[str, str, int]]:
+    """(device, kind, bytes): kind allocated/reserved/total per initialised CUDA device; cpu: RSS and RAM."""
+    readings: list[tuple[str, str, int]] = []
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i in range(torch.cuda.device_count()):
+            readings += [(f"cuda:{i}", "allocated", torch.cuda.memory_allocated(i)),
+                         (f"cuda:{i}", "reserved", torch.cuda.memory_reserved(i)),
+                         (f"cuda:{i}", "total", torch.cuda.mem_get_info(i)[1])]
+    rss = _rss_bytes()
+    if rss is not None:
+        readings.append(("cpu", "allocated", rss))
+        readings.append(("cpu", "total", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")))
+    return readings

@@ -1,0 +1,128 @@
+"""The serving object the routes call: pick the model, wait for it, run items through its batcher.
+
+A call has one deadline (the route's: arrival + request_timeout_s, or the X-Request-Timeout it asked for,
+capped; a job's: per unit of work) and, when a client waits on it, an awaitable that returns when that client
+goes away: its items still queued are then dropped before they reach the model. Nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import anyio
+
+from server.engine.batching import Outcome, Pending
+from server.engine.registry import Entry, Registry
+from server.errors import ErrorCode, ServeError
+from server.limits import Limits
+from server.settings import ModelSpec, Settings, Task
+
+_DROP_REASONS = {ErrorCode.TIMEOUT: "expired", ErrorCode.CLIENT_CLOSED: "disconnected"}
+T = TypeVar("T")
+R = TypeVar("R")
+Disconnected = Callable[[], Awaitable[None]]  # returns when the client has gone away
+
+
+class Call:
+    """One request's (or one job's) use of one model."""
+
+    def __init__(self, entry: Entry, *, deadline: float, service: InferenceService,
+                 disconnected: Disconnected | None, unit_timeout_s: float | None = None) -> None:
+        self.entry, self.deadline, self.service, self.disconnected = entry, deadline, service, disconnected
+        self.unit_timeout_s = unit_timeout_s  # a job: each infer() gets this long, instead of one deadline
+        self.runner: Any = entry.model.runner if entry.model else None
+        self.limits = service.limits
+        self.outcomes: list[Outcome] = []
+
+    def runner_as(self, kind: type[R]) -> R:
+        """The model's task runner, as the kind the caller works with (a model configured for another task's
+        runner is a server error, not the request's)."""
+        if not isinstance(self.runner, kind):
+            raise ServeError(ErrorCode.INTERNAL, f"model {self.entry.spec.name!r} is served by "
+                             f"{type(self.runner).__name__}, not {kind.__name__}")
+        return self.runner
+
+    async def decode(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(...) as one media decode unit (at most `max_concurrent_decodes` run at once)."""
+        return await self.service.decode(fn, *args, **kwargs)
+
+    async def infer(self, items: Sequence[Any]) -> list[Any]:
+        """Results of `items`, in order; they may share batches with other requests' items."""
+        batcher = self.entry.batcher
+        if batcher is None:
+            raise ServeError(ErrorCode.MODEL_UNAVAILABLE, f"model {self.entry.spec.name!r} is not loaded")
+        if self.unit_timeout_s is not None:
+            self.deadline = time.monotonic() + self.unit_timeout_s
+        queued: list[Pending] = []
+        try:
+            for item in items:
+                queued.append(batcher.enqueue(item, deadline=self.deadline))
+            self.outcomes = await self._wait(queued)
+        except ServeError as exc:
+            for pending in queued:
+                batcher.abandon(pending, _DROP_REASONS.get(exc.code))
+            raise
+        except asyncio.CancelledError:
+            for pending in queued:
+                batcher.abandon(pending, "disconnected")
+            raise
+        return [o.result for o in self.outcomes]
+
+    async def _wait(self, queued: list[Pending]) -> list[Outcome]:
+        # With no client to watch (a job), the watcher never returns: cancel the job to stop it.
+        watcher = asyncio.ensure_future(self.disconnected() if self.disconnected else asyncio.Event().wait())
+        waiting = {p.future for p in queued}
+        try:
+            while waiting:
+                remaining = self.deadline - time.monotonic()
+                done, waiting = await asyncio.wait(waiting | {watcher}, timeout=max(0.0, remaining),
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                if watcher in done:
+                    raise ServeError(ErrorCode.CLIENT_CLOSED, "client disconnected")
+                waiting.discard(watcher)
+                if not done:
+                    raise ServeError(ErrorCode.TIMEOUT, "request timed out before inference finished")
+                for future in done:
+                    if future.exception() is not None:
+                        raise future.exception()  # type: ignore[misc]
+            return [p.future.result() for p in queued]
+        finally:
+            watcher.cancel()
+
+
+class InferenceService:
+    def __init__(self, *, registry: Registry, settings: Settings) -> None:
+        self.registry, self.settings = registry, settings
+        self.limits = Limits.of(settings.server)
+        # A decoded 64-megapixel image is ~200 MB: bound how many decode at once, whatever the load.
+        self._decodes = anyio.CapacityLimiter(settings.server.max_concurrent_decodes or max(2, os.cpu_count() or 2))
+
+    async def decode(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(*args, **kwargs) on a worker thread, at most `max_concurrent_decodes` at a time (media decoding)."""
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._decodes)
+
+    def resolve(self, task: Task, model: str | None) -> ModelSpec:
+        """The configured model of `task` named `model` (name, alias or source), or the task's default."""
+        return self.registry.resolve(task, model)
+
+    @asynccontextmanager
+    async def open(self, spec: ModelSpec, *, deadline: float, disconnected: Disconnected | None = None,
+                   unit_timeout_s: float | None = None) -> AsyncIterator[Call]:
+        """The ready model `spec`, loaded first if needed (within `deadline`), held for the block."""
+        try:
+            entry = await asyncio.wait_for(self.registry.acquire(spec), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise ServeError(ErrorCode.TIMEOUT, f"model {spec.name!r} is still loading; retry shortly",
+                             retry_after=5) from None
+        entry.active += 1
+        try:
+            yield Call(entry, deadline=deadline, service=self, disconnected=disconnected, unit_timeout_s=unit_timeout_s)
+        finally:
+            entry.active -= 1
+            entry.last_used = time.monotonic()

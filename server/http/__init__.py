@@ -1,0 +1,1 @@
+"""HTTP in front of the routes: middleware, authentication, admission, the connection guard, request bodies."""

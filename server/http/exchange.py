@@ -1,0 +1,67 @@
+"""One HTTP exchange's use of the engine: its deadline and disconnect from the request, the headers and the JSON of
+its answer."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from server.engine.serving import Call, InferenceService
+from server.http.scope import DEADLINE_KEY, MODEL_KEY, STARTED_KEY
+from server.settings import Task
+
+OFF_LOOP_ENTRIES = 256  # answers with more ranked entries than this are built on a worker thread
+
+
+@asynccontextmanager
+async def open_call(request: Request, service: InferenceService, task: Task, model: str | None) -> AsyncIterator[Call]:
+    """The model of `task` named `model` (the default when None) for this request: its deadline (arrival +
+    request_timeout_s, or X-Request-Timeout as admitted), and items dropped if the client goes away."""
+    spec = service.resolve(task, model)
+    state = request.scope.setdefault("state", {})
+    state[MODEL_KEY] = spec.name  # the metrics' label, whatever happens next
+    deadline = state.get(DEADLINE_KEY) or state.get(STARTED_KEY, time.monotonic()) + \
+        service.settings.server.request_timeout_s
+    async with service.open(spec, deadline=deadline, disconnected=functools.partial(_disconnected, request)) as call:
+        yield call
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client goes away (the body has been read; receive() then waits for the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def answer_headers(call: Call) -> dict[str, str]:
+    """The model that answered, how long its items queued and ran, and the largest batch they ran in."""
+    spec, outcomes = call.entry.spec, call.outcomes
+    headers = {"X-Model": spec.name}
+    if outcomes:
+        headers["X-Queue-Time-Ms"] = f"{max(o.queue_s for o in outcomes) * 1000:.2f}"
+        headers["X-Inference-Time-Ms"] = f"{max(o.inference_s for o in outcomes) * 1000:.2f}"
+        headers["X-Batch-Size"] = str(max(o.batch_size for o in outcomes))
+    if spec.random_weights:
+        headers["X-Perceiver-Random-Weights"] = "true"
+    return headers
+
+
+def json_bytes(value: Any) -> bytes:
+    """Compact UTF-8 JSON, as FastAPI's JSONResponse renders it."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+async def json_answer(build: Callable[[], Any], *, entries: int, call: Call) -> Response:
+    """The JSON response of `build()` with the call's headers: built on a worker thread when it holds more than
+    OFF_LOOP_ENTRIES entries (the limits have bounded it; the event loop stays free while it is built)."""
+    if entries > OFF_LOOP_ENTRIES:
+        content = await run_in_threadpool(lambda: json_bytes(build()))
+    else:
+        content = json_bytes(build())
+    return Response(content, media_type="application/json", headers=answer_headers(call))

@@ -1,0 +1,179 @@
+"""The batcher with a deterministic toy task: items are (key, value); the 'model' doubles values."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import torch
+
+from server.engine.batching import Batcher
+from server.errors import ErrorCode, ServeError
+from server.engine.metrics import Metrics
+
+pytestmark = pytest.mark.anyio
+
+
+class Doubler:
+    def __init__(self, *, oom_above: int | None = None, poison: int | None = None,
+                 gate: threading.Event | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.oom_above, self.poison, self.gate = oom_above, poison, gate
+        self.entered = threading.Event()
+
+    def key(self, item: tuple[str, int]) -> str:
+        return item[0]
+
+    def collate(self, items: Sequence[tuple[str, int]]) -> torch.Tensor:
+        return torch.tensor([v for _, v in items])
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(timeout=10)
+        if self.oom_above is not None and len(batch) > self.oom_above:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        if self.poison is not None and self.poison in batch.tolist():
+            raise RuntimeError("poisoned input")
+        self.batches.append(batch.tolist())
+        return batch * 2
+
+    def split(self, output: torch.Tensor, items: Sequence[Any]) -> list[int]:
+        return output.tolist()
+
+
+def make(fn: Doubler, *, size: int = 4, delay_s: float = 0.05, queue: int = 64,
+         metrics: Metrics | None = None) -> Batcher:
+    return Batcher(name="toy", runner=fn, max_batch_size=size, max_delay_s=delay_s, max_queue=queue,
+                   metrics=metrics)
+
+
+async def run(batcher: Batcher, items: list[tuple[str, int]], timeout_s: float = 5) -> list[Any]:
+    deadline = time.monotonic() + timeout_s
+    pendings = [batcher.enqueue(item, deadline=deadline) for item in items]
+    return [o.result for o in await asyncio.gather(*(p.future for p in pendings))]
+
+
+async def test_batches_keep_order_and_respect_max_size() -> None:
+    fn = Doubler()
+    batcher = make(fn, size=4)
+    assert await run(batcher, [("a", i) for i in range(10)]) == [2 * i for i in range(10)]
+    assert [len(b) for b in fn.batches] == [4, 4, 2]
+    await batcher.close()
+
+
+async def test_groups_by_key() -> None:
+    fn = Doubler()
+    batcher = make(fn, size=8)
+    items = [("short", 1), ("long", 2), ("short", 3), ("long", 4), ("short", 5)]
+    assert await run(batcher, items) == [2, 4, 6, 8, 10]
+    assert sorted(fn.batches) == [[1, 3, 5], [2, 4]]
+    await batcher.close()
+
+
+async def test_a_lone_request_waits_at_most_max_delay() -> None:
+    fn = Doubler()
+    batcher = make(fn, size=32, delay_s=0.05)
+    started = time.monotonic()
+    [outcome] = await asyncio.gather(batcher.enqueue(("a", 1), deadline=started + 5).future)
+    assert outcome.result == 2 and outcome.batch_size == 1
+    assert 0.04 <= time.monotonic() - started < 1.0
+    assert outcome.queue_s >= 0.04
+    await batcher.close()
+
+
+async def test_full_queue_is_overloaded_with_retry_after() -> None:
+    gate = threading.Event()
+    fn = Doubler(gate=gate)
+    batcher = make(fn, size=1, delay_s=0, queue=2)
+    deadline = time.monotonic() + 10
+    first = batcher.enqueue(("a", 0), deadline=deadline)
+    await asyncio.to_thread(fn.entered.wait, 5)  # the first is in forward; the queue is empty again
+    queued = [batcher.enqueue(("a", i), deadline=deadline) for i in (1, 2)]
+    with pytest.raises(ServeError) as info:
+        batcher.enqueue(("a", 3), deadline=deadline)
+    assert info.value.code is ErrorCode.OVERLOADED and info.value.status == 429
+    assert info.value.retry_after is not None and info.value.retry_after >= 1
+    gate.set()
+    assert [(await p.future).result for p in (first, *queued)] == [0, 2, 4]
+    await batcher.close()
+
+
+async def test_expired_and_abandoned_requests_never_reach_the_model() -> None:
+    gate, metrics = threading.Event(), Metrics()
+    fn = Doubler(gate=gate)
+    batcher = make(fn, size=8, delay_s=0, metrics=metrics)
+    now = time.monotonic()
+    blocker = batcher.enqueue(("a", 1), deadline=now + 10)
+    await asyncio.to_thread(fn.entered.wait, 5)
+    expiring = batcher.enqueue(("a", 2), deadline=now + 0.05)
+    leaving = batcher.enqueue(("a", 3), deadline=now + 10)
+    kept = batcher.enqueue(("a", 4), deadline=now + 10)
+    batcher.abandon(leaving, "disconnected")
+    await asyncio.sleep(0.1)
+    gate.set()
+    assert (await blocker.future).result == 2 and (await kept.future).result == 8
+    with pytest.raises(ServeError) as info:
+        await expiring.future
+    assert info.value.code is ErrorCode.TIMEOUT
+    assert fn.batches == [[1], [4]]
+    dropped = metrics.dropped.labels
+    assert dropped(model="toy", reason="expired")._value.get() == 1
+    assert dropped(model="toy", reason="disconnected")._value.get() == 1
+    await batcher.close()
+
+
+async def test_cuda_oom_splits_the_batch() -> None:
+    fn = Doubler(oom_above=2)
+    batcher = make(fn, size=8, delay_s=0.05)
+    assert await run(batcher, [("a", i) for i in range(7)]) == [2 * i for i in range(7)]
+    assert all(len(b) <= 2 for b in fn.batches) and sum(map(len, fn.batches)) == 7
+    await batcher.close()
+
+
+async def test_oom_on_a_single_request_fails_only_that_request() -> None:
+    fn = Doubler(oom_above=0)
+    batcher = make(fn, size=4)
+    with pytest.raises(ServeError) as info:
+        await run(batcher, [("a", 1)])
+    assert info.value.code is ErrorCode.OUT_OF_MEMORY
+    await batcher.close()
+
+
+async def test_a_failing_item_does_not_fail_its_batch_mates() -> None:
+    fn = Doubler(poison=3)
+    batcher = make(fn, size=8)
+    deadline = time.monotonic() + 5
+    pendings = [batcher.enqueue(("a", i), deadline=deadline) for i in range(6)]
+    results = await asyncio.gather(*(p.future for p in pendings), return_exceptions=True)
+    assert [r.result for i, r in enumerate(results) if i != 3] == [0, 2, 4, 8, 10]
+    assert isinstance(results[3], ServeError) and results[3].code is ErrorCode.INTERNAL
+    await batcher.close()
+
+
+async def test_close_finishes_queued_work_then_refuses() -> None:
+    fn = Doubler()
+    batcher = make(fn, size=2, delay_s=1.0)
+    pendings = [batcher.enqueue(("a", i), deadline=time.monotonic() + 5) for i in range(3)]
+    await batcher.close()
+    assert [(await p.future).result for p in pendings] == [0, 2, 4]
+    with pytest.raises(ServeError) as info:
+        batcher.enqueue(("a", 9), deadline=time.monotonic() + 5)
+    assert info.value.code is ErrorCode.MODEL_UNAVAILABLE
+
+
+async def test_metrics_record_batches() -> None:
+    metrics = Metrics()
+    batcher = make(Doubler(), size=4, metrics=metrics)
+    await run(batcher, [("a", i) for i in range(4)])
+    text = metrics.render().decode()
+    assert 'perceiver_batch_size_bucket{le="4.0",model="toy"} 1.0' in text
+    assert 'perceiver_batch_size_bucket{le="2.0",model="toy"} 0.0' in text
+    assert 'perceiver_queue_depth{model="toy"} 0.0' in text
+    assert 'perceiver_inference_duration_seconds_count{model="toy"} 1.0' in text
+    assert 'perceiver_queue_wait_seconds_count{model="toy"} 4.0' in text
+    await batcher.close()

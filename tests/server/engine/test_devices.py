@@ -1,0 +1,47 @@
+"""CPU thread setting: the configured count, else torch's (OMP_NUM_THREADS), else one core spared."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from server.engine.devices import configure_cpu_threads, cpu_threads
+from server.settings import build_settings
+
+
+@pytest.fixture
+def restore_threads() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_configured_count_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert cpu_threads(build_settings({"server": {"cpu_threads": 3}})) == 3
+
+
+def test_omp_num_threads_is_left_to_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert cpu_threads(build_settings({})) == torch.get_num_threads()
+
+
+def test_default_spares_a_core(monkeypatch: pytest.MonkeyPatch, restore_threads: None) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for available, expected in ((1, 1), (2, 1), (8, 7)):
+        torch.set_num_threads(available)
+        assert cpu_threads(build_settings({})) == expected
+
+
+def test_configure_applies_it(restore_threads: None) -> None:
+    assert configure_cpu_threads(build_settings({"server": {"cpu_threads": 1}})) == 1
+    assert torch.get_num_threads() == 1
+
+
+def test_bad_values_are_refused() -> None:
+    from server.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="cpu_threads"):
+        build_settings({"server": {"cpu_threads": 0}})
