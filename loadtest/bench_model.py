@@ -21,31 +21,12 @@ from pathlib import Path
 import torch
 
 from loadtest.workers import PeakRSS, machine, make_checkpoint, spawn
+from model_core.presets import preset_config
 
-# Real DeepMind configs (shared/REFERENCE.md section 1a); weights are random.
-REAL_CONFIGS = {
-    "fill-mask": dict(
-        architectures=["PerceiverForMaskedLM"], num_latents=256, d_latents=1280, d_model=768, num_blocks=1,
-        num_self_attends_per_block=26, num_self_attention_heads=8, num_cross_attention_heads=8,
-        qk_channels=256, v_channels=1280, max_position_embeddings=2048, vocab_size=262,
-    ),
-    "image-conv": dict(
-        architectures=["PerceiverForImageClassificationConvProcessing"], num_latents=512, d_latents=1024,
-        d_model=322, num_blocks=8, num_self_attends_per_block=6, num_self_attention_heads=8,
-        num_cross_attention_heads=1, num_labels=1000,
-    ),
-    "optical-flow": dict(
-        architectures=["PerceiverForOpticalFlow"], num_latents=2048, d_latents=512, d_model=322, num_blocks=1,
-        num_self_attends_per_block=24, num_self_attention_heads=16, num_cross_attention_heads=1,
-        train_size=[368, 496],
-    ),
-    "video": dict(
-        architectures=["PerceiverForMultimodalAutoencoding"], num_latents=784, d_latents=512, d_model=704,
-        num_blocks=1, num_self_attends_per_block=8, num_self_attention_heads=8, num_cross_attention_heads=1,
-        num_labels=700, num_frames=16, audio_samples_per_frame=1920, samples_per_patch=16, image_size=56,
-        output_num_channels=512, output_shape=[1, 16, 224, 224],
-    ),
-}
+# The published DeepMind configurations (model_core presets); weights are random.
+REAL_CONFIGS = {task: preset_config(name) for task, name in {
+    "fill-mask": "language-perceiver", "image-conv": "vision-perceiver-conv",
+    "optical-flow": "optical-flow-perceiver", "video": "multimodal-perceiver"}.items()}
 TEXT = (
     "Perceiver IO is a general-purpose architecture that handles data from arbitrary settings "
     "while scaling linearly with the size of inputs and outputs. This sentence is about two hundred bytes."

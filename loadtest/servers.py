@@ -21,30 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.bench_model import REAL_CONFIGS
+from model_core.presets import preset_config
 
-_TINY = {"num_latents": 8, "d_latents": 32, "num_blocks": 1, "num_self_attends_per_block": 2,
-         "num_self_attention_heads": 2, "num_cross_attention_heads": 1}
-_SMALL_TEXT = {"num_latents": 32, "d_latents": 64, "num_blocks": 1, "num_self_attends_per_block": 2,
-               "num_self_attention_heads": 2, "num_cross_attention_heads": 1, "d_model": 32, "qk_channels": 32,
-               "v_channels": 64, "max_position_embeddings": 1024}
 # name -> (task, config.json dict, folder under the checkpoints root)
 MODEL_SETS: dict[str, dict[str, tuple[str, dict[str, Any], str]]] = {
     "small": {
-        "small-fill-mask": ("fill-mask", {"architectures": ["PerceiverForMaskedLM"], **_SMALL_TEXT},
-                            "small-fill-mask"),
-        "small-classify-text": ("text-classification", {
-            "architectures": ["PerceiverForSequenceClassification"], **_SMALL_TEXT,
-            "id2label": {"0": "negative", "1": "positive"}}, "small-classify-text"),
-        "small-vision-conv": ("image-classification", {
-            "architectures": ["PerceiverForImageClassificationConvProcessing"], **_TINY, "image_size": 224,
-            "id2label": {str(i): f"class {i}" for i in range(10)}}, "small-vision-conv"),
-        "small-optical-flow": ("optical-flow", {"architectures": ["PerceiverForOpticalFlow"], **_TINY,
-                                                "train_size": [48, 64]}, "small-optical-flow"),
-        "small-multimodal": ("video-autoencoding", {
-            "architectures": ["PerceiverForMultimodalAutoencoding"], **_TINY, "num_frames": 2, "image_size": 8,
-            "audio_samples_per_frame": 32, "samples_per_patch": 4, "output_shape": [1, 2, 16, 16],
-            "output_num_channels": 12, "_label_trainable_num_channels": 20,
-            "id2label": {str(i): f"action {i}" for i in range(5)}}, "small-multimodal"),
+        "small-fill-mask": ("fill-mask", preset_config("language-perceiver-small"), "small-fill-mask"),
+        "small-classify-text": ("text-classification", preset_config(
+            "language-perceiver-classifier-small", id2label={"0": "negative", "1": "positive"}), "small-classify-text"),
+        "small-vision-conv": ("image-classification", preset_config(
+            "vision-perceiver-conv-tiny", id2label={str(i): f"class {i}" for i in range(10)}), "small-vision-conv"),
+        "small-optical-flow": ("optical-flow", preset_config("optical-flow-perceiver-tiny"), "small-optical-flow"),
+        "small-multimodal": ("video-autoencoding", preset_config(
+            "multimodal-perceiver-tiny", id2label={str(i): f"action {i}" for i in range(5)}), "small-multimodal"),
     },
     # Folder names as `python -m loadtest.bench_model --checkpoints DIR` writes them, so both share DIR.
     "real": {

@@ -9,6 +9,7 @@ through huggingface_hub's cache (HF_HUB_OFFLINE and HF_HOME are honoured).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +28,27 @@ WEIGHT_FILES = (SAFETENSORS_FILE, PICKLE_FILE, SAFETENSORS_FILE + ".index.json",
 OPTIONAL_FILES = ("preprocessor_config.json",)
 
 
-def _looks_like_path(source: str) -> bool:
-    return source.startswith(("/", ".", "~")) or source.count("/") != 1 or Path(source).exists()
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")  # owner/name, or a legacy one-word id
 
 
-def resolve_source(source: str | Path, *, revision: str | None = None, cache_dir: str | None = None) -> Path:
-    """A local checkpoint folder for `source`: the folder itself, or the hub snapshot."""
+def is_hub_id(source: str | Path) -> bool:
+    """Whether `source` names a hub repository: `owner/name` (or a legacy one-word id) that is no existing
+    path; `/x`, `./x` and `~/x` are always paths."""
+    text = str(source)
+    return (not isinstance(source, Path) and not text.startswith(("/", ".", "~")) and _HUB_ID.match(text) is not None
+            and not Path(text).expanduser().exists())
+
+
+def resolve_source(source: str | Path, *, revision: str | None = None, cache_dir: str | None = None,
+                   local_files_only: bool | None = None) -> Path:
+    """A local checkpoint folder for `source`: the folder itself, or the hub snapshot (cache first; only the
+    cache with `local_files_only`)."""
     path = Path(source).expanduser()
     if path.is_dir():
         return path
-    if isinstance(source, Path) or _looks_like_path(str(source)):
+    if not is_hub_id(source):
         raise CheckpointNotFoundError(f"checkpoint folder {str(source)!r} does not exist")
-    return download(str(source), revision=revision, cache_dir=cache_dir)
+    return download(str(source), revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
 
 
 def download(
@@ -62,9 +72,8 @@ def download(
         raise CheckpointNotFoundError(
             f"{repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached "
             f"(offline, or HF_HUB_OFFLINE=1). Download it where the hub is reachable "
-            f"(`perceiver-serve download` or `huggingface-cli download {repo_id}`) into the cache "
-            f"(HF_HOME), or point the model's source at a local folder with config.json and "
-            f"model.safetensors. ({type(exc).__name__})"
+            f"(`huggingface-cli download {repo_id}`) into the cache (HF_HOME), or use a local folder "
+            f"with config.json and model.safetensors. ({type(exc).__name__})"
         ) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         if isinstance(exc, CheckpointError):

@@ -61,6 +61,16 @@ def _decode(model: PerceiverForTask, encoded: Encoded, points: Points) -> dict[s
     return out
 
 
+def passes(chunks: Sequence[Points], chunks_per_pass: int) -> Iterator[tuple[int, Points]]:
+    """Consecutive chunks merged `chunks_per_pass` at a time (so each pass covers contiguous output ranges),
+    with the chunks done once each pass is: the one plan of a chunked decode, here and in the server. Lazy:
+    only the pass being decoded holds its merged indices."""
+    if chunks_per_pass < 1:
+        raise ValueError("chunks_per_pass must be >= 1")
+    for start in range(0, len(chunks), chunks_per_pass):
+        yield min(start + chunks_per_pass, len(chunks)), merge(chunks[start : start + chunks_per_pass])
+
+
 def decode_chunks(
     model: PerceiverForTask,
     encoded: Encoded,
@@ -72,11 +82,8 @@ def decode_chunks(
 
     Outputs per pass: image (B, n, 3), audio (B, samples), label (B, num_labels) logits.
     """
-    if chunks_per_pass < 1:
-        raise ValueError("chunks_per_pass must be >= 1")
-    for start in range(0, len(chunks), chunks_per_pass):
-        group = chunks[start : start + chunks_per_pass]
-        yield start + len(group), _decode(model, encoded, merge(group))
+    for done, points in passes(chunks, chunks_per_pass):
+        yield done, _decode(model, encoded, points)
 
 
 def reconstruct(

@@ -37,7 +37,24 @@ SEP_TOKEN = "[SEP]"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, MASK_TOKEN, CLS_TOKEN, SEP_TOKEN)
 """Indexed by id: SPECIAL_TOKENS[i] is the string for id i < BYTE_OFFSET."""
 
-DEFAULT_BUCKET_SIZES: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
+
+
+def length_buckets(max_length: int, *, smallest: int = 16) -> tuple[int, ...]:
+    """Powers of two from `smallest` up to, and including, `max_length`: the few lengths a batch is padded to
+    (few distinct shapes keep compiled and cached kernels warm)."""
+    sizes, size = [], smallest
+    while size < max_length:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, max_length)
+
+
+def bucket_length(length: int, buckets: Sequence[int]) -> int | None:
+    """The smallest bucket that holds `length` tokens, or None when none does."""
+    return min((b for b in buckets if b >= length), default=None)
+
+
+DEFAULT_BUCKET_SIZES: tuple[int, ...] = length_buckets(2048, smallest=64)  # 64, 128, ..., 2048
 
 _SPECIAL_TO_ID = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
 # The capturing group makes re.split keep the specials: odd indices are specials.
@@ -102,11 +119,8 @@ class ByteTokenizer:
             target = length
         else:
             buckets = DEFAULT_BUCKET_SIZES if bucket_sizes is None else tuple(bucket_sizes)
-            if not buckets:
-                target = longest
-            else:
-                fitting = [b for b in buckets if b >= longest]
-                target = min(fitting) if fitting else MAX_LENGTH
+            bucket = bucket_length(longest, buckets)
+            target = longest if not buckets else MAX_LENGTH if bucket is None else bucket
         input_ids = torch.full((len(batch), target), PAD_ID, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), target), dtype=torch.long)
         for row, seq in enumerate(batch):

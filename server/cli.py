@@ -47,8 +47,7 @@ def _configure_logging(level: str) -> None:
 
 def download(argv: Sequence[str]) -> int:
     from server.errors import ServeError
-    from server.models.hub import HubRepo, is_hub_id
-    from server.models.hub import download as fetch
+    from server.models.hub import HubRepo, is_hub_id, locate
 
     args = _download_parser().parse_args(argv)
     settings = load_settings(args.config)
@@ -64,9 +63,9 @@ def download(argv: Sequence[str]) -> int:
     failed = 0
     for name, spec in specs.items():
         try:
-            folder = fetch(spec)
-        except ServeError as exc:
-            print(f"FAILED {name}: {exc.message}", file=sys.stderr)
+            folder = locate(spec)  # the cache first; the hub for whatever is missing
+        except ServeError as exc:  # say what failed, not the advice to run this very command
+            print(f"FAILED {name}: {exc.__cause__ or exc.message}", file=sys.stderr)
             failed += 1
             continue
         files = ", ".join(sorted(p.name for p in folder.iterdir() if p.is_file()))

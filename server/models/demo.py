@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model_core.presets import preset_config
 from server.settings import Settings, Task, build_settings
 
 log = logging.getLogger(__name__)
 
-VERSION = "v1"  # bump when the configs below change, so stale demo folders are not reused
-_LATENTS = {"num_latents": 8, "d_latents": 32, "num_blocks": 1, "num_self_attends_per_block": 2,
-            "num_self_attention_heads": 2, "num_cross_attention_heads": 1}
+VERSION = "v1"  # bump when the presets below change, so stale demo folders are not reused
 DEMO_IMAGE_LABELS = {str(i): name for i, name in enumerate(
     ["tabby cat", "golden retriever", "espresso", "volcano", "lighthouse", "sports car", "macaw", "pizza"])}
 
@@ -33,25 +32,17 @@ class DemoModel:
     aliases: list[str] = field(default_factory=list)
 
 
-DEMO_MODELS: tuple[DemoModel, ...] = (
-    DemoModel("demo-fill-mask", Task.FILL_MASK, {
-        "architectures": ["PerceiverForMaskedLM"], **_LATENTS, "d_model": 16, "qk_channels": 8,
-        "v_channels": 32, "max_position_embeddings": 512}),
-    DemoModel("demo-classify-text", Task.TEXT_CLASSIFICATION, {
-        "architectures": ["PerceiverForSequenceClassification"], **_LATENTS, "d_model": 16, "qk_channels": 8,
-        "v_channels": 32, "max_position_embeddings": 512, "id2label": {"0": "negative", "1": "positive"}}),
-    DemoModel("demo-vision-conv", Task.IMAGE_CLASSIFICATION, {
-        "architectures": ["PerceiverForImageClassificationConvProcessing"], **_LATENTS,
-        "image_size": 224, "id2label": DEMO_IMAGE_LABELS}, aliases=["conv"]),
-    DemoModel("demo-vision-fourier", Task.IMAGE_CLASSIFICATION, {
-        "architectures": ["PerceiverForImageClassificationFourier"], **_LATENTS,
-        "image_size": 224, "id2label": DEMO_IMAGE_LABELS}, default=False, aliases=["fourier"]),
-    DemoModel("demo-optical-flow", Task.OPTICAL_FLOW, {
-        "architectures": ["PerceiverForOpticalFlow"], **_LATENTS, "d_model": 322, "train_size": [64, 64]}),
-    DemoModel("demo-multimodal", Task.VIDEO_AUTOENCODING, {
-        "architectures": ["PerceiverForMultimodalAutoencoding"], **_LATENTS, "d_model": 704, "num_frames": 2,
-        "audio_samples_per_frame": 64, "samples_per_patch": 16, "output_shape": [1, 2, 16, 16],
-        "output_num_channels": 32, "image_size": 16, "id2label": {str(i): f"action {i}" for i in range(5)}}),
+DEMO_MODELS: tuple[DemoModel, ...] = (  # model_core presets, with labels to show
+    DemoModel("demo-fill-mask", Task.FILL_MASK, preset_config("language-perceiver-demo")),
+    DemoModel("demo-classify-text", Task.TEXT_CLASSIFICATION, preset_config(
+        "language-perceiver-classifier-demo", id2label={"0": "negative", "1": "positive"})),
+    DemoModel("demo-vision-conv", Task.IMAGE_CLASSIFICATION, preset_config(
+        "vision-perceiver-conv-tiny", id2label=DEMO_IMAGE_LABELS), aliases=["conv"]),
+    DemoModel("demo-vision-fourier", Task.IMAGE_CLASSIFICATION, preset_config(
+        "vision-perceiver-fourier-tiny", id2label=DEMO_IMAGE_LABELS), default=False, aliases=["fourier"]),
+    DemoModel("demo-optical-flow", Task.OPTICAL_FLOW, preset_config("optical-flow-perceiver-demo")),
+    DemoModel("demo-multimodal", Task.VIDEO_AUTOENCODING, preset_config(
+        "multimodal-perceiver-demo", id2label={str(i): f"action {i}" for i in range(5)})),
 )
 
 

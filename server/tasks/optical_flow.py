@@ -19,6 +19,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from model_core.flow_processing import extract_patches, normalize_frame
+from model_core.presets import FlowProcessing
 from model_core.flow_tiling import Corner, Size, cover_size, resize_flow, stitch, tile_grid
 from server.errors import ErrorCode, ServeError
 from server.limits import DEFAULT_LIMITS, ImageLimits, Limits
@@ -28,7 +29,7 @@ T = TypeVar("T")
 Decoder = Callable[..., Awaitable[Any]]
 
 FRAMES = ("frame1", "frame2")
-FLOW_SCALE = 20.0  # model output -> pixels (the DeepMind colab's FLOW_SCALE_FACTOR)
+FLOW_SCALE = FlowProcessing().flow_scale  # model output -> pixels (the DeepMind colab's FLOW_SCALE_FACTOR)
 
 
 @dataclass(frozen=True)

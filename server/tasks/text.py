@@ -6,19 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from model_core.tokenizer import ByteTokenizer
+from model_core.tokenizer import ByteTokenizer, bucket_length, length_buckets
 from server.errors import ErrorCode, ServeError
-
-_SMALLEST_BUCKET = 16
-
-
-def length_buckets(max_length: int) -> list[int]:
-    """Powers of two from 16 up to, and including, the model's maximum length."""
-    sizes, size = [], _SMALLEST_BUCKET
-    while size < max_length:
-        sizes.append(size)
-        size *= 2
-    return [*sizes, max_length]
 
 
 class TextCodec:
@@ -27,7 +16,7 @@ class TextCodec:
     def __init__(self, *, max_length: int) -> None:
         self.tokenizer = ByteTokenizer()
         self.max_length = max_length
-        self.buckets = length_buckets(max_length)
+        self.buckets = length_buckets(max_length)  # 16, 32, ... up to the model's length: model_core's policy
 
     def encode(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text, add_special_tokens=True)
@@ -51,10 +40,12 @@ class TextCodec:
         return tuple(int(i) for i in ids)
 
     def bucket(self, ids: Sequence[int]) -> int:
-        return next(size for size in self.buckets if size >= len(ids))
+        """The length a batch holding `ids` is padded to (encode and check_ids bound it by the largest)."""
+        bucket = bucket_length(len(ids), self.buckets)
+        assert bucket is not None, "longer than the model's length: refused by encode/check_ids"
+        return bucket
 
     def pad(self, rows: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), each (B, L) on `device`, L the bucket of the longest row."""
-        length = max(self.bucket(r) for r in rows)
-        input_ids, attention_mask = self.tokenizer.pad([list(r) for r in rows], length=length)
+        input_ids, attention_mask = self.tokenizer.pad([list(r) for r in rows], bucket_sizes=self.buckets)
         return input_ids.to(device), attention_mask.to(device)

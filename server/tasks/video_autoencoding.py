@@ -24,16 +24,17 @@ from model_core.chunking import (
     chunks_per_pass,
     default_num_chunks,
     label_only,
-    merge,
     output_chunks,
+    passes,
 )
 from model_core.model import Encoded
+from model_core.presets import AudioVideoProcessing
 from model_core.preprocessors.base import Preprocessed
 from server import media
 from server.limits import DEFAULT_LIMITS, AudioLimits, Limits, VideoLimits
 from server.tasks.labels import DEFAULT_TOP_K, Labels
 
-SAMPLE_RATE = 48_000  # the model family's audio rate
+SAMPLE_RATE = AudioVideoProcessing().sample_rate  # the model family's audio rate
 DECODE_BUDGET_BYTES = DEFAULT_LIMITS.decode_budget_bytes  # decoder activations per pass (decode_budget_mb)
 MAX_CHUNKS = 128  # the finest chunking of one window's outputs (the published model's)
 AudioSource = Literal["provided", "silence"]
@@ -121,9 +122,8 @@ class VideoAutoencodingRunner:
                                                element_size=self.element_size)
         chunks = output_chunks(num_chunks=self.num_chunks, image_points=self.image_points,
                                audio_points=self.audio_points)
-        # One window's decode passes: consecutive chunks, so each covers contiguous output ranges.
-        per_pass = self.chunks_per_pass
-        self.passes = [merge(chunks[i : i + per_pass]) for i in range(0, len(chunks), per_pass)]
+        # One window's decode passes: model_core's plan, each pass a unit of work on the batcher.
+        self.passes = [points for _, points in passes(chunks, self.chunks_per_pass)]
 
     @property
     def fps(self) -> Fraction:

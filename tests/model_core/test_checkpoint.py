@@ -115,7 +115,7 @@ def test_offline_hub_id_fails_fast_with_instructions(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert time.monotonic() - start < 30
     assert out.stdout.startswith("CheckpointNotFoundError")
-    for hint in ("deepmind/language-perceiver", "HF_HUB_OFFLINE", "perceiver-serve download", "local folder"):
+    for hint in ("deepmind/language-perceiver", "HF_HUB_OFFLINE", "huggingface-cli download", "local folder"):
         assert hint in out.stdout
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model_core import tokenizer as tk
-from model_core.tokenizer import ByteTokenizer
+from model_core.tokenizer import bucket_length, length_buckets, ByteTokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -155,3 +155,9 @@ def test_random_text_fuzz(hf, ours):
         ids = ours.encode(text)
         assert ids == hf(text).input_ids, text
         assert ours.decode(ids) == hf.decode(ids), text
+
+
+def test_length_buckets() -> None:
+    assert length_buckets(256) == (16, 32, 64, 128, 256)
+    assert length_buckets(2048)[-1] == 2048 and length_buckets(100) == (16, 32, 64, 100)
+    assert bucket_length(17, length_buckets(256)) == 32 and bucket_length(300, length_buckets(256)) is None

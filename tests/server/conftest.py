@@ -18,28 +18,21 @@ import httpx
 import pytest
 
 from loadtest.servers import dump_toml
+from model_core.presets import preset_config
 from server.engine.loading import LoadedModel, load_model
 from server.settings import ModelSpec, Settings, build_settings
 from tests.server.support import with_forward
 
 REPO = Path(__file__).resolve().parents[2]
-_LATENTS = {"num_latents": 8, "d_latents": 32, "num_blocks": 1, "num_self_attends_per_block": 2,
-            "num_self_attention_heads": 2, "num_cross_attention_heads": 1}
-_TEXT = {**_LATENTS, "d_model": 16, "qk_channels": 8, "v_channels": 32, "max_position_embeddings": 256}
-CONFIGS: dict[str, dict[str, Any]] = {
-    "mlm": {"architectures": ["PerceiverForMaskedLM"], **_TEXT},
-    "sentiment": {"architectures": ["PerceiverForSequenceClassification"], **_TEXT,
-                  "id2label": {"0": "negative", "1": "neutral", "2": "positive"}},
-    "conv": {"architectures": ["PerceiverForImageClassificationConvProcessing"], **_LATENTS, "image_size": 224,
-             "id2label": {"0": "tabby cat", "1": "golden retriever", "2": "espresso", "3": "volcano"}},
-    # Tiles of 48x64 (the real model's are 368x496): big enough for the 20-px tile overlap.
-    "flow": {"architectures": ["PerceiverForOpticalFlow"], **_LATENTS, "train_size": [48, 64]},
-    # 2 frames of 16x16 and 2 x 32 audio samples (the real clip: 16 frames of 224x224, 16 x 1920 samples).
-    "video": {"architectures": ["PerceiverForMultimodalAutoencoding"], **_LATENTS, "num_frames": 2, "image_size": 8,
-              "audio_samples_per_frame": 32, "samples_per_patch": 4, "output_shape": [1, 2, 16, 16],
-              "output_num_channels": 12, "_label_trainable_num_channels": 20,
-              "id2label": {str(i): name for i, name in enumerate(
-                  ["abseiling", "juggling balls", "playing drums", "surfing water", "zumba"])}},
+CONFIGS: dict[str, dict[str, Any]] = {  # the tiny presets; the flow model's 48x64 tiles fit the 20-px tile overlap
+    "mlm": preset_config("language-perceiver-tiny"),
+    "sentiment": preset_config("language-perceiver-classifier-tiny",
+                               id2label={"0": "negative", "1": "neutral", "2": "positive"}),
+    "conv": preset_config("vision-perceiver-conv-tiny",
+                          id2label={"0": "tabby cat", "1": "golden retriever", "2": "espresso", "3": "volcano"}),
+    "flow": preset_config("optical-flow-perceiver-tiny"),
+    "video": preset_config("multimodal-perceiver-tiny", id2label={str(i): name for i, name in enumerate(
+        ["abseiling", "juggling balls", "playing drums", "surfing water", "zumba"])}),
 }
 
 

@@ -7,7 +7,6 @@ import torch
 
 from server.engine.loading import load_model
 from server.settings import ModelSpec, Settings, Task
-from server.tasks.text import length_buckets
 from server.tasks.text_classification import TextClassificationRunner
 
 
@@ -20,11 +19,6 @@ def runner(checkpoints: dict[str, Path]) -> TextClassificationRunner:
 def run(runner: TextClassificationRunner, items: list) -> list:
     with torch.inference_mode():
         return runner.split(runner.forward(runner.collate(items)), items)
-
-
-def test_length_buckets() -> None:
-    assert length_buckets(256) == [16, 32, 64, 128, 256]
-    assert length_buckets(2048)[-1] == 2048 and length_buckets(100) == [16, 32, 64, 100]
 
 
 def test_labels_from_id2label_ranked(runner: TextClassificationRunner) -> None:
