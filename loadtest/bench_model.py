@@ -24,9 +24,15 @@ from loadtest.workers import PeakRSS, machine, make_checkpoint, spawn
 from model_core.presets import preset_config
 
 # The published DeepMind configurations (model_core presets); weights are random.
-REAL_CONFIGS = {task: preset_config(name) for task, name in {
-    "fill-mask": "language-perceiver", "image-conv": "vision-perceiver-conv",
-    "optical-flow": "optical-flow-perceiver", "video": "multimodal-perceiver"}.items()}
+REAL_CONFIGS = {
+    task: preset_config(name)
+    for task, name in {
+        "fill-mask": "language-perceiver",
+        "image-conv": "vision-perceiver-conv",
+        "optical-flow": "optical-flow-perceiver",
+        "video": "multimodal-perceiver",
+    }.items()
+}
 TEXT = (
     "Perceiver IO is a general-purpose architecture that handles data from arbitrary settings "
     "while scaling linearly with the size of inputs and outputs. This sentence is about two hundred bytes."
@@ -64,16 +70,16 @@ def _worker(task: str, impl: str, dtype_name: str, batch: int, folder: str, repe
         batch_ids, positions = _fill_mask_inputs(batch)
         if impl == "ours":
             ids, mask = ByteTokenizer().pad(batch_ids)  # a length bucket (256 here)
-            run = lambda: model(ids, mask, positions.expand(batch, -1)).logits  # noqa: E731
+            run = lambda: model(ids, mask, positions.expand(batch, -1)).logits
         else:
             ids, mask = ByteTokenizer().pad(batch_ids, length=2048)  # as transformers' docs pad
-            run = lambda: model(inputs=ids, attention_mask=mask).logits[:, positions]  # noqa: E731
+            run = lambda: model(inputs=ids, attention_mask=mask).logits[:, positions]
     elif task == "image-conv":
         images = torch.randn(batch, 3, 224, 224, generator=g).to(dtype)
-        run = lambda: model(inputs=images).logits  # noqa: E731
+        run = lambda: model(inputs=images).logits
     elif task == "optical-flow":
         pair = torch.randn(batch, 2, 27, 368, 496, generator=g).to(dtype)
-        run = lambda: model(inputs=pair).logits  # noqa: E731
+        run = lambda: model(inputs=pair).logits
     else:  # video: full 16-frame reconstruction, 128 chunks
         from model_core.chunking import output_chunks, reconstruct
 
@@ -84,10 +90,10 @@ def _worker(task: str, impl: str, dtype_name: str, batch: int, folder: str, repe
         )
         chunks = output_chunks(num_chunks=128, image_points=16 * 224 * 224, audio_points=1920)
         if impl == "ours":
-            run = lambda: reconstruct(model, model.encode(inputs), chunks, chunks_per_pass=16)  # noqa: E731
+            run = lambda: reconstruct(model, model.encode(inputs), chunks, chunks_per_pass=16)
         else:
             measured = chunks[:hf_chunks]
-            run = lambda: [model(inputs=inputs, subsampled_output_points=c).logits for c in measured]  # noqa: E731
+            run = lambda: [model(inputs=inputs, subsampled_output_points=c).logits for c in measured]
             extra["extrapolated_from_chunks"] = hf_chunks
     with torch.inference_mode():
         run()  # warm-up
@@ -135,18 +141,27 @@ def main() -> None:
         batches = a.batches.split(",") if task in ("fill-mask", "image-conv") else ["1"]
         for dtype in a.dtypes.split(","):
             for batch in batches:
-                res = {impl: _spawn([task, impl, dtype, batch, folder, str(a.repeats), str(a.hf_chunks)])
-                       for impl in ("ours", "transformers")}
+                res = {
+                    impl: _spawn([task, impl, dtype, batch, folder, str(a.repeats), str(a.hf_chunks)])
+                    for impl in ("ours", "transformers")
+                }
                 row = dict(
-                    task=task, dtype=dtype, batch=int(batch),
-                    ours_s=res["ours"]["latency_s"], transformers_s=res["transformers"]["latency_s"],
+                    task=task,
+                    dtype=dtype,
+                    batch=int(batch),
+                    ours_s=res["ours"]["latency_s"],
+                    transformers_s=res["transformers"]["latency_s"],
                     latency_ratio=res["ours"]["latency_s"] / res["transformers"]["latency_s"],
-                    ours_peak_mb=res["ours"]["peak_mb"], transformers_peak_mb=res["transformers"]["peak_mb"],
+                    ours_peak_mb=res["ours"]["peak_mb"],
+                    transformers_peak_mb=res["transformers"]["peak_mb"],
                     memory_ratio=res["ours"]["peak_mb"] / max(res["transformers"]["peak_mb"], 1e-9),
                     note="; ".join(
                         [f"{impl} failed: {r['error']}" for impl, r in res.items() if "error" in r]
-                        + [f"transformers extrapolated from {r['extrapolated_from_chunks']} of 128 chunks"
-                           for r in res.values() if "extrapolated_from_chunks" in r]
+                        + [
+                            f"transformers extrapolated from {r['extrapolated_from_chunks']} of 128 chunks"
+                            for r in res.values()
+                            if "extrapolated_from_chunks" in r
+                        ]
                     ),
                 )
                 rows.append(row)
@@ -170,7 +185,7 @@ def _bf16_agreement(root: Path) -> float:
     from model_core.tokenizer import ByteTokenizer
 
     folder = root / "fill-mask"
-    batch_ids, positions = _fill_mask_inputs(1)
+    _, positions = _fill_mask_inputs(1)
     texts = [TEXT[i:] + TEXT[:i] for i in range(0, 200, 25)]
     tok = ByteTokenizer()
     agree = total = 0
@@ -179,7 +194,7 @@ def _bf16_agreement(root: Path) -> float:
         batch = []
         for t in texts:
             ids = tok.encode(t)
-            ids[MASK_SPAN[0]:MASK_SPAN[1]] = [3] * (MASK_SPAN[1] - MASK_SPAN[0])
+            ids[MASK_SPAN[0] : MASK_SPAN[1]] = [3] * (MASK_SPAN[1] - MASK_SPAN[0])
             batch.append(ids)
         ids, mask = tok.pad(batch)
         with torch.inference_mode():

@@ -42,7 +42,7 @@ import torch
 from loadtest.bench_model import REAL_CONFIGS
 from loadtest.hf_routes import run_transformers
 from loadtest.payloads import frame_pair
-from loadtest.route_cases import SINTEL, SHIFT, TASKS, Case, Outputs, model_shapes, request_files, timings
+from loadtest.route_cases import SHIFT, SINTEL, TASKS, Case, Outputs, model_shapes, request_files, timings
 from loadtest.workers import PeakRSS, machine, make_checkpoint, max_rss_mb, spawn
 
 CHECKPOINTS = {"flow": "optical-flow", "video-labels": "video", "video-recon": "video"}  # bench_model's folders
@@ -62,12 +62,27 @@ def run_ours(case: Case) -> tuple[dict[str, Any], Outputs]:
     from server.settings import build_settings
 
     task = "optical-flow" if case.task == "flow" else "video-autoencoding"
-    settings = build_settings({
-        "server": {"device": "cpu", "dtype": case.dtype, "cpu_threads": case.threads, "request_timeout_s": 3600,
-                   "max_body_mb": 256, "catalog": False},
-        "models": {"bench": {"task": task, "source": case.folder, "random_weights": True,
-                             "max_batch_size": case.max_batch_size, "max_queue": 1024}},
-    })
+    settings = build_settings(
+        {
+            "server": {
+                "device": "cpu",
+                "dtype": case.dtype,
+                "cpu_threads": case.threads,
+                "request_timeout_s": 3600,
+                "max_body_mb": 256,
+                "catalog": False,
+            },
+            "models": {
+                "bench": {
+                    "task": task,
+                    "source": case.folder,
+                    "random_weights": True,
+                    "max_batch_size": case.max_batch_size,
+                    "max_queue": 1024,
+                }
+            },
+        }
+    )
     configure_cpu_threads(settings)  # as `python -m server` does
     return asyncio.run(_drive(build_app(settings), case))
 
@@ -81,8 +96,11 @@ async def _drive(app: Any, case: Case) -> tuple[dict[str, Any], Outputs]:
     if case.task == "flow":  # warm-up (and model load): one pair of one tile
         height, width = shapes.flow_size
         pair = frame_pair(np.random.default_rng(1), width, height, SHIFT)
-        warm = (path, params, {name: (f"{name}.png", data, "image/png")
-                               for name, data in zip(("frame1", "frame2"), pair, strict=True)})
+        warm = (
+            path,
+            params,
+            {name: (f"{name}.png", data, "image/png") for name, data in zip(("frame1", "frame2"), pair, strict=True)},
+        )
     else:  # warm-up (and model load): the labels of the clip
         warm = ("/autoencode-video", ROUTES["video-labels"][1], files)
     async with app.router.lifespan_context(app):
@@ -100,16 +118,20 @@ async def _drive(app: Any, case: Case) -> tuple[dict[str, Any], Outputs]:
             gc.collect()
             with PeakRSS() as mem:
                 for concurrency in case.concurrency:
-                    latencies, wall_s, last = await _concurrent(lambda: post(path, params, files), case.requests,
-                                                                concurrency)
+                    latencies, wall_s, last = await _concurrent(
+                        lambda: post(path, params, files), case.requests, concurrency
+                    )
                     runs.append(timings(latencies, wall_s, concurrency))
     assert last is not None
-    return (dict(runs=runs, peak_delta_mb=mem.delta_mb, peak_rss_mb=max_rss_mb(), threads=torch.get_num_threads()),
-            _parse(case.task, last.content))
+    return (
+        dict(runs=runs, peak_delta_mb=mem.delta_mb, peak_rss_mb=max_rss_mb(), threads=torch.get_num_threads()),
+        _parse(case.task, last.content),
+    )
 
 
-async def _concurrent(send: Callable[[], Awaitable[Any]], requests: int,
-                      concurrency: int) -> tuple[list[float], float, Any]:
+async def _concurrent(
+    send: Callable[[], Awaitable[Any]], requests: int, concurrency: int
+) -> tuple[list[float], float, Any]:
     """`requests` sends, `concurrency` in flight at a time: (latencies, wall time, the last answer)."""
     latencies: list[float] = []
     last: list[Any] = []
@@ -145,18 +167,24 @@ def _parse(task: str, body: bytes) -> Outputs:
 def agreement(task: str, ours: Outputs, theirs: Outputs) -> dict[str, Any]:
     """How far apart the two answers are, on what both computed."""
     if task == "flow":
-        return {"flow_max_abs_diff_px": float(np.abs(ours["flow"] - theirs["flow"]).max()),
-                "flow_max_abs_px": float(np.abs(theirs["flow"]).max())}
+        return {
+            "flow_max_abs_diff_px": float(np.abs(ours["flow"] - theirs["flow"]).max()),
+            "flow_max_abs_px": float(np.abs(theirs["flow"]).max()),
+        }
     if task == "video-labels":
-        return {"top1_equal": bool(ours["label"] == theirs["label"]),
-                "top1_score_abs_diff": float(abs(ours["score"] - theirs["score"]))}
+        return {
+            "top1_equal": bool(ours["label"] == theirs["label"]),
+            "top1_score_abs_diff": float(abs(ours["score"] - theirs["score"])),
+        }
     image, audio = theirs["image"], theirs["audio"]  # the first K chunks
     # The route returns uint8 video: transformers' raw RGB clipped and rounded the same way.
     levels = (np.clip(image, 0, 1) * 255).round().astype(np.int16)
     video = ours["video"].reshape(-1, 3)[: len(image)].astype(np.int16)
-    return {"chunks_compared_image_points": len(image),
-            "video_max_abs_diff_levels": int(np.abs(video - levels).max()),
-            "audio_max_abs_diff": float(np.abs(ours["audio"][: len(audio)] - audio).max())}
+    return {
+        "chunks_compared_image_points": len(image),
+        "video_max_abs_diff_levels": int(np.abs(video - levels).max()),
+        "audio_max_abs_diff": float(np.abs(ours["audio"][: len(audio)] - audio).max()),
+    }
 
 
 # ---- driver -----------------------------------------------------------------------------------------
@@ -168,25 +196,36 @@ RUNNERS = {"ours": run_ours, "transformers": run_transformers}
 def _row(case: Case, ours: dict[str, Any], theirs: dict[str, Any], agree: dict[str, Any]) -> list[dict[str, Any]]:
     nan = float("nan")
     hf = theirs["runs"][0] if "runs" in theirs else {}
-    notes = [f"{impl} failed: {r['error']}" for impl, r in (("ours", ours), ("transformers", theirs))
-             if "error" in r]
+    notes = [f"{impl} failed: {r['error']}" for impl, r in (("ours", ours), ("transformers", theirs)) if "error" in r]
     if "extrapolated_from_chunks" in hf:
-        notes.append(f"transformers extrapolated from {hf['extrapolated_from_chunks']} of {hf['chunks_total']} "
-                     "chunks")
+        notes.append(f"transformers extrapolated from {hf['extrapolated_from_chunks']} of {hf['chunks_total']} chunks")
     rows = []
     for run in ours.get("runs") or [{"concurrency": c} for c in case.concurrency]:
         ours_p50, hf_p50 = run.get("p50_s", nan), hf.get("p50_s", nan)
         ours_rps, hf_rps = run.get("requests_per_s", nan), hf.get("requests_per_s", nan)
-        rows.append(dict(
-            task=case.task, dtype=case.dtype, concurrency=run["concurrency"], requests=case.requests,
-            ours_p50_s=ours_p50, ours_mean_s=run.get("mean_s", nan), ours_requests_per_s=ours_rps,
-            transformers_p50_s=hf_p50, transformers_requests_per_s=hf_rps,
-            latency_ratio=ours_p50 / hf_p50, throughput_ratio=ours_rps / hf_rps,
-            ours_peak_rss_mb=ours.get("peak_rss_mb", nan), transformers_peak_rss_mb=theirs.get("peak_rss_mb", nan),
-            ours_peak_delta_mb=ours.get("peak_delta_mb", nan),
-            transformers_peak_delta_mb=theirs.get("peak_delta_mb", nan),
-            threads=case.threads, tiles=theirs.get("tiles"), agreement=agree, note="; ".join(notes),
-        ))
+        rows.append(
+            dict(
+                task=case.task,
+                dtype=case.dtype,
+                concurrency=run["concurrency"],
+                requests=case.requests,
+                ours_p50_s=ours_p50,
+                ours_mean_s=run.get("mean_s", nan),
+                ours_requests_per_s=ours_rps,
+                transformers_p50_s=hf_p50,
+                transformers_requests_per_s=hf_rps,
+                latency_ratio=ours_p50 / hf_p50,
+                throughput_ratio=ours_rps / hf_rps,
+                ours_peak_rss_mb=ours.get("peak_rss_mb", nan),
+                transformers_peak_rss_mb=theirs.get("peak_rss_mb", nan),
+                ours_peak_delta_mb=ours.get("peak_delta_mb", nan),
+                transformers_peak_delta_mb=theirs.get("peak_delta_mb", nan),
+                threads=case.threads,
+                tiles=theirs.get("tiles"),
+                agreement=agree,
+                note="; ".join(notes),
+            )
+        )
     return rows
 
 
@@ -196,18 +235,19 @@ def _agreement_text(agree: dict[str, Any]) -> str:
     if "top1_equal" in agree:
         return f"top-1 {'same' if agree['top1_equal'] else 'DIFFERENT'} (dscore {agree['top1_score_abs_diff']:.1e})"
     if "video_max_abs_diff_levels" in agree:
-        return (f"video max|d| {agree['video_max_abs_diff_levels']} levels, audio "
-                f"{agree['audio_max_abs_diff']:.1e}")
+        return f"video max|d| {agree['video_max_abs_diff_levels']} levels, audio {agree['audio_max_abs_diff']:.1e}"
     return agree.get("error", "-")
 
 
 def _print(row: dict[str, Any]) -> None:
-    print(f"{row['task']:12s} {row['dtype']:9s} c={row['concurrency']} ours {row['ours_p50_s']:8.2f}s "
-          f"{row['ours_requests_per_s']:7.4f} req/s  transformers {row['transformers_p50_s']:8.2f}s "
-          f"{row['transformers_requests_per_s']:7.4f} req/s  latency x{row['latency_ratio']:.2f}  "
-          f"throughput x{row['throughput_ratio']:.2f}  peak RSS {row['ours_peak_rss_mb']:6.0f} / "
-          f"{row['transformers_peak_rss_mb']:6.0f} MB  {_agreement_text(row['agreement'])}  {row['note']}",
-          flush=True)
+    print(
+        f"{row['task']:12s} {row['dtype']:9s} c={row['concurrency']} ours {row['ours_p50_s']:8.2f}s "
+        f"{row['ours_requests_per_s']:7.4f} req/s  transformers {row['transformers_p50_s']:8.2f}s "
+        f"{row['transformers_requests_per_s']:7.4f} req/s  latency x{row['latency_ratio']:.2f}  "
+        f"throughput x{row['throughput_ratio']:.2f}  peak RSS {row['ours_peak_rss_mb']:6.0f} / "
+        f"{row['transformers_peak_rss_mb']:6.0f} MB  {_agreement_text(row['agreement'])}  {row['note']}",
+        flush=True,
+    )
 
 
 def compare(case: Case, workdir: Path) -> list[dict[str, Any]]:
@@ -219,8 +259,11 @@ def compare(case: Case, workdir: Path) -> list[dict[str, Any]]:
         if "error" not in results[impl]:
             with np.load(path, allow_pickle=False) as npz:
                 outputs[impl] = dict(npz)
-    agree = agreement(case.task, outputs["ours"], outputs["transformers"]) if len(outputs) == 2 else \
-        {"error": "not compared: a side failed"}
+    agree = (
+        agreement(case.task, outputs["ours"], outputs["transformers"])
+        if len(outputs) == 2
+        else {"error": "not compared: a side failed"}
+    )
     return _row(case, results["ours"], results["transformers"], agree)
 
 
@@ -239,10 +282,18 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,2", help="ours: requests in flight, one run each")
     p.add_argument("--hf-chunks", type=int, default=4, help="transformers video-recon chunks measured (of 128)")
     p.add_argument("--flow-size", default=f"{SINTEL[0]}x{SINTEL[1]}", help="HxW of the frame pair")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                   help="torch intra-op threads for both (the server's own default is one fewer than the cores)")
-    p.add_argument("--max-batch-size", type=int, default=Case.max_batch_size,
-                   help="ours: the model's batch limit (a 368x496 flow tile takes ~1.1 GB in float32 on CPU)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch intra-op threads for both (the server's own default is one fewer than the cores)",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=Case.max_batch_size,
+        help="ours: the model's batch limit (a 368x496 flow tile takes ~1.1 GB in float32 on CPU)",
+    )
     p.add_argument("--checkpoints", default=None, help="folder for the random checkpoints (default: temp)")
     p.add_argument("--out", default="bench-results/routes.json")
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
@@ -253,21 +304,34 @@ def main() -> None:
     root = Path(a.checkpoints or tempfile.mkdtemp(prefix="perceiver-bench-"))
     height, width = (int(v) for v in a.flow_size.lower().split("x"))
     rows, before = [], machine()
-    print(f"{before['cpus']} CPUs, torch {before['torch']}, {a.threads} intra-op threads both sides, load average "
-          f"{before['load_average'][0]:.2f}; p50 latency over {a.requests} requests, c = ours' requests in flight "
-          "(transformers: sequential); peak RSS of each worker process; ratios are ours / transformers", flush=True)
+    print(
+        f"{before['cpus']} CPUs, torch {before['torch']}, {a.threads} intra-op threads both sides, load average "
+        f"{before['load_average'][0]:.2f}; p50 latency over {a.requests} requests, c = ours' requests in flight "
+        "(transformers: sequential); peak RSS of each worker process; ratios are ours / transformers",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="perceiver-routes-") as workdir:
         for task in a.tasks.split(","):
             folder = make_checkpoint(REAL_CONFIGS[CHECKPOINTS[task]], root / CHECKPOINTS[task])
             for dtype in a.dtypes.split(","):
-                case = Case(task, folder, dtype, a.requests, tuple(int(c) for c in a.concurrency.split(",")),
-                            a.hf_chunks, (height, width), a.threads, a.max_batch_size)
+                case = Case(
+                    task,
+                    folder,
+                    dtype,
+                    a.requests,
+                    tuple(int(c) for c in a.concurrency.split(",")),
+                    a.hf_chunks,
+                    (height, width),
+                    a.threads,
+                    a.max_batch_size,
+                )
                 for row in compare(case, Path(workdir)):
                     rows.append(row)
                     _print(row)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(dict(machine=before, load_average_after=machine()["load_average"], rows=rows),
-                                      indent=2))
+    Path(a.out).write_text(
+        json.dumps(dict(machine=before, load_average_after=machine()["load_average"], rows=rows), indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,15 @@ class StepResult:
         return float(np.percentile(self.latencies_s, q)) if self.latencies_s else float("nan")
 
 
-async def run_step(clients: Sequence[httpx.AsyncClient], route: str, payloads: Sequence[Payload], *,
-                   concurrency: int, max_requests: int, duration_s: float) -> StepResult:
+async def run_step(
+    clients: Sequence[httpx.AsyncClient],
+    route: str,
+    payloads: Sequence[Payload],
+    *,
+    concurrency: int,
+    max_requests: int,
+    duration_s: float,
+) -> StepResult:
     """Send `payloads` (cycled) to `route` from `concurrency` closed-loop workers; worker i uses
     clients[i % len(clients)]."""
     source = itertools.cycle(payloads)
@@ -98,15 +105,21 @@ def _error_message(response: httpx.Response) -> str:
 
 
 @asynccontextmanager
-async def open_clients(base: str, *, count: int, timeout_s: float,
-                       headers: dict[str, str] | None = None) -> AsyncIterator[list[httpx.AsyncClient]]:
+async def open_clients(
+    base: str, *, count: int, timeout_s: float, headers: dict[str, str] | None = None
+) -> AsyncIterator[list[httpx.AsyncClient]]:
     """`count` clients of one kept-alive connection each (one per worker), closed on exit."""
     tls = ssl.create_default_context()  # built once: each client would otherwise load the CA bundle
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(httpx.AsyncClient(
-            base_url=base, limits=limits, timeout=timeout_s, trust_env=False, verify=tls, headers=headers))
-            for _ in range(count)]
+        yield [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=base, limits=limits, timeout=timeout_s, trust_env=False, verify=tls, headers=headers
+                )
+            )
+            for _ in range(count)
+        ]
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,16 @@ def run_transformers(case: Case) -> tuple[dict[str, Any], Outputs]:
         wall_s = sum(latencies)
         extra = dict(extrapolated_from_chunks=case.hf_chunks, chunks_total=request.chunks_total)
     runs = [timings(latencies, wall_s, 1, **extra)]
-    return (dict(runs=runs, peak_delta_mb=mem.delta_mb, peak_rss_mb=max_rss_mb(), threads=torch.get_num_threads(),
-                 **request.info), outputs)
+    return (
+        dict(
+            runs=runs,
+            peak_delta_mb=mem.delta_mb,
+            peak_rss_mb=max_rss_mb(),
+            threads=torch.get_num_threads(),
+            **request.info,
+        ),
+        outputs,
+    )
 
 
 @dataclass
@@ -76,18 +84,22 @@ def _decode_png(data: bytes) -> np.ndarray:
     return np.array(Image.open(io.BytesIO(data)).convert("RGB"))  # (H, W, 3) uint8
 
 
-def colab_grid(image_shape: tuple[int, int], patch_size: tuple[int, int],
-               min_overlap: int = MIN_OVERLAP) -> list[tuple[int, int]]:
+def colab_grid(
+    image_shape: tuple[int, int], patch_size: tuple[int, int], min_overlap: int = MIN_OVERLAP
+) -> list[tuple[int, int]]:
     """The colab's compute_grid_indices; refuses the sizes where its grid runs off the frame."""
     ys = list(range(0, image_shape[0], patch_size[0] - min_overlap))
     xs = list(range(0, image_shape[1], patch_size[1] - min_overlap))
     ys[-1] = image_shape[0] - patch_size[0]  # the final patch flush with the image boundary
     xs[-1] = image_shape[1] - patch_size[1]
     corners = list(itertools.product(ys, xs))
-    if any(y < 0 or x < 0 or y + patch_size[0] > image_shape[0] or x + patch_size[1] > image_shape[1]
-           for y, x in corners):
-        raise ValueError(f"the colab's grid puts a tile outside a {image_shape[1]}x{image_shape[0]} frame; "
-                         f"pick another --flow-size (Sintel's {SINTEL[1]}x{SINTEL[0]} is fine)")
+    if any(
+        y < 0 or x < 0 or y + patch_size[0] > image_shape[0] or x + patch_size[1] > image_shape[1] for y, x in corners
+    ):
+        raise ValueError(
+            f"the colab's grid puts a tile outside a {image_shape[1]}x{image_shape[0]} frame; "
+            f"pick another --flow-size (Sintel's {SINTEL[1]}x{SINTEL[0]} is fine)"
+        )
     return corners
 
 
@@ -144,17 +156,23 @@ def _hf_video(model: torch.nn.Module, dtype: torch.dtype, files: dict[str, bytes
     image_chunk, audio_chunk = image_points // nchunks, audio_points // nchunks
 
     def subsampling(k: int) -> dict[str, torch.Tensor | None]:  # as in transformers' docs
-        return {"image": torch.arange(image_chunk * k, image_chunk * (k + 1)),
-                "audio": torch.arange(audio_chunk * k, audio_chunk * (k + 1)), "label": None}
+        return {
+            "image": torch.arange(image_chunk * k, image_chunk * (k + 1)),
+            "audio": torch.arange(audio_chunk * k, audio_chunk * (k + 1)),
+            "label": None,
+        }
 
     def inputs() -> dict[str, torch.Tensor]:
         video = np.load(io.BytesIO(files["video"]), allow_pickle=False)  # (T, H, W, 3) uint8
         audio, _ = soundfile.read(io.BytesIO(files["audio"]), dtype="float32")  # (S,)
-        return dict(image=(torch.from_numpy(video).permute(0, 3, 1, 2)[None] / 255).to(dtype),  # (1, T, 3, H, W)
-                    audio=torch.from_numpy(audio)[None, :, None].to(dtype),  # (1, S, 1)
-                    label=torch.zeros(1, config.num_labels, dtype=dtype))
+        return dict(
+            image=(torch.from_numpy(video).permute(0, 3, 1, 2)[None] / 255).to(dtype),  # (1, T, 3, H, W)
+            audio=torch.from_numpy(audio)[None, :, None].to(dtype),  # (1, S, 1)
+            label=torch.zeros(1, config.num_labels, dtype=dtype),
+        )
 
     if case.task == "video-labels":
+
         def labels() -> Outputs:
             logits = model(inputs=inputs(), subsampled_output_points=subsampling(0)).logits["label"][0]
             scores = logits.float().softmax(-1)
@@ -170,8 +188,15 @@ def _hf_video(model: torch.nn.Module, dtype: torch.dtype, files: dict[str, bytes
         start = time.perf_counter()
         outs = [model(inputs=clip_inputs, subsampled_output_points=subsampling(k)).logits for k in range(measured)]
         loop_s.append(time.perf_counter() - start)
-        return {"image": torch.cat([o["image"][0] for o in outs]).float().numpy(),  # (K * chunk, 3)
-                "audio": torch.cat([o["audio"][0] for o in outs]).float().numpy()}  # (K * chunk * spp,)
+        return {
+            "image": torch.cat([o["image"][0] for o in outs]).float().numpy(),  # (K * chunk, 3)
+            "audio": torch.cat([o["audio"][0] for o in outs]).float().numpy(),
+        }  # (K * chunk * spp,)
 
-    return _Request(reconstruct, lambda: model(inputs=inputs(), subsampled_output_points=subsampling(0)),
-                    extrapolate=nchunks / measured, chunks_total=nchunks, loop_s=loop_s)
+    return _Request(
+        reconstruct,
+        lambda: model(inputs=inputs(), subsampled_output_points=subsampling(0)),
+        extrapolate=nchunks / measured,
+        chunks_total=nchunks,
+        loop_s=loop_s,
+    )

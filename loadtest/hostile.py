@@ -34,8 +34,15 @@ def wav_claiming(rate: int, channels: int = 1, *, frames: int = 64, extensible: 
     """A 16-bit PCM WAV of silence whose header declares `rate` Hz and `channels` (WAVE_FORMAT_EXTENSIBLE
     when asked): mono with 64 frames is 172 bytes, whatever the rate."""
     block = channels * 2
-    fmt = struct.pack("<HHIIHH", 0xFFFE if extensible else 1, channels & 0xFFFF, rate & 0xFFFFFFFF,
-                      (rate * block) & 0xFFFFFFFF, block & 0xFFFF, 16)
+    fmt = struct.pack(
+        "<HHIIHH",
+        0xFFFE if extensible else 1,
+        channels & 0xFFFF,
+        rate & 0xFFFFFFFF,
+        (rate * block) & 0xFFFFFFFF,
+        block & 0xFFFF,
+        16,
+    )
     if extensible:
         fmt += struct.pack("<HHI", 22, 16, 0) + PCM_GUID
     body = b"WAVE" + riff_chunk(b"fmt ", fmt) + riff_chunk(b"data", bytes(frames * block))

@@ -60,8 +60,16 @@ def _preparer(route: str, runner: Any) -> Callable[[Payload], Any]:
     raise ValueError(f"no in-process measurement for {route}; supported: {', '.join(SUPPORTED)}")
 
 
-def measure(route: str, model: str, config: dict[str, Any], payloads: Sequence[Payload], *, batch_size: int,
-            duration_s: float, max_items: int) -> InProcessResult:
+def measure(
+    route: str,
+    model: str,
+    config: dict[str, Any],
+    payloads: Sequence[Payload],
+    *,
+    batch_size: int,
+    duration_s: float,
+    max_items: int,
+) -> InProcessResult:
     """Load `model` as the server would (`config` is the server's TOML table) and time full batches."""
     from server.engine.devices import cpu_threads
     from server.engine.loading import load_model
@@ -75,16 +83,33 @@ def measure(route: str, model: str, config: dict[str, Any], payloads: Sequence[P
     torch.set_num_threads(cpu_threads(settings))  # as the server runs it
     try:
         with torch.inference_mode():
-            return _time(route, model, runner, prepare, payloads, batch_size=batch_size, duration_s=duration_s,
-                         max_items=max_items)
+            return _time(
+                route,
+                model,
+                runner,
+                prepare,
+                payloads,
+                batch_size=batch_size,
+                duration_s=duration_s,
+                max_items=max_items,
+            )
     finally:
         torch.set_num_threads(threads)
         del loaded, runner
         gc.collect()
 
 
-def _time(route: str, model: str, runner: Any, prepare: Callable[[Payload], Any], payloads: Sequence[Payload], *,
-          batch_size: int, duration_s: float, max_items: int) -> InProcessResult:
+def _time(
+    route: str,
+    model: str,
+    runner: Any,
+    prepare: Callable[[Payload], Any],
+    payloads: Sequence[Payload],
+    *,
+    batch_size: int,
+    duration_s: float,
+    max_items: int,
+) -> InProcessResult:
     def run(batch: list[Any]) -> None:
         runner.split(runner.forward(runner.collate(batch)), batch)
 
@@ -112,5 +137,6 @@ def _time(route: str, model: str, runner: Any, prepare: Callable[[Payload], Any]
     pending = sum(len(g) for g in groups.values())
     if i:
         prepare_s *= (i - pending) / i
-    return InProcessResult(route, model, batch_size, items, prepare_s + forward_s, prepare_s, forward_s,
-                           torch.get_num_threads())
+    return InProcessResult(
+        route, model, batch_size, items, prepare_s + forward_s, prepare_s, forward_s, torch.get_num_threads()
+    )

@@ -24,8 +24,8 @@ from locust.env import Environment
 # Locust puts this file's folder on sys.path; the package imports below need the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loadtest.payloads import ROUTE_TASKS, Payload, build  # noqa: E402
-from loadtest.target import TargetError, auth_headers, check_target, discover  # noqa: E402
+from loadtest.payloads import ROUTE_TASKS, Payload, build
+from loadtest.target import TargetError, auth_headers, check_target, discover
 
 log = logging.getLogger("loadtest")
 
@@ -38,15 +38,33 @@ def _option(route: str) -> str:
 def _arguments(parser: object) -> None:
     for route in ROUTE_TASKS:
         name = route.strip("/")
-        parser.add_argument(f"--weight-{name}", type=float, default=1.0,  # type: ignore[attr-defined]
-                            env_var=f"LOADTEST_WEIGHT_{_option(route).upper()}",
-                            help=f"relative share of {route} requests (0 disables it)")
-    parser.add_argument("--payloads", type=int, default=16, env_var="LOADTEST_PAYLOADS",  # type: ignore[attr-defined]
-                        help="distinct payloads synthesised per route")
-    parser.add_argument("--allow-remote", action="store_true", default=False,  # type: ignore[attr-defined]
-                        env_var="LOADTEST_ALLOW_REMOTE", help="allow a non-loopback --host (a server you own)")
-    parser.add_argument("--api-key", default="", env_var="LOADTEST_API_KEY",  # type: ignore[attr-defined]
-                        help="sent as a Bearer token, for servers with api_keys")
+        parser.add_argument(
+            f"--weight-{name}",
+            type=float,
+            default=1.0,  # type: ignore[attr-defined]
+            env_var=f"LOADTEST_WEIGHT_{_option(route).upper()}",
+            help=f"relative share of {route} requests (0 disables it)",
+        )
+    parser.add_argument(
+        "--payloads",
+        type=int,
+        default=16,
+        env_var="LOADTEST_PAYLOADS",  # type: ignore[attr-defined]
+        help="distinct payloads synthesised per route",
+    )
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        default=False,  # type: ignore[attr-defined]
+        env_var="LOADTEST_ALLOW_REMOTE",
+        help="allow a non-loopback --host (a server you own)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default="",
+        env_var="LOADTEST_API_KEY",  # type: ignore[attr-defined]
+        help="sent as a Bearer token, for servers with api_keys",
+    )
 
 
 class Plan:
@@ -84,8 +102,9 @@ def _plan(environment: Environment, **_: object) -> None:
         if weight > 0:
             routes.append(route)
             weights.append(weight)
-            payloads[route] = build(route, options.payloads if options else 16, target.shapes,
-                                    seed=random.randrange(2**31))
+            payloads[route] = build(
+                route, options.payloads if options else 16, target.shapes, seed=random.randrange(2**31)
+            )
     if not routes:
         log.error("%s serves none of the routes with a positive weight (%s)", base, ", ".join(ROUTE_TASKS))
         _quit(environment)

@@ -39,10 +39,18 @@ def cases(mb: float) -> dict[str, Callable[[], Body]]:
     def multipart() -> Body:
         half = b"\x89PNG" + b"\0" * (size // 2)
         boundary = "loop-stall-boundary"
-        parts = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{n}"; filename="{n}.png"\r\n'
-                         f"Content-Type: image/png\r\n\r\n".encode() + half + b"\r\n" for n in ("frame1", "frame2"))
-        return "/optical-flow", {"Content-Type": f"multipart/form-data; boundary={boundary}"}, \
-            parts + f"--{boundary}--\r\n".encode()
+        parts = b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{n}"; filename="{n}.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n".encode()
+            + half
+            + b"\r\n"
+            for n in ("frame1", "frame2")
+        )
+        return (
+            "/optical-flow",
+            {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            parts + f"--{boundary}--\r\n".encode(),
+        )
 
     picture = base64.b64encode(b"\x89PNG" + b"\1" * (size * 3 // 4)).decode()
     half_picture = picture[: len(picture) // 2 // 4 * 4]
@@ -52,8 +60,10 @@ def cases(mb: float) -> dict[str, Callable[[], Body]]:
         "classify-image, base64 JSON": lambda: _json("/classify-image", {"inputs": picture}),
         "optical-flow, base64 JSON": lambda: _json("/optical-flow", {"frame1": half_picture, "frame2": half_picture}),
         "optical-flow, multipart": multipart,
-        "v2 infer, 3M BYTES elements": lambda: _json("/v2/models/small-fill-mask/infer", {"inputs": [
-            {"name": "text", "datatype": "BYTES", "shape": [many], "data": ["a[MASK]"] * many}]}),
+        "v2 infer, 3M BYTES elements": lambda: _json(
+            "/v2/models/small-fill-mask/infer",
+            {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [many], "data": ["a[MASK]"] * many}]},
+        ),
     }
 
 
@@ -80,14 +90,19 @@ def measure(base: str, body: Body, *, repeats: int) -> dict[str, Any]:
             statuses.append(client.post(path, content=content, headers=headers).status_code)
         stop.set()
         prober.join()
-    return {"body_mb": round(len(content) / 2**20, 1), "statuses": sorted(set(statuses)),
-            "probe_max_ms": round(max(latencies) * 1000, 1),
-            "probe_p50_ms": round(statistics.median(latencies) * 1000, 2), "probes": len(latencies)}
+    return {
+        "body_mb": round(len(content) / 2**20, 1),
+        "statuses": sorted(set(statuses)),
+        "probe_max_ms": round(max(latencies) * 1000, 1),
+        "probe_p50_ms": round(statistics.median(latencies) * 1000, 2),
+        "probes": len(latencies),
+    }
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m loadtest.loop_stall", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.loop_stall", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--mb", type=float, default=30.0, help="body size per request")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--checkpoints", type=Path, default=Path("bench-results/loadtest/checkpoints"))

@@ -125,7 +125,7 @@ def masked_text(rng: np.random.Generator, *, target_bytes: int) -> str:
         words.pop()
     i = int(rng.integers(1, len(words)))
     word = words[i].rstrip(".,;")
-    words[i] = MASK * len(word.encode()) + words[i][len(word):]
+    words[i] = MASK * len(word.encode()) + words[i][len(word) :]
     return " ".join(words)
 
 
@@ -133,13 +133,17 @@ def text_lengths(rng: np.random.Generator, count: int, *, max_tokens: int) -> li
     """Byte lengths of a mixed load: 40 % short (~32), 40 % medium (~160), 20 % long (~700), within the model."""
     ceiling = max_tokens - 2
     kinds = rng.choice(3, size=count, p=[0.4, 0.4, 0.2])
-    lengths = np.where(kinds == 0, rng.integers(20, 40, count),
-                       np.where(kinds == 1, rng.integers(100, 220, count), rng.integers(400, 900, count)))
+    lengths = np.where(
+        kinds == 0,
+        rng.integers(20, 40, count),
+        np.where(kinds == 1, rng.integers(100, 220, count), rng.integers(400, 900, count)),
+    )
     return [int(min(n, ceiling)) for n in lengths]
 
 
-def fill_mask_payloads(rng: np.random.Generator, count: int, shapes: ModelShapes, *,
-                       fixed_bytes: int | None = None) -> list[Payload]:
+def fill_mask_payloads(
+    rng: np.random.Generator, count: int, shapes: ModelShapes, *, fixed_bytes: int | None = None
+) -> list[Payload]:
     """Texts of mixed lengths (or all `fixed_bytes` long), each with one masked word; top_k 5."""
     lengths = [fixed_bytes] * count if fixed_bytes else text_lengths(rng, count, max_tokens=shapes.max_tokens)
     out = []
@@ -149,14 +153,14 @@ def fill_mask_payloads(rng: np.random.Generator, count: int, shapes: ModelShapes
     return out
 
 
-def classify_text_payloads(rng: np.random.Generator, count: int, shapes: ModelShapes, *,
-                           fixed_bytes: int | None = None) -> list[Payload]:
+def classify_text_payloads(
+    rng: np.random.Generator, count: int, shapes: ModelShapes, *, fixed_bytes: int | None = None
+) -> list[Payload]:
     lengths = [fixed_bytes] * count if fixed_bytes else text_lengths(rng, count, max_tokens=shapes.max_tokens)
     out = []
     for n in lengths:
         text = masked_text(rng, target_bytes=n).replace(MASK, "x")
-        out.append(Payload("/classify-text", f"text ~{n} B",
-                           json={"inputs": text, "parameters": {"top_k": 2}}))
+        out.append(Payload("/classify-text", f"text ~{n} B", json={"inputs": text, "parameters": {"top_k": 2}}))
     return out
 
 
@@ -166,8 +170,10 @@ def classify_text_payloads(rng: np.random.Generator, count: int, shapes: ModelSh
 def synth_image(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     """A photo-like RGB image: a two-colour gradient, a few filled shapes, and sensor noise."""
     start, end = rng.integers(0, 256, 3).astype(np.float32), rng.integers(0, 256, 3).astype(np.float32)
-    ramp = (np.linspace(0, 0.7, width, dtype=np.float32)[None, :, None]
-            + np.linspace(0, 0.3, height, dtype=np.float32)[:, None, None])  # (H, W, 1)
+    ramp = (
+        np.linspace(0, 0.7, width, dtype=np.float32)[None, :, None]
+        + np.linspace(0, 0.3, height, dtype=np.float32)[:, None, None]
+    )  # (H, W, 1)
     image = Image.fromarray((start + (end - start) * ramp).astype(np.uint8), "RGB")  # (H, W, 3)
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(3, 9))):
@@ -192,8 +198,9 @@ def encode_image(image: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def image_payloads(rng: np.random.Generator, count: int, shapes: ModelShapes, *,
-                   sizes: Sequence[tuple[int, int]] = IMAGE_SIZES) -> list[Payload]:
+def image_payloads(
+    rng: np.random.Generator, count: int, shapes: ModelShapes, *, sizes: Sequence[tuple[int, int]] = IMAGE_SIZES
+) -> list[Payload]:
     """Images of several sizes, 3/4 JPEG and 1/4 PNG, sent as raw bytes, multipart or base64 JSON in turn."""
     out = []
     for i in range(count):
@@ -221,8 +228,8 @@ def frame_pair(rng: np.random.Generator, width: int, height: int, shift: tuple[i
     scene = np.asarray(synth_image(rng, width + abs(dx), height + abs(dy)))
     x1, y1 = max(0, -dx), max(0, -dy)
     x2, y2 = x1 + dx, y1 + dy
-    first = Image.fromarray(scene[y1:y1 + height, x1:x1 + width])
-    second = Image.fromarray(scene[y2:y2 + height, x2:x2 + width])
+    first = Image.fromarray(scene[y1 : y1 + height, x1 : x1 + width])
+    second = Image.fromarray(scene[y2 : y2 + height, x2 : x2 + width])
     return encode_image(first, "PNG"), encode_image(second, "PNG")
 
 
@@ -236,9 +243,14 @@ def flow_payloads(rng: np.random.Generator, count: int, shapes: ModelShapes) -> 
         shift = (int(rng.integers(-6, 7)), int(rng.integers(-4, 5)))
         first, second = frame_pair(rng, w, h, shift)
         fmt = "png" if i % 4 == 3 else "npy"
-        out.append(Payload("/optical-flow", f"pair {w}x{h} -> {fmt}", params={"format": fmt},
-                           files={"frame1": ("frame1.png", first, "image/png"),
-                                  "frame2": ("frame2.png", second, "image/png")}))
+        out.append(
+            Payload(
+                "/optical-flow",
+                f"pair {w}x{h} -> {fmt}",
+                params={"format": fmt},
+                files={"frame1": ("frame1.png", first, "image/png"), "frame2": ("frame2.png", second, "image/png")},
+            )
+        )
     return out
 
 
@@ -256,7 +268,7 @@ def clip(rng: np.random.Generator, frames: int, height: int, width: int) -> np.n
     for t in range(frames):
         out[t] = base
         px, py = (x + vx * t) % (width - side + 1), (y + vy * t) % (height - side + 1)
-        out[t, py:py + side, px:px + side] = colour
+        out[t, py : py + side, px : px + side] = colour
     return out
 
 
@@ -286,10 +298,17 @@ def video_payloads(rng: np.random.Generator, count: int, shapes: ModelShapes) ->
     for _ in range(count):
         video = npy_bytes(clip(rng, shapes.video_frames, height, width))
         audio = wav_bytes(rng, shapes.audio_samples)
-        out.append(Payload("/autoencode-video", f"clip {shapes.video_frames}x{width}x{height}",
-                           params={"outputs": "labels"},
-                           files={"video": ("clip.npy", video, "application/octet-stream"),
-                                  "audio": ("clip.wav", audio, "audio/wav")}))
+        out.append(
+            Payload(
+                "/autoencode-video",
+                f"clip {shapes.video_frames}x{width}x{height}",
+                params={"outputs": "labels"},
+                files={
+                    "video": ("clip.npy", video, "application/octet-stream"),
+                    "audio": ("clip.wav", audio, "audio/wav"),
+                },
+            )
+        )
     return out
 
 

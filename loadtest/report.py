@@ -17,9 +17,28 @@ from typing import Any
 from loadtest.client import BatchStats, StepResult
 from loadtest.inprocess import InProcessResult
 
-COLUMNS = ("variant", "route", "model", "concurrency", "max_batch_size", "max_queue", "requests", "ok", "elapsed_s",
-           "rps", "p50_ms", "p95_ms", "p99_ms", "p99_over_p50", "error_rate", "n_429", "n_other_errors",
-           "mean_batch_size", "batches", "server_cpu_ms_per_request")
+COLUMNS = (
+    "variant",
+    "route",
+    "model",
+    "concurrency",
+    "max_batch_size",
+    "max_queue",
+    "requests",
+    "ok",
+    "elapsed_s",
+    "rps",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "p99_over_p50",
+    "error_rate",
+    "n_429",
+    "n_other_errors",
+    "mean_batch_size",
+    "batches",
+    "server_cpu_ms_per_request",
+)
 BATCHING, NO_BATCHING = "batching", "no-batching"
 
 
@@ -48,14 +67,41 @@ class Row:
     errors: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, variant: str, model: str, step: StepResult, batches: BatchStats, *, max_batch_size: int | None,
-           max_queue: int | None, server_cpu_s: float = math.nan) -> Row:
+    def of(
+        cls,
+        variant: str,
+        model: str,
+        step: StepResult,
+        batches: BatchStats,
+        *,
+        max_batch_size: int | None,
+        max_queue: int | None,
+        server_cpu_s: float = math.nan,
+    ) -> Row:
         p50, p95, p99 = (step.percentile(q) * 1000 for q in (50, 95, 99))
-        return cls(variant, step.route, model, step.concurrency, max_batch_size, max_queue, step.requests, step.ok,
-                   round(step.elapsed_s, 3), step.ok / step.elapsed_s if step.elapsed_s else 0.0, p50, p95, p99,
-                   p99 / p50 if p50 else math.nan, (step.requests - step.ok) / max(step.requests, 1),
-                   step.overloaded, step.other_errors, batches.mean, int(batches.batches),
-                   server_cpu_s * 1000 / max(step.requests, 1), dict(step.errors))
+        return cls(
+            variant,
+            step.route,
+            model,
+            step.concurrency,
+            max_batch_size,
+            max_queue,
+            step.requests,
+            step.ok,
+            round(step.elapsed_s, 3),
+            step.ok / step.elapsed_s if step.elapsed_s else 0.0,
+            p50,
+            p95,
+            p99,
+            p99 / p50 if p50 else math.nan,
+            (step.requests - step.ok) / max(step.requests, 1),
+            step.overloaded,
+            step.other_errors,
+            batches.mean,
+            int(batches.batches),
+            server_cpu_s * 1000 / max(step.requests, 1),
+            dict(step.errors),
+        )
 
 
 def _rows(rows: Sequence[Row], variant: str, route: str) -> list[Row]:
@@ -77,30 +123,42 @@ def summarise(rows: Sequence[Row], inprocess: Sequence[InProcessResult]) -> dict
         served = _rows(rows, BATCHING, route) or _rows(rows, "server", route)
         off = {r.concurrency: r for r in _rows(rows, NO_BATCHING, route)}
         best = max(served, key=lambda r: r.rps)
-        entry: dict[str, Any] = {"model": best.model, "saturation_rps": best.rps,
-                                 "saturation_concurrency": best.concurrency, "knee_concurrency": knee(served)}
+        entry: dict[str, Any] = {
+            "model": best.model,
+            "saturation_rps": best.rps,
+            "saturation_concurrency": best.concurrency,
+            "knee_concurrency": knee(served),
+        }
         below = [r for r in served if r.concurrency < (entry["knee_concurrency"] or 0)]
         entry["max_p99_over_p50_below_knee"] = max((r.p99_over_p50 for r in below), default=None)
         if off:
             pairs = [(r, off[r.concurrency]) for r in served if r.concurrency in off]
             entry["batching_speedup"] = {str(on.concurrency): on.rps / no.rps for on, no in pairs if no.rps}
             # Server CPU per request without batching / with it: what batching saves, whatever else runs.
-            entry["batching_cpu_saving"] = {str(on.concurrency): no.server_cpu_ms_per_request /
-                                            on.server_cpu_ms_per_request for on, no in pairs
-                                            if on.server_cpu_ms_per_request > 0}
+            entry["batching_cpu_saving"] = {
+                str(on.concurrency): no.server_cpu_ms_per_request / on.server_cpu_ms_per_request
+                for on, no in pairs
+                if on.server_cpu_ms_per_request > 0
+            }
         model_rate = next((m for m in inprocess if m.route == route), None)
         if model_rate is not None:
             entry["inprocess_items_per_s"] = model_rate.items_per_s
             entry["inprocess_batch_size"] = model_rate.batch_size
             entry["server_efficiency"] = best.rps / model_rate.items_per_s
         routes[route] = entry
-    unexpected_429 = [f"{r.variant} {r.route} c={r.concurrency}" for r in rows
-                      if r.n_429 and r.max_queue is not None and r.concurrency <= r.max_queue]
-    return {"routes": routes, "checks": {
-        "non_429_errors": sum(r.n_other_errors for r in rows),
-        "n_429": sum(r.n_429 for r in rows),
-        "429_within_queue_limit": unexpected_429,
-    }}
+    unexpected_429 = [
+        f"{r.variant} {r.route} c={r.concurrency}"
+        for r in rows
+        if r.n_429 and r.max_queue is not None and r.concurrency <= r.max_queue
+    ]
+    return {
+        "routes": routes,
+        "checks": {
+            "non_429_errors": sum(r.n_other_errors for r in rows),
+            "n_429": sum(r.n_429 for r in rows),
+            "429_within_queue_limit": unexpected_429,
+        },
+    }
 
 
 def write(out: Path, rows: Sequence[Row], inprocess: Sequence[InProcessResult], meta: dict[str, Any]) -> dict[str, Any]:
@@ -111,8 +169,12 @@ def write(out: Path, rows: Sequence[Row], inprocess: Sequence[InProcessResult], 
         writer.writeheader()
         for r in rows:
             writer.writerow({k: _round(v) for k, v in asdict(r).items()})
-    doc = {**meta, "summary": summarise(rows, inprocess), "rows": [asdict(r) for r in rows],
-           "inprocess": [{**asdict(m), "items_per_s": m.items_per_s} for m in inprocess]}
+    doc = {
+        **meta,
+        "summary": summarise(rows, inprocess),
+        "rows": [asdict(r) for r in rows],
+        "inprocess": [{**asdict(m), "items_per_s": m.items_per_s} for m in inprocess],
+    }
     (out / "report.json").write_text(json.dumps(doc, indent=2, default=_json_default, allow_nan=True))
     doc["plots"] = plot(out, rows, inprocess)
     return doc
@@ -144,8 +206,9 @@ def plot(out: Path, rows: Sequence[Row], inprocess: Sequence[InProcessResult]) -
             ax.plot([r.concurrency for r in series], [r.rps for r in series], marker="o", label=variant)
         model_rate = next((m for m in inprocess if m.route == route), None)
         if model_rate is not None:
-            ax.axhline(model_rate.items_per_s, color="grey", linestyle=":",
-                       label=f"in-process, batch {model_rate.batch_size}")
+            ax.axhline(
+                model_rate.items_per_s, color="grey", linestyle=":", label=f"in-process, batch {model_rate.batch_size}"
+            )
         _axes(ax, route, "requests/s")
     paths.append(_save(fig, out / "throughput.png", "Throughput vs concurrent clients"))
 
@@ -155,8 +218,9 @@ def plot(out: Path, rows: Sequence[Row], inprocess: Sequence[InProcessResult]) -
             series = _rows(rows, variant, route)
             x = [r.concurrency for r in series]
             for q, colour in (("p50", "C0"), ("p95", "C1"), ("p99", "C3")):
-                ax.plot(x, [getattr(r, f"{q}_ms") for r in series], style, color=colour, marker=".",
-                        label=f"{q} {variant}")
+                ax.plot(
+                    x, [getattr(r, f"{q}_ms") for r in series], style, color=colour, marker=".", label=f"{q} {variant}"
+                )
         ax.set_yscale("log")
         _axes(ax, route, "latency (ms)")
     paths.append(_save(fig, out / "latency.png", "Latency percentiles vs concurrent clients"))
@@ -169,8 +233,13 @@ def plot(out: Path, rows: Sequence[Row], inprocess: Sequence[InProcessResult]) -
             labels = [str(a.concurrency) for a, _ in pairs]
             bars = ax.bar(labels, [a.rps / b.rps for a, b in pairs], color="C2")
             for bar, (a, _) in zip(bars, pairs, strict=True):
-                ax.annotate(f"batch {a.mean_batch_size:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=7)
+                ax.annotate(
+                    f"batch {a.mean_batch_size:.1f}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
             ax.axhline(1.0, color="grey", linewidth=0.8)
             ax.set_title(route, fontsize=9)
             ax.set_xlabel("concurrent clients", fontsize=8)

@@ -52,8 +52,10 @@ def request_files(case: Case, shapes: ModelShapes) -> dict[str, tuple[str, bytes
         return {"frame1": ("frame1.png", first, "image/png"), "frame2": ("frame2.png", second, "image/png")}
     height, width = shapes.video_size
     video = npy_bytes(clip(rng, shapes.video_frames, height, width))  # (T, H, W, 3) uint8
-    return {"video": ("clip.npy", video, "application/octet-stream"),
-            "audio": ("clip.wav", wav_bytes(rng, shapes.audio_samples), "audio/wav")}
+    return {
+        "video": ("clip.npy", video, "application/octet-stream"),
+        "audio": ("clip.wav", wav_bytes(rng, shapes.audio_samples), "audio/wav"),
+    }
 
 
 def model_shapes(case: Case) -> ModelShapes:
@@ -63,5 +65,11 @@ def model_shapes(case: Case) -> ModelShapes:
 
 def timings(latencies: list[float], wall_s: float, concurrency: int, **extra: Any) -> dict[str, Any]:
     """One run's numbers: p50 and mean latency, and requests per second of wall time."""
-    return dict(concurrency=concurrency, requests=len(latencies), p50_s=statistics.median(latencies),
-                mean_s=statistics.fmean(latencies), requests_per_s=len(latencies) / wall_s, **extra)
+    return dict(
+        concurrency=concurrency,
+        requests=len(latencies),
+        p50_s=statistics.median(latencies),
+        mean_s=statistics.fmean(latencies),
+        requests_per_s=len(latencies) / wall_s,
+        **extra,
+    )

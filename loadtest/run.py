@@ -47,17 +47,25 @@ def _ints(text: str) -> list[int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loadtest.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--models", choices=["small", "real"], default=None,
-                     help="built-in random-weight model set to serve (default: small)")
+    src.add_argument(
+        "--models",
+        choices=["small", "real"],
+        default=None,
+        help="built-in random-weight model set to serve (default: small)",
+    )
     src.add_argument("--config", type=Path, help="serve this perceiver-serve TOML config")
     src.add_argument("--url", help="load-test a running server instead of starting one (loopback only)")
     p.add_argument("--url-no-batching", help="with --url: a second running server with max_batch_size 1")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url (a server you own)")
-    p.add_argument("--api-key", default=os.environ.get("LOADTEST_API_KEY"),
-                   help="sent as a Bearer token, for servers with api_keys (default: $LOADTEST_API_KEY)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("LOADTEST_API_KEY"),
+        help="sent as a Bearer token, for servers with api_keys (default: $LOADTEST_API_KEY)",
+    )
     p.add_argument("--checkpoints", type=Path, help="folder for built-in checkpoints (default: OUT/checkpoints)")
     p.add_argument("--routes", help="comma-separated routes to test (default: every route the server serves)")
     p.add_argument("--concurrency", type=_ints, default=[1, 4, 16, 64], help="concurrent clients per step")
@@ -79,10 +87,26 @@ def parser() -> argparse.ArgumentParser:
 def _machine() -> dict[str, Any]:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
 
 
 def _server_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,8 +117,9 @@ def _server_config(args: argparse.Namespace) -> dict[str, Any]:
         root = args.checkpoints or args.out / "checkpoints"
         # Generous deadline: a closed loop of 64 clients on a CPU queues for a while by design.
         config = {"server": {"request_timeout_s": args.timeout_s}, "models": write_model_set(name, root)}
-    return with_batching(config, max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms,
-                         max_queue=args.max_queue)
+    return with_batching(
+        config, max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue
+    )
 
 
 def _limits(config: dict[str, Any] | None, model: str) -> tuple[int | None, int | None]:
@@ -120,8 +145,9 @@ class Variant:
 
 def _variants(args: argparse.Namespace, config: dict[str, Any] | None) -> list[Variant]:
     if args.url:
-        first = Variant(BATCHING if args.url_no_batching else "server", None,
-                        check_target(args.url, allow_remote=args.allow_remote))
+        first = Variant(
+            BATCHING if args.url_no_batching else "server", None, check_target(args.url, allow_remote=args.allow_remote)
+        )
         if not args.url_no_batching:
             return [first]
         return [first, Variant(NO_BATCHING, None, check_target(args.url_no_batching, allow_remote=args.allow_remote))]
@@ -132,27 +158,38 @@ def _variants(args: argparse.Namespace, config: dict[str, Any] | None) -> list[V
     return variants
 
 
-async def _step(variant: Variant, clients: list[httpx.AsyncClient], route: str, payloads: list[Any],
-                concurrency: int, args: argparse.Namespace) -> Row:
+async def _step(
+    variant: Variant,
+    clients: list[httpx.AsyncClient],
+    route: str,
+    payloads: list[Any],
+    concurrency: int,
+    args: argparse.Namespace,
+) -> Row:
     target = variant.targets[route]
     batch, queue = _limits(variant.config, target.model)
     before = (await scrape_batches(clients[0])).get(target.model)
     cpu_before = variant.server.cpu_s() if variant.server else math.nan
-    step = await run_step(clients, route, payloads, concurrency=concurrency, max_requests=args.max_requests,
-                          duration_s=args.duration_s)
+    step = await run_step(
+        clients, route, payloads, concurrency=concurrency, max_requests=args.max_requests, duration_s=args.duration_s
+    )
     cpu_s = (variant.server.cpu_s() if variant.server else math.nan) - cpu_before
     after = (await scrape_batches(clients[0])).get(target.model)
     delta = after - before if after is not None and before is not None else (after or BatchStats())
     row = Row.of(variant.name, target.model, step, delta, max_batch_size=batch, max_queue=queue, server_cpu_s=cpu_s)
-    print(f"  {variant.name:11s} {route:17s} c={concurrency:<3d} {row.rps:8.2f} req/s  p50 {row.p50_ms:8.1f}"
-          f"  p95 {row.p95_ms:8.1f}  p99 {row.p99_ms:8.1f} ms  batch {row.mean_batch_size:5.2f}  "
-          f"cpu {row.server_cpu_ms_per_request:6.2f} ms/req  "
-          f"429 {row.n_429}  other {row.n_other_errors}  (n={row.requests})", flush=True)
+    print(
+        f"  {variant.name:11s} {route:17s} c={concurrency:<3d} {row.rps:8.2f} req/s  p50 {row.p50_ms:8.1f}"
+        f"  p95 {row.p95_ms:8.1f}  p99 {row.p99_ms:8.1f} ms  batch {row.mean_batch_size:5.2f}  "
+        f"cpu {row.server_cpu_ms_per_request:6.2f} ms/req  "
+        f"429 {row.n_429}  other {row.n_other_errors}  (n={row.requests})",
+        flush=True,
+    )
     return row
 
 
-async def _warm_up(variant: Variant, clients: list[httpx.AsyncClient], route: str, payloads: list[Any],
-                   args: argparse.Namespace) -> str | None:
+async def _warm_up(
+    variant: Variant, clients: list[httpx.AsyncClient], route: str, payloads: list[Any], args: argparse.Namespace
+) -> str | None:
     """Load the model if needed and run a full batch or two, unreported; the failure, if it failed."""
     batch, _ = _limits(variant.config, variant.targets[route].model)
     warm = min(batch or 4, 8)
@@ -160,20 +197,25 @@ async def _warm_up(variant: Variant, clients: list[httpx.AsyncClient], route: st
     return None if step.ok else f"{variant.name} {route}: skipped, warm-up failed: {dict(step.errors)}"
 
 
-async def _sweep(variants: list[Variant], payloads: dict[str, list[Any]], args: argparse.Namespace,
-                 notes: list[str]) -> tuple[list[Row], list[InProcessResult]]:
+async def _sweep(
+    variants: list[Variant], payloads: dict[str, list[Any]], args: argparse.Namespace, notes: list[str]
+) -> tuple[list[Row], list[InProcessResult]]:
     """Per route and concurrency, one step on each server back to back (alternating which goes first, so
     a machine getting busier or quieter does not favour one); then the route's in-process measurement."""
     rows: list[Row] = []
     inprocess: list[InProcessResult] = []
-    width = max(args.concurrency + [8])
+    width = max([*args.concurrency, 8])
     async with AsyncExitStack() as stack:
-        clients = {v.name: await stack.enter_async_context(open_clients(
-            v.url or "", count=width, timeout_s=args.timeout_s, headers=auth_headers(args.api_key))) for v in variants}
-        for route in payloads:
+        clients = {
+            v.name: await stack.enter_async_context(
+                open_clients(v.url or "", count=width, timeout_s=args.timeout_s, headers=auth_headers(args.api_key))
+            )
+            for v in variants
+        }
+        for route, route_payloads in payloads.items():
             serving = []
             for v in (v for v in variants if route in v.targets):
-                failure = await _warm_up(v, clients[v.name], route, payloads[route], args)
+                failure = await _warm_up(v, clients[v.name], route, route_payloads, args)
                 if failure:
                     notes.append(failure)
                     print(f"  {failure}", flush=True)
@@ -181,9 +223,9 @@ async def _sweep(variants: list[Variant], payloads: dict[str, list[Any]], args: 
                     serving.append(v)
             for i, concurrency in enumerate(args.concurrency):
                 for v in serving if i % 2 == 0 else serving[::-1]:
-                    rows.append(await _step(v, clients[v.name], route, payloads[route], concurrency, args))
+                    rows.append(await _step(v, clients[v.name], route, route_payloads, concurrency, args))
             if serving and not args.no_inprocess and serving[0].config is not None:
-                result = _inprocess(route, serving[0], payloads[route], args)
+                result = _inprocess(route, serving[0], route_payloads, args)
                 if result is not None:
                     inprocess.append(result)
     return rows, inprocess
@@ -203,8 +245,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for v in variants:
             if v.url is None:
                 print(f"{v.name}: starting a server", flush=True)
-                v.server = stack.enter_context(serve(v.config or {}, workdir=args.out / "servers",
-                                                     name=f"server-{v.name}"))
+                v.server = stack.enter_context(
+                    serve(v.config or {}, workdir=args.out / "servers", name=f"server-{v.name}")
+                )
                 v.url = v.server.url
             found = discover(v.url, headers=auth_headers(args.api_key))
             v.targets = {r: t for r, t in found.items() if wanted is None or r in wanted}
@@ -212,10 +255,15 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 raise TargetError(f"{v.url} serves none of the routes asked for ({args.routes or 'any'})")
         payloads = {route: _payloads(route, target, args) for route, target in variants[0].targets.items()}
         rows, inprocess = asyncio.run(_sweep(variants, payloads, args, notes))
-    meta = {"command": "python -m loadtest.run " + shlex.join(sys.argv[1:] if argv is None else argv),
-            "machine": _machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-            "wall_s": round(time.time() - started, 1), "load_average_before": load_before,
-            "load_average_after": os.getloadavg(), "notes": notes}
+    meta = {
+        "command": "python -m loadtest.run " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "machine": _machine(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "wall_s": round(time.time() - started, 1),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "notes": notes,
+    }
     if config is not None:
         from server.engine.devices import cpu_threads
         from server.settings import build_settings
@@ -241,11 +289,21 @@ def _inprocess(route: str, variant: Variant, payloads: list[Any], args: argparse
         return None
     model = variant.targets[route].model
     batch, _ = _limits(variant.config, model)
-    result = measure(route, model, variant.config, payloads, batch_size=batch or 1, duration_s=args.duration_s,
-                     max_items=args.max_requests)
-    print(f"  in-process  {route:17s} batch {result.batch_size:<3d} {result.items_per_s:8.2f} items/s "
-          f"({result.items} items; prepare {result.prepare_s:.2f} s, forward {result.forward_s:.2f} s, "
-          f"{result.threads} thread(s))", flush=True)
+    result = measure(
+        route,
+        model,
+        variant.config,
+        payloads,
+        batch_size=batch or 1,
+        duration_s=args.duration_s,
+        max_items=args.max_requests,
+    )
+    print(
+        f"  in-process  {route:17s} batch {result.batch_size:<3d} {result.items_per_s:8.2f} items/s "
+        f"({result.items} items; prepare {result.prepare_s:.2f} s, forward {result.forward_s:.2f} s, "
+        f"{result.threads} thread(s))",
+        flush=True,
+    )
     return result
 
 
@@ -254,17 +312,24 @@ def _print_summary(doc: dict[str, Any]) -> None:
     for route, s in summary["routes"].items():
         parts = [f"{route}: saturation {s['saturation_rps']:.2f} req/s at c={s['saturation_concurrency']}"]
         if "server_efficiency" in s:
-            parts.append(f"server/in-process {s['server_efficiency']:.2f} "
-                         f"({s['inprocess_items_per_s']:.2f} items/s at batch {s['inprocess_batch_size']})")
+            parts.append(
+                f"server/in-process {s['server_efficiency']:.2f} "
+                f"({s['inprocess_items_per_s']:.2f} items/s at batch {s['inprocess_batch_size']})"
+            )
         if "batching_speedup" in s:
             parts.append("batching x " + ", ".join(f"c={c}: {v:.2f}" for c, v in s["batching_speedup"].items()))
         print("; ".join(parts))
     checks = summary["checks"]
-    print(f"non-429 errors: {checks['non_429_errors']}; 429s: {checks['n_429']}"
-          + (f" (within the queue limit: {checks['429_within_queue_limit']})" if checks["429_within_queue_limit"]
-             else ""))
-    print("report:", ", ".join(["report.csv", "report.json", *(Path(p).name for p in doc["plots"])]),
-          "in", Path(doc["plots"][0]).parent if doc["plots"] else "")
+    print(
+        f"non-429 errors: {checks['non_429_errors']}; 429s: {checks['n_429']}"
+        + (f" (within the queue limit: {checks['429_within_queue_limit']})" if checks["429_within_queue_limit"] else "")
+    )
+    print(
+        "report:",
+        ", ".join(["report.csv", "report.json", *(Path(p).name for p in doc["plots"])]),
+        "in",
+        Path(doc["plots"][0]).parent if doc["plots"] else "",
+    )
 
 
 def main() -> None:

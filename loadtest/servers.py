@@ -27,13 +27,22 @@ from model_core.presets import preset_config
 MODEL_SETS: dict[str, dict[str, tuple[str, dict[str, Any], str]]] = {
     "small": {
         "small-fill-mask": ("fill-mask", preset_config("language-perceiver-small"), "small-fill-mask"),
-        "small-classify-text": ("text-classification", preset_config(
-            "language-perceiver-classifier-small", id2label={"0": "negative", "1": "positive"}), "small-classify-text"),
-        "small-vision-conv": ("image-classification", preset_config(
-            "vision-perceiver-conv-tiny", id2label={str(i): f"class {i}" for i in range(10)}), "small-vision-conv"),
+        "small-classify-text": (
+            "text-classification",
+            preset_config("language-perceiver-classifier-small", id2label={"0": "negative", "1": "positive"}),
+            "small-classify-text",
+        ),
+        "small-vision-conv": (
+            "image-classification",
+            preset_config("vision-perceiver-conv-tiny", id2label={str(i): f"class {i}" for i in range(10)}),
+            "small-vision-conv",
+        ),
         "small-optical-flow": ("optical-flow", preset_config("optical-flow-perceiver-tiny"), "small-optical-flow"),
-        "small-multimodal": ("video-autoencoding", preset_config(
-            "multimodal-perceiver-tiny", id2label={str(i): f"action {i}" for i in range(5)}), "small-multimodal"),
+        "small-multimodal": (
+            "video-autoencoding",
+            preset_config("multimodal-perceiver-tiny", id2label={str(i): f"action {i}" for i in range(5)}),
+            "small-multimodal",
+        ),
     },
     # Folder names as `python -m loadtest.bench_model --checkpoints DIR` writes them, so both share DIR.
     "real": {
@@ -70,6 +79,7 @@ def with_batching(config: dict[str, Any], **limits: Any) -> dict[str, Any]:
 
 def dump_toml(config: dict[str, Any]) -> str:
     """[server] and [models.NAME] tables of strings, numbers, booleans and lists of those."""
+
     def value(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -131,8 +141,19 @@ def serve(config: dict[str, Any], *, workdir: Path, name: str, ready_timeout_s: 
     path.write_text(dump_toml(config))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    args = [sys.executable, "-m", "server", "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning"]
+    args = [
+        sys.executable,
+        "-m",
+        "server",
+        "--config",
+        str(path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     preload = served_models(config)
     if preload:
         args += ["--preload", *preload]

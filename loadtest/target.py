@@ -51,8 +51,10 @@ def check_target(url: str, *, allow_remote: bool) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TargetError(f"target {url!r} is not an http(s) URL")
     if not allow_remote and not is_loopback(url):
-        raise TargetError(f"target {url!r} is not a loopback address; load tests only run against this machine "
-                          "unless --allow-remote is given (and you own the target)")
+        raise TargetError(
+            f"target {url!r} is not a loopback address; load tests only run against this machine "
+            "unless --allow-remote is given (and you own the target)"
+        )
     return url.rstrip("/")
 
 
@@ -64,7 +66,7 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 def get_json(url: str, *, headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> Any:
     request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (checked http(s) URL)
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return json.loads(response.read())
     except (OSError, ValueError) as exc:
         raise TargetError(f"GET {url} failed: {exc}") from None
@@ -80,6 +82,7 @@ def discover(base: str, *, headers: dict[str, str] | None = None) -> dict[str, R
         model = next((m for m in of_task if m.get("is_default")), of_task[0] if of_task else None)
         if route not in paths or model is None:
             continue
-        found[route] = RouteTarget(route, task, model["name"], model["status"],
-                                   ModelShapes.from_source(model["source"]))
+        found[route] = RouteTarget(
+            route, task, model["name"], model["status"], ModelShapes.from_source(model["source"])
+        )
     return found

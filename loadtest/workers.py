@@ -65,12 +65,16 @@ def make_checkpoint(config: dict[str, Any], folder: Path) -> str:
 def spawn(module: str, args: list[str]) -> dict[str, Any]:
     """Run `python -m MODULE --worker ARGS`; its last stdout line is a JSON object. A failure
     comes back as {"error": the last line of its stderr}."""
-    out = subprocess.run([sys.executable, "-m", module, "--worker", *args], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", module, "--worker", *args], capture_output=True, text=True, check=False)
     if out.returncode:
         return {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def machine() -> dict[str, Any]:
-    return dict(cpus=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads(),
-                load_average=list(os.getloadavg()))
+    return dict(
+        cpus=os.cpu_count(),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        load_average=list(os.getloadavg()),
+    )

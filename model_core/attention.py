@@ -53,9 +53,7 @@ class AttentionOptions(TypedDict, total=False):
 _CPU_REDUCED_PRECISION_EXPLICIT_MAX = 1 << 25
 
 
-def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q kᵀ / sqrt(d_qk) + mask) v through the fused SDPA kernels.
 
     q: (B, H, N, Dqk), k: (B, H, M, Dqk), v: (B, H, M, Dv), mask: bool (B, 1, 1, M),

@@ -8,6 +8,7 @@ through huggingface_hub's cache (HF_HUB_OFFLINE and HF_HOME are honoured).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -35,12 +36,21 @@ def is_hub_id(source: str | Path) -> bool:
     """Whether `source` names a hub repository: `owner/name` (or a legacy one-word id) that is no existing
     path; `/x`, `./x` and `~/x` are always paths."""
     text = str(source)
-    return (not isinstance(source, Path) and not text.startswith(("/", ".", "~")) and _HUB_ID.match(text) is not None
-            and not Path(text).expanduser().exists())
+    return (
+        not isinstance(source, Path)
+        and not text.startswith(("/", ".", "~"))
+        and _HUB_ID.match(text) is not None
+        and not Path(text).expanduser().exists()
+    )
 
 
-def resolve_source(source: str | Path, *, revision: str | None = None, cache_dir: str | None = None,
-                   local_files_only: bool | None = None) -> Path:
+def resolve_source(
+    source: str | Path,
+    *,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    local_files_only: bool | None = None,
+) -> Path:
     """A local checkpoint folder for `source`: the folder itself, or the hub snapshot (cache first; only the
     cache with `local_files_only`)."""
     path = Path(source).expanduser()
@@ -107,10 +117,8 @@ def _fetch_files(repo_id: str, *, local_files_only: bool, revision: str | None, 
     else:
         raise CheckpointNotFoundError(f"hub repository {repo_id!r} has no {' or '.join(WEIGHT_FILES[:2])}")
     for name in OPTIONAL_FILES:
-        try:
+        with contextlib.suppress(EntryNotFoundError, LocalEntryNotFoundError):
             fetch(name)
-        except (EntryNotFoundError, LocalEntryNotFoundError):
-            pass
     return folder
 
 

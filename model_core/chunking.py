@@ -177,6 +177,7 @@ def chunks_per_pass(
 ) -> int:
     """How many chunks of `chunk_queries` image + audio points one pass (which also decodes
     the label query) may decode within `budget_bytes` of activations: 1 to `num_chunks`."""
+
     def cost(queries: int) -> int:
         return widths.pass_bytes(queries, element_size=element_size)
 

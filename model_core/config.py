@@ -10,9 +10,7 @@ from typing import Any, Literal
 from model_core.attention import HIDDEN_ACTS, SHAPES_FOR_ATTENTION, HiddenAct, ShapeForAttention
 
 # The task each architecture serves (the pipeline names of the Hugging Face hub).
-TaskName = Literal[
-    "fill-mask", "text-classification", "image-classification", "optical-flow", "video-autoencoding"
-]
+TaskName = Literal["fill-mask", "text-classification", "image-classification", "optical-flow", "video-autoencoding"]
 
 
 class Architecture(str, Enum):
@@ -107,9 +105,7 @@ class PerceiverConfig:
         known = {a.value for a in Architecture}
         matches = [a for a in archs if a in known]
         if not matches:
-            raise ValueError(
-                f"config.json names architectures {archs!r}; expected one of {sorted(known)}"
-            )
+            raise ValueError(f"config.json names architectures {archs!r}; expected one of {sorted(known)}")
         kwargs: dict[str, Any] = {"architecture": Architecture(matches[0])}
         names = {f.name for f in dataclasses.fields(cls)} - {"architecture", "id2label", "extra"}
         for key, value in raw.items():

@@ -155,9 +155,7 @@ def preprocess_images(
     Crop and resize run per image in PIL (needed for bit-parity with transformers,
     whose resize is PIL's on the uint8 crop); rescale/normalize run once on the batch.
     """
-    if isinstance(images, (PIL.Image.Image, np.ndarray)) and not (
-        isinstance(images, np.ndarray) and images.ndim == 4
-    ):
+    if isinstance(images, (PIL.Image.Image, np.ndarray)) and not (isinstance(images, np.ndarray) and images.ndim == 4):
         images = [images]
     if len(images) == 0:
         raise ValueError("no images to preprocess")

@@ -66,15 +66,37 @@ class Preset:
 
 
 _IMAGENET = DEFAULT  # the vision checkpoints' preprocessor_config.json
-_VISION = {"num_latents": 512, "d_latents": 1024, "num_blocks": 8, "num_self_attends_per_block": 6,
-           "num_self_attention_heads": 8, "num_cross_attention_heads": 1, "num_labels": 1000}
-_TINY_LATENTS = {"num_latents": 8, "d_latents": 32, "num_blocks": 1, "num_self_attends_per_block": 2,
-                 "num_self_attention_heads": 2, "num_cross_attention_heads": 1}
+_VISION = {
+    "num_latents": 512,
+    "d_latents": 1024,
+    "num_blocks": 8,
+    "num_self_attends_per_block": 6,
+    "num_self_attention_heads": 8,
+    "num_cross_attention_heads": 1,
+    "num_labels": 1000,
+}
+_TINY_LATENTS = {
+    "num_latents": 8,
+    "d_latents": 32,
+    "num_blocks": 1,
+    "num_self_attends_per_block": 2,
+    "num_self_attention_heads": 2,
+    "num_cross_attention_heads": 1,
+}
 _TINY_TEXT = {**_TINY_LATENTS, "d_model": 16, "qk_channels": 8, "v_channels": 32, "max_position_embeddings": 256}
 _DEMO_TEXT = {**_TINY_TEXT, "max_position_embeddings": 512}
-_SMALL_TEXT = {"num_latents": 32, "d_latents": 64, "num_blocks": 1, "num_self_attends_per_block": 2,
-               "num_self_attention_heads": 2, "num_cross_attention_heads": 1, "d_model": 32, "qk_channels": 32,
-               "v_channels": 64, "max_position_embeddings": 1024}
+_SMALL_TEXT = {
+    "num_latents": 32,
+    "d_latents": 64,
+    "num_blocks": 1,
+    "num_self_attends_per_block": 2,
+    "num_self_attention_heads": 2,
+    "num_cross_attention_heads": 1,
+    "d_model": 32,
+    "qk_channels": 32,
+    "v_channels": 64,
+    "max_position_embeddings": 1024,
+}
 _TINY_IMAGE = {**_TINY_LATENTS, "image_size": 224}  # image_size only sizes the learned position table
 
 
@@ -102,9 +124,19 @@ def _clip(args: Mapping[str, ConfigValue], hub_id: str | None = None) -> Preset:
 PRESETS: Mapping[str, Preset] = {
     # The published checkpoints (shared/REFERENCE.md section 1a).
     "language-perceiver": _text(
-        {"num_latents": 256, "d_latents": 1280, "d_model": 768, "num_blocks": 1, "num_self_attends_per_block": 26,
-         "num_self_attention_heads": 8, "num_cross_attention_heads": 8, "qk_channels": 256, "v_channels": 1280,
-         "max_position_embeddings": 2048, "vocab_size": 262},
+        {
+            "num_latents": 256,
+            "d_latents": 1280,
+            "d_model": 768,
+            "num_blocks": 1,
+            "num_self_attends_per_block": 26,
+            "num_self_attention_heads": 8,
+            "num_cross_attention_heads": 8,
+            "qk_channels": 256,
+            "v_channels": 1280,
+            "max_position_embeddings": 2048,
+            "vocab_size": 262,
+        },
         hub_id="deepmind/language-perceiver",
     ),
     "vision-perceiver-learned": _vision(
@@ -117,15 +149,35 @@ PRESETS: Mapping[str, Preset] = {
         Architecture.IMAGE_CONV, {**_VISION, "d_model": 322}, "deepmind/vision-perceiver-conv"
     ),
     "optical-flow-perceiver": _flow(
-        {"num_latents": 2048, "d_latents": 512, "d_model": 322, "num_blocks": 1, "num_self_attends_per_block": 24,
-         "num_self_attention_heads": 16, "num_cross_attention_heads": 1, "train_size": [368, 496]},
+        {
+            "num_latents": 2048,
+            "d_latents": 512,
+            "d_model": 322,
+            "num_blocks": 1,
+            "num_self_attends_per_block": 24,
+            "num_self_attention_heads": 16,
+            "num_cross_attention_heads": 1,
+            "train_size": [368, 496],
+        },
         hub_id="deepmind/optical-flow-perceiver",
     ),
     "multimodal-perceiver": _clip(
-        {"num_latents": 784, "d_latents": 512, "d_model": 704, "num_blocks": 1, "num_self_attends_per_block": 8,
-         "num_self_attention_heads": 8, "num_cross_attention_heads": 1, "num_labels": 700, "num_frames": 16,
-         "audio_samples_per_frame": 1920, "samples_per_patch": 16, "image_size": 56, "output_num_channels": 512,
-         "output_shape": [1, 16, 224, 224]},
+        {
+            "num_latents": 784,
+            "d_latents": 512,
+            "d_model": 704,
+            "num_blocks": 1,
+            "num_self_attends_per_block": 8,
+            "num_self_attention_heads": 8,
+            "num_cross_attention_heads": 1,
+            "num_labels": 700,
+            "num_frames": 16,
+            "audio_samples_per_frame": 1920,
+            "samples_per_patch": 16,
+            "image_size": 56,
+            "output_num_channels": 512,
+            "output_shape": [1, 16, 224, 224],
+        },
         hub_id="deepmind/multimodal-perceiver",
     ),
     # Tiny: every architecture, for tests.
@@ -142,8 +194,16 @@ PRESETS: Mapping[str, Preset] = {
     "optical-flow-perceiver-tiny": _flow({**_TINY_LATENTS, "train_size": [48, 64]}),
     # 2 frames of 16x16 and 2 x 32 audio samples (the real clip: 16 frames of 224x224, 16 x 1920 samples).
     "multimodal-perceiver-tiny": _clip(
-        {**_TINY_LATENTS, "num_frames": 2, "image_size": 8, "audio_samples_per_frame": 32, "samples_per_patch": 4,
-         "output_shape": [1, 2, 16, 16], "output_num_channels": 12, "_label_trainable_num_channels": 20}
+        {
+            **_TINY_LATENTS,
+            "num_frames": 2,
+            "image_size": 8,
+            "audio_samples_per_frame": 32,
+            "samples_per_patch": 4,
+            "output_shape": [1, 2, 16, 16],
+            "output_num_channels": 12,
+            "_label_trainable_num_channels": 20,
+        }
     ),
     # Small: text models with room to batch, for load runs.
     "language-perceiver-small": _text(_SMALL_TEXT),
@@ -153,8 +213,16 @@ PRESETS: Mapping[str, Preset] = {
     "language-perceiver-classifier-demo": _text_classifier(_DEMO_TEXT),
     "optical-flow-perceiver-demo": _flow({**_TINY_LATENTS, "d_model": 322, "train_size": [64, 64]}),
     "multimodal-perceiver-demo": _clip(
-        {**_TINY_LATENTS, "d_model": 704, "num_frames": 2, "audio_samples_per_frame": 64, "samples_per_patch": 16,
-         "output_shape": [1, 2, 16, 16], "output_num_channels": 32, "image_size": 16}
+        {
+            **_TINY_LATENTS,
+            "d_model": 704,
+            "num_frames": 2,
+            "audio_samples_per_frame": 64,
+            "samples_per_patch": 16,
+            "output_shape": [1, 2, 16, 16],
+            "output_num_channels": 32,
+            "image_size": 16,
+        }
     ),
 }
 

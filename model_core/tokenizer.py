@@ -38,7 +38,6 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, MASK_TOKEN, 
 """Indexed by id: SPECIAL_TOKENS[i] is the string for id i < BYTE_OFFSET."""
 
 
-
 def length_buckets(max_length: int, *, smallest: int = 16) -> tuple[int, ...]:
     """Powers of two from `smallest` up to, and including, `max_length`: the few lengths a batch is padded to
     (few distinct shapes keep compiled and cached kernels warm)."""
@@ -108,9 +107,7 @@ class ByteTokenizer:
         longest = max(lengths)
         if longest > MAX_LENGTH:
             i = lengths.index(longest)
-            raise ValueError(
-                f"sequence {i} has {longest} tokens; the model accepts at most {MAX_LENGTH}"
-            )
+            raise ValueError(f"sequence {i} has {longest} tokens; the model accepts at most {MAX_LENGTH}")
         if length is not None:
             if length > MAX_LENGTH:
                 raise ValueError(f"length={length} exceeds the maximum of {MAX_LENGTH}")
@@ -133,8 +130,8 @@ class ByteTokenizer:
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
         """Text for `ids`; invalid UTF-8 becomes U+FFFD. Raises ValueError for ids outside [0, 262)."""
         buf = bytearray()
-        for i in ids:
-            i = int(i)
+        for token in ids:
+            i = int(token)
             if i >= BYTE_OFFSET:
                 if i >= VOCAB_SIZE:
                     raise ValueError(f"token id {i} is out of range [0, {VOCAB_SIZE})")

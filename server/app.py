@@ -8,20 +8,20 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server.http.auth import AuthMiddleware, configured_keys, document_auth, public_paths
-from server.errors import install_error_handlers
 from server.engine.jobs import JobLimits, JobStore
 from server.engine.lifecycle import Lifecycle
-from server.http.admission import AdmissionMiddleware
 from server.engine.loading import load_model
 from server.engine.metrics import Metrics
-from server.http.offload import Offload
-from server.http.middleware import RequestMiddleware
 from server.engine.registry import Loader, Registry
-from server.routers import SERVICE_ROUTERS, TASK_ROUTERS, models
-from server.v2 import router as v2
 from server.engine.serving import InferenceService
+from server.errors import install_error_handlers
+from server.http.admission import AdmissionMiddleware
+from server.http.auth import AuthMiddleware, configured_keys, document_auth, public_paths
+from server.http.middleware import RequestMiddleware
+from server.http.offload import Offload
+from server.routers import SERVICE_ROUTERS, TASK_ROUTERS, models
 from server.settings import Settings
+from server.v2 import router as v2
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,12 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
             await registry.close()
             offload.close()
 
-    app = FastAPI(title="perceiver-serve", version="0.1.0", lifespan=lifespan,
-                  summary="Inference server for the Perceiver IO model family")
+    app = FastAPI(
+        title="perceiver-serve",
+        version="0.1.0",
+        lifespan=lifespan,
+        summary="Inference server for the Perceiver IO model family",
+    )
     app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
     app.state.lifecycle, app.state.jobs = lifecycle, job_store
     app.state.api_keys_configured = bool(api_keys)  # public probes then say only why, never what (health.py)
@@ -56,12 +60,20 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
     app.state.offload = offload
     install_error_handlers(app)
     # Outermost last: RequestMiddleware -> AuthMiddleware -> AdmissionMiddleware -> routes.
-    app.add_middleware(AdmissionMiddleware, max_json_depth=settings.server.max_json_depth,
-                       timeout_cap_s=settings.server.request_timeout_cap_s, offload=offload)
+    app.add_middleware(
+        AdmissionMiddleware,
+        max_json_depth=settings.server.max_json_depth,
+        timeout_cap_s=settings.server.request_timeout_cap_s,
+        offload=offload,
+    )
     app.add_middleware(AuthMiddleware, keys=api_keys, public=public_paths(settings.server))
-    app.add_middleware(RequestMiddleware, metrics=metrics, lifecycle=lifecycle,
-                       max_body_bytes=int(settings.server.max_body_mb * 2**20),
-                       body_timeout_s=settings.server.body_timeout_s)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=metrics,
+        lifecycle=lifecycle,
+        max_body_bytes=int(settings.server.max_body_mb * 2**20),
+        body_timeout_s=settings.server.body_timeout_s,
+    )
     for router in (*SERVICE_ROUTERS, *TASK_ROUTERS.values(), v2.router):
         app.include_router(router)
     if settings.server.admin_api:

@@ -18,8 +18,12 @@ log = logging.getLogger("server")
 
 
 def _serve_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="perceiver-serve", description=(
-        "Serve Perceiver IO models over HTTP. Subcommand: `perceiver-serve download NAME...` pre-fetches hub files."))
+    p = argparse.ArgumentParser(
+        prog="perceiver-serve",
+        description=(
+            "Serve Perceiver IO models over HTTP. Subcommand: `perceiver-serve download NAME...` pre-fetches hub files."
+        ),
+    )
     p.add_argument("--config", help=f"TOML config file (default: ${CONFIG_ENV})")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
@@ -27,15 +31,21 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
-    p.add_argument("--demo", action="store_true", default=None,
-                   help="serve small RANDOMLY INITIALISED checkpoints of every task (answers are meaningless)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        default=None,
+        help="serve small RANDOMLY INITIALISED checkpoints of every task (answers are meaningless)",
+    )
     p.add_argument("--demo-dir", help="where --demo keeps its checkpoints (default ~/.cache/perceiver-serve/demo)")
     return p
 
 
 def _download_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="perceiver-serve download",
-                                description="Fetch configured (or catalog) models' hub files into the HF cache.")
+    p = argparse.ArgumentParser(
+        prog="perceiver-serve download",
+        description="Fetch configured (or catalog) models' hub files into the HF cache.",
+    )
     p.add_argument("names", nargs="+", metavar="NAME", help="configured model names, hub ids, or 'all'")
     p.add_argument("--config", help=f"TOML config file (default: ${CONFIG_ENV})")
     return p
@@ -53,12 +63,17 @@ def download(argv: Sequence[str]) -> int:
     settings = load_settings(args.config)
     names = list(settings.models) if "all" in args.names else args.names
     by_source = {m.source: m for m in settings.models.values()}
-    specs = {n: settings.models.get(n) or by_source.get(n) or (HubRepo(n, n) if "/" in n and is_hub_id(n) else None)
-             for n in names}
+    specs = {
+        n: settings.models.get(n) or by_source.get(n) or (HubRepo(n, n) if "/" in n and is_hub_id(n) else None)
+        for n in names
+    }
     unknown = [n for n, spec in specs.items() if spec is None]
     if unknown:
-        print(f"perceiver-serve: unknown model(s) {', '.join(unknown)}; give configured names "
-              f"({', '.join(settings.models)}) or hub ids (owner/name)", file=sys.stderr)
+        print(
+            f"perceiver-serve: unknown model(s) {', '.join(unknown)}; give configured names "
+            f"({', '.join(settings.models)}) or hub ids (owner/name)",
+            file=sys.stderr,
+        )
         return 2
     failed = 0
     for name, spec in specs.items():
@@ -76,8 +91,16 @@ def download(argv: Sequence[str]) -> int:
 
 def serve(argv: Sequence[str]) -> int:
     args = _serve_parser().parse_args(argv)
-    overrides = {"host": args.host, "port": args.port, "preload": args.preload, "device": args.device,
-                 "dtype": args.dtype, "log_level": args.log_level, "demo": args.demo, "demo_dir": args.demo_dir}
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "preload": args.preload,
+        "device": args.device,
+        "dtype": args.dtype,
+        "log_level": args.log_level,
+        "demo": args.demo,
+        "demo_dir": args.demo_dir,
+    }
     settings = load_settings(args.config, overrides=overrides)
     _configure_logging(settings.server.log_level)
     from server.engine.devices import check_devices, configure_cpu_threads
@@ -88,8 +111,10 @@ def serve(argv: Sequence[str]) -> int:
         from server.models.demo import demo_settings
 
         settings = demo_settings(settings)
-        log.warning("DEMO MODE: serving RANDOMLY INITIALISED checkpoints (%s); answers are meaningless",
-                    ", ".join(settings.models))
+        log.warning(
+            "DEMO MODE: serving RANDOMLY INITIALISED checkpoints (%s); answers are meaningless",
+            ", ".join(settings.models),
+        )
     try:
         _run(settings)
     except KeyboardInterrupt:  # SIGINT, re-raised by uvicorn once it has shut down gracefully: a normal exit
@@ -99,7 +124,8 @@ def serve(argv: Sequence[str]) -> int:
 
 def _run(settings: Settings) -> None:
     from server.app import build_app
-    from server.http.connections import ConnectionLimits, protocol_class
+    from server.http.connection_table import ConnectionLimits
+    from server.http.connections import protocol_class
 
     app = build_app(settings)
     # What is alive now lives as long as the process: out of every later collection, whose full passes would
@@ -110,10 +136,17 @@ def _run(settings: Settings) -> None:
     _make_room_for_connections(server.max_connections)
     # In-flight requests get as long as the longest deadline a request may have, plus a margin. No websocket
     # routes: an upgrade request is an ordinary request. The guard protocol bounds connections (connections.py).
-    config = uvicorn.Config(app, host=server.host, port=server.port, log_level=server.log_level,
-                            http=protocol_class(ConnectionLimits.of(server)), ws="none",
-                            timeout_keep_alive=server.keep_alive_s,  # type: ignore[arg-type]
-                            timeout_graceful_shutdown=int(server.request_timeout_cap_s) + 5, access_log=False)
+    config = uvicorn.Config(
+        app,
+        host=server.host,
+        port=server.port,
+        log_level=server.log_level,
+        http=protocol_class(ConnectionLimits.of(server)),
+        ws="none",
+        timeout_keep_alive=server.keep_alive_s,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=int(server.request_timeout_cap_s) + 5,
+        access_log=False,
+    )
     DrainingServer(config, on_drain=app.state.lifecycle.begin_drain, drain_s=server.drain_seconds).run()
 
 
@@ -137,8 +170,13 @@ def _make_room_for_connections(max_connections: int) -> None:
     except (ValueError, OSError):  # a sandbox may refuse: the limit stays as it was
         target = soft
     if target < needed:
-        log.warning("max_connections = %d needs about %d open files, but the limit is %d: lower max_connections "
-                    "or raise the limit (ulimit -n)", max_connections, needed, target)
+        log.warning(
+            "max_connections = %d needs about %d open files, but the limit is %d: lower max_connections "
+            "or raise the limit (ulimit -n)",
+            max_connections,
+            needed,
+            target,
+        )
 
 
 class DrainingServer(uvicorn.Server):

@@ -46,6 +46,10 @@ RegistryDep = Annotated[Registry, Depends(_registry)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
-ModelParam = Annotated[str | None, Query(
-    max_length=256, description="A configured model of this task (name, alias or source); default model if unset")]
+ModelParam = Annotated[
+    str | None,
+    Query(
+        max_length=256, description="A configured model of this task (name, alias or source); default model if unset"
+    ),
+]
 TopKParam = Annotated[int | None, Query(ge=1, le=1000, description="How many labels to return")]

@@ -7,13 +7,12 @@ The code -> HTTP status map lives here and only here; the JSON shape is
 from __future__ import annotations
 
 import math
-from enum import StrEnum
 from collections.abc import Callable, Sequence
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -63,10 +62,19 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INTERNAL: 500,
 }
 
-_BY_STATUS = {401: ErrorCode.UNAUTHORIZED, 404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
-              408: ErrorCode.REQUEST_TIMEOUT, 413: ErrorCode.PAYLOAD_TOO_LARGE, 415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-              422: ErrorCode.INVALID_INPUT, 429: ErrorCode.OVERLOADED, 431: ErrorCode.HEADERS_TOO_LARGE,
-              503: ErrorCode.NOT_READY, 504: ErrorCode.TIMEOUT}
+_BY_STATUS = {
+    401: ErrorCode.UNAUTHORIZED,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    408: ErrorCode.REQUEST_TIMEOUT,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    422: ErrorCode.INVALID_INPUT,
+    429: ErrorCode.OVERLOADED,
+    431: ErrorCode.HEADERS_TOO_LARGE,
+    503: ErrorCode.NOT_READY,
+    504: ErrorCode.TIMEOUT,
+}
 
 
 class ServeError(Exception):
@@ -127,8 +135,9 @@ def responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
     return {STATUS[c]: {"model": ErrorResponse, "description": c.value} for c in codes}
 
 
-def prepare_each(values: Sequence[T], prepare: Callable[[T], R], *, name: str = "inputs",
-                 name_single: bool = False) -> list[R]:
+def prepare_each(
+    values: Sequence[T], prepare: Callable[[T], R], *, name: str = "inputs", name_single: bool = False
+) -> list[R]:
     """prepare(v) for each value; an error names the value (`inputs[2]: ...`), a lone value's only
     with `name_single` (the task routes' single input is not a list; a tensor's rows always are)."""
     items = []
@@ -148,8 +157,10 @@ MAX_DESCRIBED_ERRORS = 10  # a message names this many validation errors, then c
 def describe_validation(exc: Any) -> str:
     """A pydantic or FastAPI validation error as one line: `inputs.0: Input should be a valid string; ...`."""
     errors = exc.errors()
-    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg', 'invalid')}"
-             for e in errors[:MAX_DESCRIBED_ERRORS]]
+    parts = [
+        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg', 'invalid')}"
+        for e in errors[:MAX_DESCRIBED_ERRORS]
+    ]
     if len(errors) > MAX_DESCRIBED_ERRORS:
         parts.append(f"and {len(errors) - MAX_DESCRIBED_ERRORS} more")
     return "; ".join(parts) or "invalid request"

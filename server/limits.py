@@ -67,16 +67,25 @@ class Limits:
             max_flow_side=server.max_flow_side,
             decode_budget_bytes=int(server.decode_budget_mb * 2**20),
             image=ImageLimits(server.max_image_pixels, tuple(server.image_formats)),
-            video=VideoLimits(server.max_video_frames, server.max_video_frame_pixels,
-                              int(server.max_array_mb * 2**20), tuple(server.video_containers)),
-            audio=AudioLimits(server.max_audio_seconds, server.max_audio_sample_rate, server.max_audio_channels,
-                              tuple(server.audio_formats)),
+            video=VideoLimits(
+                server.max_video_frames,
+                server.max_video_frame_pixels,
+                int(server.max_array_mb * 2**20),
+                tuple(server.video_containers),
+            ),
+            audio=AudioLimits(
+                server.max_audio_seconds,
+                server.max_audio_sample_rate,
+                server.max_audio_channels,
+                tuple(server.audio_formats),
+            ),
         )
 
     def check_inputs(self, count: int) -> None:
         if count > self.max_inputs:
-            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"{count} inputs in one request; at most {self.max_inputs} "
-                             "(max_inputs)")
+            raise ServeError(
+                ErrorCode.PAYLOAD_TOO_LARGE, f"{count} inputs in one request; at most {self.max_inputs} (max_inputs)"
+            )
 
     def check_texts(self, texts: Sequence[str]) -> None:
         """The count cap, then `max_text_bytes` per text (UTF-8), before any tokenizing."""
@@ -86,22 +95,33 @@ class Limits:
             size = len(text) if len(text) > limit else len(text.encode("utf-8", "surrogatepass"))
             if size > limit:
                 where = f"inputs[{i}]: " if len(texts) > 1 else ""
-                raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"{where}text is over {limit} bytes (UTF-8; "
-                                 "max_text_bytes); split it or send it in several requests")
+                raise ServeError(
+                    ErrorCode.PAYLOAD_TOO_LARGE,
+                    f"{where}text is over {limit} bytes (UTF-8; "
+                    "max_text_bytes); split it or send it in several requests",
+                )
 
     def check_candidates(self, count: int, what: str) -> None:
         """`count` ranked entries in one answer; `what` says how they multiply, e.g. "3 texts x 40 masks x top_k 5"."""
         if count > self.max_candidates:
-            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
-                f"the answer would hold {count} ranked entries ({what}); at most {self.max_candidates} are returned "
-                "per request (max_candidates): lower top_k or send fewer inputs per request"))
+            raise ServeError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                (
+                    f"the answer would hold {count} ranked entries ({what}); at most {self.max_candidates} are "
+                    "returned per request (max_candidates): lower top_k or send fewer inputs per request"
+                ),
+            )
 
     def check_answer(self, nbytes: int, what: str, hint: str) -> None:
         """An answer estimated at `nbytes` (`what` says of what); `hint` says how to ask for less."""
         if nbytes > self.max_response_bytes:
-            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
-                f"the answer ({what}) would be about {_mib(nbytes)}; answers are limited to "
-                f"{_mib(self.max_response_bytes)} (max_response_mb): {hint}"))
+            raise ServeError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                (
+                    f"the answer ({what}) would be about {_mib(nbytes)}; answers are limited to "
+                    f"{_mib(self.max_response_bytes)} (max_response_mb): {hint}"
+                ),
+            )
 
 
 DEFAULT_LIMITS = Limits.of(ServerSettings())

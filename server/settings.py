@@ -12,8 +12,17 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
 
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, StringConstraints, TypeAdapter, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from server.models.catalog import catalog_models
 
@@ -155,8 +164,9 @@ class Settings(_Strict):
             raise ValueError(f"preload names unknown models: {', '.join(unknown)}")
         cap = self.server.max_request_timeout_s
         if cap is not None and cap < self.server.request_timeout_s:
-            raise ValueError(f"max_request_timeout_s ({cap:g}) is below request_timeout_s "
-                             f"({self.server.request_timeout_s:g})")
+            raise ValueError(
+                f"max_request_timeout_s ({cap:g}) is below request_timeout_s ({self.server.request_timeout_s:g})"
+            )
         check_dtype(self.server.dtype, on_cpu=self.server.device == "cpu", where="[server]", error=ValueError)
         return self
 
@@ -210,8 +220,10 @@ def _describe(exc: ValidationError) -> str:
 def _catalog_under(models: dict[str, Any]) -> dict[str, Any]:
     """The catalog, minus its default mark for tasks where the configured models name a default."""
     taken = {t.get("task") for t in models.values() if isinstance(t, dict) and t.get("default")}
-    return {name: {**e, "default": e.get("default", False) and e["task"] not in taken}
-            for name, e in catalog_models().items()}
+    return {
+        name: {**e, "default": e.get("default", False) and e["task"] not in taken}
+        for name, e in catalog_models().items()
+    }
 
 
 def build_settings(data: dict[str, Any]) -> Settings:
@@ -219,8 +231,9 @@ def build_settings(data: dict[str, Any]) -> Settings:
     data = dict(data)
     unknown = sorted(set(data) - {"server", "models"})
     if unknown:
-        raise SettingsError(f"invalid configuration: unknown table(s) {', '.join(unknown)}; "
-                            "expected [server] and [models.NAME]")
+        raise SettingsError(
+            f"invalid configuration: unknown table(s) {', '.join(unknown)}; expected [server] and [models.NAME]"
+        )
     server, models = data.get("server") or {}, data.get("models") or {}
     if not isinstance(server, dict) or not isinstance(models, dict):
         raise SettingsError("invalid configuration: [server] and [models.NAME] must be tables")

@@ -40,9 +40,7 @@ class MultimodalDecoder(nn.Module):
         self.decoder = BasicDecoder(
             d_latents=d_latents, output_num_channels=output_num_channels, num_channels=width, attention=attention
         )
-        self.padding = nn.ParameterDict(
-            {name: nn.Parameter(torch.empty(1, width - w)) for name, w in widths.items()}
-        )
+        self.padding = nn.ParameterDict({name: nn.Parameter(torch.empty(1, width - w)) for name, w in widths.items()})
 
     @property
     def num_query_channels(self) -> int:

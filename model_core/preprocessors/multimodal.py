@@ -58,9 +58,7 @@ class MultimodalPreprocessor(nn.Module):
     def num_channels(self) -> int:
         return max(self.widths.values()) + self.min_padding_size
 
-    def forward(
-        self, inputs: Mapping[str, torch.Tensor], *, interpolate_pos_encoding: bool = False
-    ) -> Preprocessed:
+    def forward(self, inputs: Mapping[str, torch.Tensor], *, interpolate_pos_encoding: bool = False) -> Preprocessed:
         missing = sorted(set(self.modalities) - set(inputs))
         if missing:
             raise ValueError(f"missing modalities {missing}; expected {sorted(self.modalities)}")

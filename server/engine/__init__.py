@@ -1,1 +1,2 @@
-"""Serving engine: the serving object, dynamic batching, the model registry and loading, lifecycle, jobs, devices, metrics."""
+"""Serving engine: the serving object, dynamic batching, the model registry and loading, lifecycle, jobs, devices,
+metrics. Nothing here knows HTTP."""

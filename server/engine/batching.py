@@ -18,15 +18,18 @@ from typing import Any
 
 import torch
 
-from server.errors import ErrorCode, ServeError
 from server.engine.metrics import Metrics
+from server.errors import ErrorCode, ServeError
 from server.tasks import TaskRunner
 
 log = logging.getLogger(__name__)
 
 # Out of memory on any device (torch.cuda.OutOfMemoryError is an alias on recent torch), or of host RAM.
-OUT_OF_MEMORY: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
-                                                  torch.cuda.OutOfMemoryError, MemoryError)
+OUT_OF_MEMORY: tuple[type[BaseException], ...] = (
+    getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+    torch.cuda.OutOfMemoryError,
+    MemoryError,
+)
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,16 @@ class Pending:
 
 
 class Batcher:
-    def __init__(self, *, name: str, runner: TaskRunner, max_batch_size: int, max_delay_s: float,
-                 max_queue: int, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        runner: TaskRunner,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.name, self.runner, self.metrics = name, runner, metrics
         self.max_batch_size, self.max_delay_s, self.max_queue = max_batch_size, max_delay_s, max_queue
         self._groups: dict[Hashable, deque[Pending]] = {}
@@ -83,8 +94,11 @@ class Batcher:
             raise ServeError(ErrorCode.MODEL_UNAVAILABLE, f"model {self.name!r} is unloading", retry_after=1)
         if self._depth >= self.max_queue:
             wait = self._depth / self.max_batch_size * self._batch_s
-            raise ServeError(ErrorCode.OVERLOADED, f"model {self.name!r} queue is full ({self.max_queue} waiting)",
-                             retry_after=max(1.0, wait))
+            raise ServeError(
+                ErrorCode.OVERLOADED,
+                f"model {self.name!r} queue is full ({self.max_queue} waiting)",
+                retry_after=max(1.0, wait),
+            )
         pending = Pending(item, self.runner.key(item), deadline, asyncio.get_running_loop().create_future())
         self._groups.setdefault(pending.key, deque()).append(pending)
         self._set_depth(+1)
@@ -116,8 +130,13 @@ class Batcher:
                 self._task.cancel()
         unfinished = [p for group in self._groups.values() for p in group if not p.future.done()]
         for pending in unfinished:  # left by a collector that died or was abandoned
-            pending.future.set_exception(ServeError(ErrorCode.MODEL_UNAVAILABLE, f"model {self.name!r} was unloaded "
-                                                    "before this request ran", retry_after=1))
+            pending.future.set_exception(
+                ServeError(
+                    ErrorCode.MODEL_UNAVAILABLE,
+                    f"model {self.name!r} was unloaded before this request ran",
+                    retry_after=1,
+                )
+            )
         self._groups.clear()
         self._set_depth(-self._depth)
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -221,15 +240,28 @@ class Batcher:
                 torch.cuda.empty_cache()
             if len(items) == 1:
                 log.warning("batcher %s: out of memory on a single request", self.name)
-                return [ServeError(ErrorCode.OUT_OF_MEMORY, (
-                    f"model {self.name!r} ran out of memory on this request alone; send a smaller input "
-                    "or retry later"), retry_after=5)]
+                return [
+                    ServeError(
+                        ErrorCode.OUT_OF_MEMORY,
+                        (
+                            f"model {self.name!r} ran out of memory on this request alone; send a smaller input "
+                            "or retry later"
+                        ),
+                        retry_after=5,
+                    )
+                ]
             log.warning("batcher %s: out of memory at batch size %d, splitting", self.name, len(items))
         except Exception as exc:
             if len(items) == 1:
                 log.exception("batcher %s: inference failed", self.name)
-                return [ServeError(ErrorCode.INTERNAL, (
-                    f"model {self.name!r} failed on this request ({type(exc).__name__}); the server log has "
-                    "the details"))]
+                return [
+                    ServeError(
+                        ErrorCode.INTERNAL,
+                        (
+                            f"model {self.name!r} failed on this request ({type(exc).__name__}); the server log has "
+                            "the details"
+                        ),
+                    )
+                ]
         half = len(items) // 2
         return self._bisect(items[:half]) + self._bisect(items[half:])

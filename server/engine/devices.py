@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -52,8 +53,12 @@ def check_devices(settings: Settings) -> None:
         if device.startswith("cuda") and (":" in device or not cuda):
             resolve_device(device)  # raises when that device is not visible
         where = f"model {spec.name!r}" if isinstance(spec, ModelSpec) else "[server]"
-        check_dtype(spec.dtype or settings.server.dtype, on_cpu=device == "cpu" or (device == "auto" and not cuda),
-                    where=where, error=SettingsError)
+        check_dtype(
+            spec.dtype or settings.server.dtype,
+            on_cpu=device == "cpu" or (device == "auto" and not cuda),
+            where=where,
+            error=SettingsError,
+        )
 
 
 def cpu_threads(settings: Settings) -> int:
@@ -79,7 +84,7 @@ def configure_cpu_threads(settings: Settings) -> int:
 
 def _rss_bytes() -> int | None:
     try:
-        with open("/proc/self/statm") as f:
+        with Path("/proc/self/statm").open() as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
@@ -90,9 +95,11 @@ def memory_readings() -> list[tuple[str, str, int]]:
     readings: list[tuple[str, str, int]] = []
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i in range(torch.cuda.device_count()):
-            readings += [(f"cuda:{i}", "allocated", torch.cuda.memory_allocated(i)),
-                         (f"cuda:{i}", "reserved", torch.cuda.memory_reserved(i)),
-                         (f"cuda:{i}", "total", torch.cuda.mem_get_info(i)[1])]
+            readings += [
+                (f"cuda:{i}", "allocated", torch.cuda.memory_allocated(i)),
+                (f"cuda:{i}", "reserved", torch.cuda.memory_reserved(i)),
+                (f"cuda:{i}", "total", torch.cuda.mem_get_info(i)[1]),
+            ]
     rss = _rss_bytes()
     if rss is not None:
         readings.append(("cpu", "allocated", rss))

@@ -24,7 +24,6 @@ from server.settings import ModelSpec, ServerSettings
 log = logging.getLogger(__name__)
 
 
-
 class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -44,9 +43,13 @@ class JobLimits:
 
     @classmethod
     def of(cls, server: ServerSettings) -> JobLimits:
-        return cls(max_running=server.max_running_jobs, max_queued=server.max_queued_jobs,
-                   result_ttl_s=server.job_result_ttl_s, max_result_bytes=int(server.max_job_results_mb * 2**20),
-                   unit_timeout_s=server.job_unit_timeout_s)
+        return cls(
+            max_running=server.max_running_jobs,
+            max_queued=server.max_queued_jobs,
+            result_ttl_s=server.job_result_ttl_s,
+            max_result_bytes=int(server.max_job_results_mb * 2**20),
+            unit_timeout_s=server.job_unit_timeout_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,12 @@ class JobStore:
         if active >= self.limits.max_running + self.limits.max_queued:
             waiting = active - self.limits.max_running + 1
             retry = max(1.0, self._job_s * waiting / self.limits.max_running)
-            raise ServeError(ErrorCode.OVERLOADED, f"{active} jobs are running or queued; at most "
-                             f"{self.limits.max_running + self.limits.max_queued} are accepted", retry_after=retry)
+            raise ServeError(
+                ErrorCode.OVERLOADED,
+                f"{active} jobs are running or queued; at most "
+                f"{self.limits.max_running + self.limits.max_queued} are accepted",
+                retry_after=retry,
+            )
 
     def submit_on(self, service: InferenceService, spec: ModelSpec, kind: str, run: ModelWork, *, total: int) -> Job:
         """A job that runs `run` on model `spec` (loaded first if needed), each of its units of work given
@@ -176,13 +183,16 @@ class JobStore:
     def _store(self, job: Job, result: JobResult) -> None:
         size = len(result.body)
         if size > self.limits.max_result_bytes:
-            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"the result is {size} bytes; at most "
-                             f"{self.limits.max_result_bytes} can be kept")
+            raise ServeError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"the result is {size} bytes; at most {self.limits.max_result_bytes} can be kept",
+            )
         done = sorted((j for j in self._jobs.values() if j.result is not None), key=lambda j: j.finished or 0.0)
         while self._stored_bytes + size > self.limits.max_result_bytes and done:
             oldest = done.pop(0)
-            log.info("job %s: result dropped early to stay within %d result bytes", oldest.id,
-                     self.limits.max_result_bytes)
+            log.info(
+                "job %s: result dropped early to stay within %d result bytes", oldest.id, self.limits.max_result_bytes
+            )
             self._forget(oldest)
         if job.id not in self._jobs:  # cancelled meanwhile
             return

@@ -81,8 +81,10 @@ class Lifecycle:
         failed = {**self._retrying, **self.registry.failed(self.preload_names)}  # no 200 while a retry runs
         if failed:
             models = "; ".join(f"{name}: {reason}" for name, reason in failed.items())
-            return NotReady(NotReadyBecause.PRELOAD_FAILED, f"preloaded model(s) failed to load, retried every "
-                            f"{self.retry_every_s:g}s: {models}")
+            return NotReady(
+                NotReadyBecause.PRELOAD_FAILED,
+                f"preloaded model(s) failed to load, retried every {self.retry_every_s:g}s: {models}",
+            )
         return None
 
     async def _supervise(self) -> None:

@@ -10,9 +10,9 @@ import torch
 
 from server.engine.devices import resolve_device, resolve_dtype
 from server.errors import ErrorCode, ServeError
+from server.limits import Limits
 from server.models.hub import is_hub_id, locate
 from server.settings import ModelSpec, Settings
-from server.limits import Limits
 from server.tasks import Placement, TaskRunner, make_runner
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,13 @@ def load_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
     except CheckpointError as exc:
         raise ServeError(ErrorCode.MODEL_UNAVAILABLE, f"model {spec.name!r}: bad checkpoint: {exc}") from exc
     if module.task != spec.task:
-        raise ServeError(ErrorCode.MODEL_UNAVAILABLE, (
-            f"model {spec.name!r}: {spec.source} is a {module.task} checkpoint "
-            f"but is configured with task = {spec.task.value!r}"))
+        raise ServeError(
+            ErrorCode.MODEL_UNAVAILABLE,
+            (
+                f"model {spec.name!r}: {spec.source} is a {module.task} checkpoint "
+                f"but is configured with task = {spec.task.value!r}"
+            ),
+        )
     runner = make_runner(spec.task, module, Placement(device, dtype, folder, Limits.of(settings.server)))
     size = parameter_bytes(module)
     log.info("model %s: loaded %s on %s (%s, %.1f MB)", spec.name, spec.source, device, dtype, size / 2**20)

@@ -14,26 +14,41 @@ _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("perceiver_requests_total", "HTTP requests answered",
-                                ["route", "model", "status"], registry=r)
-        self.request_duration = Histogram("perceiver_request_duration_seconds", "HTTP request latency",
-                                          ["route", "model"], buckets=_LATENCY, registry=r)
-        self.queue_wait = Histogram("perceiver_queue_wait_seconds", "Time from enqueue to batch start",
-                                    ["model"], buckets=_LATENCY, registry=r)
-        self.inference = Histogram("perceiver_inference_duration_seconds", "Batch forward time (collate to split)",
-                                   ["model"], buckets=_LATENCY, registry=r)
-        self.batch_size = Histogram("perceiver_batch_size", "Requests per executed batch",
-                                    ["model"], buckets=_BATCH, registry=r)
-        self.queue_depth = Gauge("perceiver_queue_depth", "Requests waiting in a model's queue",
-                                 ["model"], registry=r)
+        self.requests = Counter(
+            "perceiver_requests_total", "HTTP requests answered", ["route", "model", "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "perceiver_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "model"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "perceiver_queue_wait_seconds", "Time from enqueue to batch start", ["model"], buckets=_LATENCY, registry=r
+        )
+        self.inference = Histogram(
+            "perceiver_inference_duration_seconds",
+            "Batch forward time (collate to split)",
+            ["model"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "perceiver_batch_size", "Requests per executed batch", ["model"], buckets=_BATCH, registry=r
+        )
+        self.queue_depth = Gauge("perceiver_queue_depth", "Requests waiting in a model's queue", ["model"], registry=r)
         self.inflight = Gauge("perceiver_inflight_requests", "Inference requests being handled now", registry=r)
-        self.model_load = Histogram("perceiver_model_load_seconds", "Model load time",
-                                    ["model"], buckets=_LOAD, registry=r)
+        self.model_load = Histogram(
+            "perceiver_model_load_seconds", "Model load time", ["model"], buckets=_LOAD, registry=r
+        )
         self.models_loaded = Gauge("perceiver_models_loaded", "Models loaded and ready", registry=r)
-        self.device_memory = Gauge("perceiver_device_memory_bytes", "Device memory (cpu: process RSS, RAM)",
-                                   ["device", "kind"], registry=r)
-        self.dropped = Counter("perceiver_requests_dropped_total", "Requests dropped before inference",
-                               ["model", "reason"], registry=r)
+        self.device_memory = Gauge(
+            "perceiver_device_memory_bytes", "Device memory (cpu: process RSS, RAM)", ["device", "kind"], registry=r
+        )
+        self.dropped = Counter(
+            "perceiver_requests_dropped_total", "Requests dropped before inference", ["model", "reason"], registry=r
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition, with device memory read now."""

@@ -17,9 +17,9 @@ from pydantic import BaseModel
 
 from server.engine.batching import Batcher
 from server.engine.devices import dtype_name
-from server.errors import ErrorCode, ServeError
 from server.engine.loading import LoadedModel, load_model
 from server.engine.metrics import Metrics
+from server.errors import ErrorCode, ServeError
 from server.settings import ModelSpec, Settings, Task
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,13 @@ class Registry:
         if name is not None:
             known = ", ".join(m.name for m in self.settings.models.values() if m.task == task) or "none"
             raise ServeError(ErrorCode.UNKNOWN_MODEL, f"no {task.value} model named {name!r} (configured: {known})")
-        raise ServeError(ErrorCode.NO_MODEL_FOR_TASK, (
-            f"no {task.value} model is configured. Add one to the config file, e.g. [models.my-model] with "
-            f"task = \"{task.value}\" and source = a hub id or a local folder written by save_pretrained"))
+        raise ServeError(
+            ErrorCode.NO_MODEL_FOR_TASK,
+            (
+                f"no {task.value} model is configured. Add one to the config file, e.g. [models.my-model] with "
+                f'task = "{task.value}" and source = a hub id or a local folder written by save_pretrained'
+            ),
+        )
 
     async def acquire(self, spec: ModelSpec) -> Entry:
         """The ready entry of `spec`, loading it first (once, however many callers wait)."""
@@ -97,8 +101,11 @@ class Registry:
                 entry.loading = asyncio.get_running_loop().create_task(self._load(entry))
             await asyncio.shield(entry.loading)
         if entry.state is not ModelState.READY:
-            raise ServeError(ErrorCode.MODEL_UNAVAILABLE, entry.reason or "load failed",
-                             retry_after=self.settings.server.load_retry_s)
+            raise ServeError(
+                ErrorCode.MODEL_UNAVAILABLE,
+                entry.reason or "load failed",
+                retry_after=self.settings.server.load_retry_s,
+            )
         return entry
 
     async def _load(self, entry: Entry) -> None:
@@ -109,9 +116,14 @@ class Registry:
             model = await loop.run_in_executor(self._executor, self.loader, entry.spec, self.settings)
             spec = entry.spec
             if model.runner is not None:
-                entry.batcher = Batcher(name=spec.name, runner=model.runner, max_batch_size=spec.max_batch_size,
-                                        max_delay_s=spec.max_delay_ms / 1000, max_queue=spec.max_queue,
-                                        metrics=self.metrics)
+                entry.batcher = Batcher(
+                    name=spec.name,
+                    runner=model.runner,
+                    max_batch_size=spec.max_batch_size,
+                    max_delay_s=spec.max_delay_ms / 1000,
+                    max_queue=spec.max_queue,
+                    metrics=self.metrics,
+                )
             entry.model, entry.state = model, ModelState.READY
             gc.freeze()  # the model's objects live as long as it is loaded: keep them out of every collection
             self.metrics.model_load.labels(model=spec.name).observe(time.monotonic() - started)
@@ -131,8 +143,7 @@ class Registry:
     def failed(self, names: Iterable[str]) -> dict[str, str]:
         """Of `names` ('all' for every model), those whose last load failed, with the reason."""
         names = list(self.entries) if "all" in names else list(names)
-        return {n: self.entries[n].reason or "load failed" for n in names
-                if self.entries[n].state is ModelState.FAILED}
+        return {n: self.entries[n].reason or "load failed" for n in names if self.entries[n].state is ModelState.FAILED}
 
     def loaded_count(self) -> int:
         return sum(e.state is ModelState.READY for e in self.entries.values())
@@ -185,12 +196,22 @@ class Registry:
         infos = []
         for name, e in self.entries.items():
             m, default = e.model, self.settings.default_model(e.spec.task)
-            infos.append(ModelInfo(
-                name=name, task=e.spec.task.value, source=e.spec.source, status=e.state.value,
-                device=str(m.device) if m else None, dtype=dtype_name(m.dtype) if m else None, reason=e.reason,
-                random_weights=e.spec.random_weights, is_default=default is not None and default.name == name,
-                aliases=e.spec.aliases, parameter_bytes=m.parameter_bytes if m else None,
-                queue_depth=e.batcher.depth if e.batcher else None))
+            infos.append(
+                ModelInfo(
+                    name=name,
+                    task=e.spec.task.value,
+                    source=e.spec.source,
+                    status=e.state.value,
+                    device=str(m.device) if m else None,
+                    dtype=dtype_name(m.dtype) if m else None,
+                    reason=e.reason,
+                    random_weights=e.spec.random_weights,
+                    is_default=default is not None and default.name == name,
+                    aliases=e.spec.aliases,
+                    parameter_bytes=m.parameter_bytes if m else None,
+                    queue_depth=e.batcher.depth if e.batcher else None,
+                )
+            )
         return infos
 
     async def close(self) -> None:

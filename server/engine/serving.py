@@ -32,8 +32,15 @@ Disconnected = Callable[[], Awaitable[None]]  # returns when the client has gone
 class Call:
     """One request's (or one job's) use of one model."""
 
-    def __init__(self, entry: Entry, *, deadline: float, service: InferenceService,
-                 disconnected: Disconnected | None, unit_timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        entry: Entry,
+        *,
+        deadline: float,
+        service: InferenceService,
+        disconnected: Disconnected | None,
+        unit_timeout_s: float | None = None,
+    ) -> None:
         self.entry, self.deadline, self.service, self.disconnected = entry, deadline, service, disconnected
         self.unit_timeout_s = unit_timeout_s  # a job: each infer() gets this long, instead of one deadline
         self.runner: Any = entry.model.runner if entry.model else None
@@ -44,8 +51,10 @@ class Call:
         """The model's task runner, as the kind the caller works with (a model configured for another task's
         runner is a server error, not the request's)."""
         if not isinstance(self.runner, kind):
-            raise ServeError(ErrorCode.INTERNAL, f"model {self.entry.spec.name!r} is served by "
-                             f"{type(self.runner).__name__}, not {kind.__name__}")
+            raise ServeError(
+                ErrorCode.INTERNAL,
+                f"model {self.entry.spec.name!r} is served by {type(self.runner).__name__}, not {kind.__name__}",
+            )
         return self.runner
 
     async def decode(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -81,8 +90,9 @@ class Call:
         try:
             while waiting:
                 remaining = self.deadline - time.monotonic()
-                done, waiting = await asyncio.wait(waiting | {watcher}, timeout=max(0.0, remaining),
-                                                   return_when=asyncio.FIRST_COMPLETED)
+                done, waiting = await asyncio.wait(
+                    waiting | {watcher}, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED
+                )
                 if watcher in done:
                     raise ServeError(ErrorCode.CLIENT_CLOSED, "client disconnected")
                 waiting.discard(watcher)
@@ -112,14 +122,21 @@ class InferenceService:
         return self.registry.resolve(task, model)
 
     @asynccontextmanager
-    async def open(self, spec: ModelSpec, *, deadline: float, disconnected: Disconnected | None = None,
-                   unit_timeout_s: float | None = None) -> AsyncIterator[Call]:
+    async def open(
+        self,
+        spec: ModelSpec,
+        *,
+        deadline: float,
+        disconnected: Disconnected | None = None,
+        unit_timeout_s: float | None = None,
+    ) -> AsyncIterator[Call]:
         """The ready model `spec`, loaded first if needed (within `deadline`), held for the block."""
         try:
             entry = await asyncio.wait_for(self.registry.acquire(spec), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            raise ServeError(ErrorCode.TIMEOUT, f"model {spec.name!r} is still loading; retry shortly",
-                             retry_after=5) from None
+            raise ServeError(
+                ErrorCode.TIMEOUT, f"model {spec.name!r} is still loading; retry shortly", retry_after=5
+            ) from None
         entry.active += 1
         try:
             yield Call(entry, deadline=deadline, service=self, disconnected=disconnected, unit_timeout_s=unit_timeout_s)

@@ -55,8 +55,10 @@ def request_timeout(value: bytes, *, cap_s: float) -> float:
     except (UnicodeDecodeError, ValueError):
         seconds = math.nan
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ServeError(ErrorCode.INVALID_INPUT, (
-            f"X-Request-Timeout must be a positive number of seconds (at most {cap_s:g} are granted)"))
+        raise ServeError(
+            ErrorCode.INVALID_INPUT,
+            (f"X-Request-Timeout must be a positive number of seconds (at most {cap_s:g} are granted)"),
+        )
     return min(seconds, cap_s)
 
 
@@ -86,8 +88,10 @@ class AdmissionMiddleware:
                 started = state.get(STARTED_KEY, time.monotonic())
                 state[DEADLINE_KEY] = started + request_timeout(headers[TIMEOUT_HEADER], cap_s=self.timeout_cap_s)
             # A compressed body is the route's to inflate (and limit); its bytes say nothing of its nesting.
-            if _is_json(headers.get(b"content-type", b"")) and headers.get(b"content-encoding", b"identity") \
-                    in (b"identity", b""):
+            if _is_json(headers.get(b"content-type", b"")) and headers.get(b"content-encoding", b"identity") in (
+                b"identity",
+                b"",
+            ):
                 receive = await self._checked_json(receive, _json_prefix(headers))
         except ServeError as exc:
             await error_response(exc)(scope, receive, send)
@@ -108,8 +112,7 @@ class AdmissionMiddleware:
         body = b"".join(chunks)
         text = body if prefix is None else body[:prefix]
         if await self.offload.run(nesting_exceeds, text, self.max_json_depth):
-            raise ServeError(ErrorCode.BAD_REQUEST,
-                             f"JSON body is nested more than {self.max_json_depth} levels deep")
+            raise ServeError(ErrorCode.BAD_REQUEST, f"JSON body is nested more than {self.max_json_depth} levels deep")
         replayed = False
 
         async def replay() -> Message:

@@ -41,8 +41,10 @@ def configured_keys(server: ServerSettings) -> list[str]:
         if not key or key.startswith("#"):
             continue
         if not API_KEY.fullmatch(key):  # the message names the line, never the key
-            raise SettingsError(f"api_keys_file {path}, line {number}: an API key must be 16 to 256 printable "
-                                "ASCII characters without spaces")
+            raise SettingsError(
+                f"api_keys_file {path}, line {number}: an API key must be 16 to 256 printable "
+                "ASCII characters without spaces"
+            )
         keys.append(key)
     return keys
 
@@ -60,7 +62,7 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     api_key = None
     for name, value in headers:
         if name == b"authorization" and value[: len(_BEARER)].lower() == _BEARER:
-            return value[len(_BEARER):].strip()
+            return value[len(_BEARER) :].strip()
         if name == b"x-api-key":
             api_key = value.strip()
     return api_key
@@ -88,12 +90,15 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         if key is None:
-            message, challenge = ("an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-                                  'Bearer realm="perceiver-serve"')
+            message, challenge = (
+                "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                'Bearer realm="perceiver-serve"',
+            )
         else:
             message, challenge = "the API key is not valid", 'Bearer realm="perceiver-serve", error="invalid_token"'
-        response = JSONResponse(error_payload(ErrorCode.UNAUTHORIZED, message), status_code=401,
-                                headers={"WWW-Authenticate": challenge})
+        response = JSONResponse(
+            error_payload(ErrorCode.UNAUTHORIZED, message), status_code=401, headers={"WWW-Authenticate": challenge}
+        )
         await response(scope, receive, send)
 
 
@@ -106,11 +111,16 @@ def document_auth(app: FastAPI, public: frozenset[str]) -> None:
             return app.openapi_schema
         schema = build()
         components = schema.setdefault("components", {})
-        components.setdefault("securitySchemes", {}).update({
-            "bearer": {"type": "http", "scheme": "bearer"},
-            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}})
-        unauthorized = {"description": ErrorCode.UNAUTHORIZED.value, "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        components.setdefault("securitySchemes", {}).update(
+            {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+        )
+        unauthorized = {
+            "description": ErrorCode.UNAUTHORIZED.value,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+        }
         for path, operations in schema.get("paths", {}).items():
             if path in public:
                 continue

@@ -42,8 +42,9 @@ def media_type(request: Request) -> str:
 
 
 def _not_accepted(ctype: str, accepted: str) -> ServeError:
-    return ServeError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"Content-Type {ctype or 'none'!r} is not accepted: send "
-                      f"{accepted}")
+    return ServeError(
+        ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"Content-Type {ctype or 'none'!r} is not accepted: send {accepted}"
+    )
 
 
 class _LargeJSONRequest(Request):
@@ -126,8 +127,9 @@ def decode_base64(value: str | bytes, *, field: str, note: str = "") -> bytes:
         raise ServeError(ErrorCode.INVALID_INPUT, f"{field} is not valid base64 image data{note}") from None
 
 
-async def read_files(request: Request, names: tuple[str, ...], *, required: tuple[str, ...],
-                     what: str) -> dict[str, bytes]:
+async def read_files(
+    request: Request, names: tuple[str, ...], *, required: tuple[str, ...], what: str
+) -> dict[str, bytes]:
     """The file parts `names` of a multipart body (the `required` ones must be there); `what` names them in
     errors, e.g. "the two frames as 'frame1' and 'frame2'"."""
     form = await read_form(request, max_files=len(names), max_fields=len(names) + 8)
@@ -135,8 +137,10 @@ async def read_files(request: Request, names: tuple[str, ...], *, required: tupl
         parts = {name: form.get(name) for name in names if form.get(name) is not None}
         missing = [name for name in required if not isinstance(parts.get(name), UploadFile)]
         if missing:
-            raise ServeError(ErrorCode.INVALID_INPUT, f"multipart body has no file part "
-                             f"{' or '.join(repr(m) for m in missing)}; upload {what}")
+            raise ServeError(
+                ErrorCode.INVALID_INPUT,
+                f"multipart body has no file part {' or '.join(repr(m) for m in missing)}; upload {what}",
+            )
         wrong = [name for name, part in parts.items() if not isinstance(part, UploadFile)]
         if wrong:
             raise ServeError(ErrorCode.INVALID_INPUT, f"the {wrong[0]!r} part must be a file; upload {what}")
@@ -147,12 +151,19 @@ async def read_files(request: Request, names: tuple[str, ...], *, required: tupl
 
 # ---------------------------------------------------------------------------------------- an image
 
-IMAGE_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "image/*": {"schema": _BINARY},
-    "application/octet-stream": {"schema": _BINARY},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {"file": _BINARY}}},
-    "application/json": {"schema": ClassifyImageRequest.model_json_schema()},
-}}}
+IMAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/*": {"schema": _BINARY},
+            "application/octet-stream": {"schema": _BINARY},
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": ["file"], "properties": {"file": _BINARY}}
+            },
+            "application/json": {"schema": ClassifyImageRequest.model_json_schema()},
+        },
+    }
+}
 
 
 async def read_image(request: Request, *, top_k: int | None) -> tuple[bytes, ClassifyParameters]:
@@ -162,8 +173,11 @@ async def read_image(request: Request, *, top_k: int | None) -> tuple[bytes, Cla
     if ctype == "multipart/form-data":
         return await _image_part(request), ClassifyParameters(top_k=top_k)
     if ctype not in _RAW and ctype != "application/json" and not ctype.startswith("image/"):
-        raise _not_accepted(ctype, "the image bytes (image/* or application/octet-stream), a multipart/form-data "
-                            "upload with a 'file' part, or application/json {\"inputs\": \"<base64>\"}")
+        raise _not_accepted(
+            ctype,
+            "the image bytes (image/* or application/octet-stream), a multipart/form-data "
+            'upload with a \'file\' part, or application/json {"inputs": "<base64>"}',
+        )
     body = await request.body()
     if ctype == "application/json" or (ctype in _RAW and body.lstrip()[:1] == b"{"):
         return await read_json(request, ClassifyImageRequest, body, _image_from_json)
@@ -190,24 +204,38 @@ async def _image_part(request: Request) -> bytes:
 
 # ---------------------------------------------------------------------------------------- a frame pair
 
-FRAME_PAIR_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": list(FRAME_FIELDS),
-                                       "properties": {name: _BINARY for name in FRAME_FIELDS}}},
-    "application/json": {"schema": FramePairRequest.model_json_schema()},
-}}}
+FRAME_PAIR_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": list(FRAME_FIELDS),
+                    "properties": dict.fromkeys(FRAME_FIELDS, _BINARY),
+                }
+            },
+            "application/json": {"schema": FramePairRequest.model_json_schema()},
+        },
+    }
+}
 
 
 async def read_frame_pair(request: Request) -> tuple[bytes, bytes]:
     """The two frames' file bytes, in order: multipart parts frame1 and frame2, or JSON base64."""
     ctype = media_type(request)
     if ctype == "multipart/form-data":
-        files = await read_files(request, FRAME_FIELDS, required=FRAME_FIELDS,
-                                 what="the two frames as 'frame1' and 'frame2'")
+        files = await read_files(
+            request, FRAME_FIELDS, required=FRAME_FIELDS, what="the two frames as 'frame1' and 'frame2'"
+        )
         return files["frame1"], files["frame2"]
     if ctype == "application/json":
         return await read_json(request, FramePairRequest, await request.body(), _frames_from_json)
-    raise _not_accepted(ctype, "multipart/form-data with file parts 'frame1' and 'frame2', or application/json "
-                        "{\"frame1\": \"<base64>\", \"frame2\": \"<base64>\"}")
+    raise _not_accepted(
+        ctype,
+        "multipart/form-data with file parts 'frame1' and 'frame2', or application/json "
+        '{"frame1": "<base64>", "frame2": "<base64>"}',
+    )
 
 
 def _frames_from_json(payload: FramePairRequest) -> tuple[bytes, bytes]:
@@ -216,12 +244,30 @@ def _frames_from_json(payload: FramePairRequest) -> tuple[bytes, bytes]:
 
 # ---------------------------------------------------------------------------------------- a clip
 
-CLIP_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["video"], "properties": {
-        "video": {**_BINARY, "description": ".npy/.npz uint8 frames (T x H x W x 3), or mp4/webm/avi (needs PyAV)"},
-        "audio": {**_BINARY, "description": "WAV/FLAC/OGG, any rate (resampled to 48 kHz), mixed to mono; "
-                                            "silence if absent"},
-    }}}}}}
+CLIP_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["video"],
+                    "properties": {
+                        "video": {
+                            **_BINARY,
+                            "description": ".npy/.npz uint8 frames (T x H x W x 3), or mp4/webm/avi (needs PyAV)",
+                        },
+                        "audio": {
+                            **_BINARY,
+                            "description": "WAV/FLAC/OGG, any rate (resampled to 48 kHz), mixed to mono; "
+                            "silence if absent",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 async def read_clip(request: Request) -> tuple[bytes, bytes | None]:
@@ -229,6 +275,10 @@ async def read_clip(request: Request) -> tuple[bytes, bytes | None]:
     ctype = media_type(request)
     if ctype != "multipart/form-data":
         raise _not_accepted(ctype, "multipart/form-data with a 'video' part and an optional 'audio' part")
-    files = await read_files(request, ("video", "audio"), required=("video",),
-                             what="the clip as 'video' and, optionally, its sound as 'audio' (WAV, FLAC or OGG)")
+    files = await read_files(
+        request,
+        ("video", "audio"),
+        required=("video",),
+        what="the clip as 'video' and, optionally, its sound as 'audio' (WAV, FLAC or OGG)",
+    )
     return files["video"], files.get("audio")

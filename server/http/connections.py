@@ -27,9 +27,6 @@ import http
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any, ClassVar, Literal
 
 import h11
@@ -37,79 +34,11 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server.errors import ErrorCode, ServeError, error_response
-from server.settings import ServerSettings
+from server.http.connection_table import ConnectionLimits, ConnectionTable, Phase
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 256 * 1024  # the most asyncio's socket transport reads at once
-LOG_EVERY_S = 10.0  # cut connections are summed up in the log at most this often (a flood is one line)
 _HEADER_LINE = 4  # ": " and CRLF around each header
-
-
-@dataclass(frozen=True)
-class ConnectionLimits:
-    max_connections: int
-    header_timeout_s: float
-    body_timeout_s: float
-    max_header_bytes: int
-
-    @classmethod
-    def of(cls, server: ServerSettings) -> ConnectionLimits:
-        return cls(max_connections=server.max_connections, header_timeout_s=server.header_timeout_s,
-                   body_timeout_s=server.body_timeout_s, max_header_bytes=server.max_header_kb * 1024)
-
-
-class Phase(Enum):
-    HEADERS = "waiting for request headers"
-    BUSY = "request in progress"
-    IDLE = "idle keep-alive"
-
-
-class ConnectionTable:
-    """One server's open connections by phase; those that may be closed to make room, oldest first."""
-
-    def __init__(self) -> None:
-        self.phases: dict[ConnectionGuard, Phase] = {}
-        self._waiting: dict[ConnectionGuard, float] = {}  # insertion order: longest waiting first
-        self._idle: dict[ConnectionGuard, float] = {}
-        self._cuts: Counter[str] = Counter()
-        self._logged_at = -LOG_EVERY_S
-
-    def __len__(self) -> int:
-        return len(self.phases)
-
-    def set(self, conn: ConnectionGuard, phase: Phase) -> None:
-        if self.phases.get(conn) is phase:
-            return  # keeps its place in the queue
-        self.forget(conn)
-        self.phases[conn] = phase
-        if phase is Phase.HEADERS:
-            self._waiting[conn] = time.monotonic()
-        elif phase is Phase.IDLE:
-            self._idle[conn] = time.monotonic()
-
-    def forget(self, conn: ConnectionGuard) -> None:
-        self.phases.pop(conn, None)
-        self._waiting.pop(conn, None)
-        self._idle.pop(conn, None)
-
-    def victim(self) -> tuple[ConnectionGuard, float] | None:
-        """The connection to close for a new one, and since when it has waited: the longest waiting for its
-        headers that has had a chance to send them, else the longest idle; None when there is none."""
-        for conn, since in self._waiting.items():  # oldest first
-            if conn.settled:
-                return conn, since
-        for conn, since in self._idle.items():
-            return conn, since
-        return None
-
-    def note(self, cut: str) -> None:
-        self._cuts[cut] += 1
-        now = time.monotonic()
-        if now - self._logged_at >= LOG_EVERY_S:
-            log.warning("connections cut (%d open): %s", len(self),
-                        ", ".join(f"{n} {what}" for what, n in self._cuts.most_common()))
-            self._cuts.clear()
-            self._logged_at = now
 
 
 class ConnectionGuard(ABC):
@@ -145,8 +74,13 @@ class ConnectionGuard(ABC):
         self.loop.call_soon(self.loop.call_soon, self._settle)
         if len(self.table) >= self.limits.max_connections and not self._make_room():
             self.table.note("refused (none to evict)")
-            self._answer(ServeError(ErrorCode.NOT_READY, "the server has no room for another connection now; "
-                                    "retry shortly", retry_after=1))
+            self._answer(
+                ServeError(
+                    ErrorCode.NOT_READY,
+                    "the server has no room for another connection now; retry shortly",
+                    retry_after=1,
+                )
+            )
             return
         self._update()
 
@@ -174,15 +108,19 @@ class ConnectionGuard(ABC):
 
     def shutdown(self) -> None:
         if not self._done and self._phase() is Phase.HEADERS:  # a request may be on its way: say why it goes unserved
-            self._answer(ServeError(ErrorCode.NOT_READY, "the server is shutting down; retry on another instance",
-                                    retry_after=1))
+            self._answer(
+                ServeError(ErrorCode.NOT_READY, "the server is shutting down; retry on another instance", retry_after=1)
+            )
             return
         super().shutdown()  # type: ignore[misc]
 
     def send_400_response(self, msg: str) -> None:
         if not self._done:
-            self._answer(ServeError(ErrorCode.BAD_REQUEST, "invalid HTTP request: the request line or headers "
-                                    "could not be parsed"))
+            self._answer(
+                ServeError(
+                    ErrorCode.BAD_REQUEST, "invalid HTTP request: the request line or headers could not be parsed"
+                )
+            )
 
     # ------------------------------------------------------------------ request progress
 
@@ -232,13 +170,21 @@ class ConnectionGuard(ABC):
         if self._done or self._phase() is not Phase.HEADERS:
             return
         self.table.note("header timeout")
-        self._answer(ServeError(ErrorCode.REQUEST_TIMEOUT, "the request headers were not complete within "
-                                f"{self.limits.header_timeout_s:g}s"))
+        self._answer(
+            ServeError(
+                ErrorCode.REQUEST_TIMEOUT,
+                f"the request headers were not complete within {self.limits.header_timeout_s:g}s",
+            )
+        )
 
     def _headers_too_large(self) -> None:
         self.table.note("headers too large")
-        self._answer(ServeError(ErrorCode.HEADERS_TOO_LARGE, "the request line and headers are over "
-                                f"{self.limits.max_header_bytes // 1024} KiB"))
+        self._answer(
+            ServeError(
+                ErrorCode.HEADERS_TOO_LARGE,
+                f"the request line and headers are over {self.limits.max_header_bytes // 1024} KiB",
+            )
+        )
 
     def _body_late(self) -> None:
         """The body is overdue: cut now if the answer has gone (the rest is not worth reading), else once it has
@@ -258,9 +204,14 @@ class ConnectionGuard(ABC):
         victim, since = found
         if self.table.phases[victim] is Phase.HEADERS:
             self.table.note("evicted (waiting for headers)")
-            victim._answer(ServeError(ErrorCode.NOT_READY, "the connection was closed to make room for others: its "
-                                      f"request headers were not complete after {time.monotonic() - since:.1f}s",
-                                      retry_after=1))
+            victim._answer(
+                ServeError(
+                    ErrorCode.NOT_READY,
+                    "the connection was closed to make room for others: its "
+                    f"request headers were not complete after {time.monotonic() - since:.1f}s",
+                    retry_after=1,
+                )
+            )
         else:
             victim._cut("evicted (idle)")
         return True
@@ -278,8 +229,10 @@ class ConnectionGuard(ABC):
             return
         response = error_response(error, headers={"Connection": "close"})
         lines = [f"HTTP/1.1 {response.status_code} {http.HTTPStatus(response.status_code).phrase}\r\n".encode()]
-        lines += [name + b": " + value + b"\r\n"
-                  for name, value in [*self.server_state.default_headers, *response.raw_headers]]
+        lines += [
+            name + b": " + value + b"\r\n"
+            for name, value in [*self.server_state.default_headers, *response.raw_headers]
+        ]
         self.transport.write(b"".join(lines) + b"\r\n" + response.body)
         self.transport.close()
 

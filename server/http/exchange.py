@@ -27,8 +27,9 @@ async def open_call(request: Request, service: InferenceService, task: Task, mod
     spec = service.resolve(task, model)
     state = request.scope.setdefault("state", {})
     state[MODEL_KEY] = spec.name  # the metrics' label, whatever happens next
-    deadline = state.get(DEADLINE_KEY) or state.get(STARTED_KEY, time.monotonic()) + \
-        service.settings.server.request_timeout_s
+    deadline = (
+        state.get(DEADLINE_KEY) or state.get(STARTED_KEY, time.monotonic()) + service.settings.server.request_timeout_s
+    )
     async with service.open(spec, deadline=deadline, disconnected=functools.partial(_disconnected, request)) as call:
         yield call
 

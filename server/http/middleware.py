@@ -17,18 +17,18 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import ErrorCode, ServeError, code_for_status, error_payload, error_response
 from server.engine.lifecycle import Lifecycle
 from server.engine.metrics import Metrics
+from server.errors import ErrorCode, ServeError, code_for_status, error_payload, error_response
 from server.http.scope import MODEL_KEY, NOT_WORK, STARTED_KEY
 
 log = logging.getLogger(__name__)
 
 
-
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, lifecycle: Lifecycle, max_body_bytes: int,
-                 body_timeout_s: float) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, lifecycle: Lifecycle, max_body_bytes: int, body_timeout_s: float
+    ) -> None:
         self.app, self.metrics, self.lifecycle, self.max_body_bytes = app, metrics, lifecycle, max_body_bytes
         self.body_timeout_s = body_timeout_s
 
@@ -48,8 +48,10 @@ class RequestMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"x-request-id", request_id.encode("latin-1"))]}
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))],
+                }
             await send(message)
 
         work = scope["path"] not in NOT_WORK
@@ -116,8 +118,11 @@ class RequestMiddleware:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
-                raise HTTPException(408, f"the request body was not received within {self.body_timeout_s:g}s "
-                                    "of its headers", headers={"Connection": "close"}) from None
+                raise HTTPException(
+                    408,
+                    f"the request body was not received within {self.body_timeout_s:g}s of its headers",
+                    headers={"Connection": "close"},
+                ) from None
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             seen += len(message.get("body", b""))
             if seen > self.max_body_bytes:

@@ -57,8 +57,9 @@ class Offload:
             log.warning("the body-parsing helper process died; a new one starts with the next large body")
             self._pool = None
             pool.shutdown(wait=False, cancel_futures=True)
-            raise ServeError(ErrorCode.MODEL_UNAVAILABLE, "the server could not parse this body now; retry",
-                             retry_after=1) from None
+            raise ServeError(
+                ErrorCode.MODEL_UNAVAILABLE, "the server could not parse this body now; retry", retry_after=1
+            ) from None
 
     def _start(self) -> ProcessPoolExecutor:
         # spawn: a fresh interpreter (a fork would copy the models and the threads that hold their locks).

@@ -26,7 +26,8 @@ class FillMaskParameters(_Parameters):
 class FillMaskRequest(BaseModel):
     inputs: Text | Texts = Field(
         description="Text with one or more [MASK] (each [MASK] stands for one UTF-8 byte), or a list of them",
-        examples=["The capital of France is[MASK][MASK][MASK][MASK][MASK][MASK]."])
+        examples=["The capital of France is[MASK][MASK][MASK][MASK][MASK][MASK]."],
+    )
     parameters: FillMaskParameters = FillMaskParameters()
 
 
@@ -86,8 +87,9 @@ class ClassifyImageResponse(RootModel[list[LabelScore]]):
 class FramePairRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    frame1: str = Field(min_length=1, description="The first frame's image file, base64 (a data: URL prefix is "
-                        "accepted)")
+    frame1: str = Field(
+        min_length=1, description="The first frame's image file, base64 (a data: URL prefix is accepted)"
+    )
     frame2: str = Field(min_length=1, description="The second frame, the same size as the first")
 
 

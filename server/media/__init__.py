@@ -14,5 +14,18 @@ from server.media.encoders import pyav_available, write_mp4, write_wav
 from server.media.image import decode_image, probe_image
 from server.media.video import decode_video, fit_frames, sniff_container
 
-__all__ = ["Audio", "decode_audio", "decode_image", "decode_video", "filter_reach", "fit_frames", "probe_image",
-           "pyav_available", "resample", "sniff_audio", "sniff_container", "write_mp4", "write_wav"]
+__all__ = [
+    "Audio",
+    "decode_audio",
+    "decode_image",
+    "decode_video",
+    "filter_reach",
+    "fit_frames",
+    "probe_image",
+    "pyav_available",
+    "resample",
+    "sniff_audio",
+    "sniff_container",
+    "write_mp4",
+    "write_wav",
+]

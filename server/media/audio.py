@@ -49,8 +49,9 @@ def sniff_audio(data: bytes) -> str | None:
     return next((name for name, (matches, _) in FORMATS.items() if matches(data)), None)
 
 
-def decode_audio(data: bytes, *, sample_rate: int, max_samples: int,
-                 limits: AudioLimits = DEFAULT_LIMITS.audio) -> Audio:
+def decode_audio(
+    data: bytes, *, sample_rate: int, max_samples: int, limits: AudioLimits = DEFAULT_LIMITS.audio
+) -> Audio:
     """An allowed audio file -> mono float32 at `sample_rate`, at most `max_samples` samples
     (only the span needed is decoded). Channels are averaged; other rates are resampled."""
     import soundfile
@@ -67,13 +68,16 @@ def decode_audio(data: bytes, *, sample_rate: int, max_samples: int,
         raise ServeError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"audio is not a readable {name} file") from None
     with sound:
         if sound.format not in FORMATS[name][1]:
-            raise ServeError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"audio starts as {name} but reads as {sound.format}; "
-                             f"accepted formats: {accepted}")
+            raise ServeError(
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                f"audio starts as {name} but reads as {sound.format}; accepted formats: {accepted}",
+            )
         rate, channels = sound.samplerate, sound.channels
         _check_header(rate, channels, sound.frames, limits)
         # Enough source samples for `max_samples` outputs plus the resampling filter's reach.
-        wanted = math.ceil(max_samples * rate / sample_rate) + (0 if rate == sample_rate else
-                                                                 filter_reach(rate, sample_rate))
+        wanted = math.ceil(max_samples * rate / sample_rate) + (
+            0 if rate == sample_rate else filter_reach(rate, sample_rate)
+        )
         mono = _read_mono(sound, min(wanted, sound.frames))
     if rate != sample_rate:
         mono = resample(mono, rate, sample_rate)
@@ -82,19 +86,29 @@ def decode_audio(data: bytes, *, sample_rate: int, max_samples: int,
 
 def _check_header(rate: int, channels: int, frames: int, limits: AudioLimits) -> None:
     if rate < MIN_AUDIO_SAMPLE_RATE:
-        raise ServeError(ErrorCode.INVALID_INPUT, f"audio header declares {rate} Hz; sample rates from "
-                         f"{MIN_AUDIO_SAMPLE_RATE} to {limits.max_sample_rate} Hz are accepted")
+        raise ServeError(
+            ErrorCode.INVALID_INPUT,
+            f"audio header declares {rate} Hz; sample rates from "
+            f"{MIN_AUDIO_SAMPLE_RATE} to {limits.max_sample_rate} Hz are accepted",
+        )
     if rate > limits.max_sample_rate:
-        raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"audio header declares {rate} Hz; at most "
-                         f"{limits.max_sample_rate} Hz is accepted (max_audio_sample_rate)")
+        raise ServeError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"audio header declares {rate} Hz; at most {limits.max_sample_rate} Hz is accepted (max_audio_sample_rate)",
+        )
     if channels < 1:
         raise ServeError(ErrorCode.INVALID_INPUT, f"audio header declares {channels} channels")
     if channels > limits.max_channels:
-        raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"audio header declares {channels} channels; at most "
-                         f"{limits.max_channels} are accepted (max_audio_channels)")
+        raise ServeError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"audio header declares {channels} channels; at most "
+            f"{limits.max_channels} are accepted (max_audio_channels)",
+        )
     if frames > limits.max_seconds * rate:
-        raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"audio is {frames / rate:.0f} s long; at most "
-                         f"{limits.max_seconds:g} s are accepted (max_audio_seconds)")
+        raise ServeError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"audio is {frames / rate:.0f} s long; at most {limits.max_seconds:g} s are accepted (max_audio_seconds)",
+        )
 
 
 def _read_mono(sound: Any, frames: int) -> torch.Tensor:
@@ -123,8 +137,14 @@ def filter_reach(orig_rate: int, new_rate: int, *, zero_crossings: int = 16, rol
 
 
 def resample(
-    signal: torch.Tensor, orig_rate: int, new_rate: int, *, zero_crossings: int = 16, rolloff: float = 0.945,
-    beta: float = 8.6, block_elements: int = BLOCK_ELEMENTS,
+    signal: torch.Tensor,
+    orig_rate: int,
+    new_rate: int,
+    *,
+    zero_crossings: int = 16,
+    rolloff: float = 0.945,
+    beta: float = 8.6,
+    block_elements: int = BLOCK_ELEMENTS,
 ) -> torch.Tensor:
     """Band-limited resampling of (N,) samples -> (ceil(N * new / orig),).
 
@@ -171,8 +191,11 @@ def resample(
             source = whole[:, None] + torch.arange(first - half_width + 1, last - half_width + 1)[None, :]
             inside = (source >= 0) & (source < n)  # the filter reads zeros past both ends
             values = torch.where(inside, source_signal[source.clamp(0, max(n - 1, 0))], 0.0)
-            w = table[phase, first:last] if table is not None else weights((phase * step).double() / new_rate,
-                                                                         first, last)
+            w = (
+                table[phase, first:last]
+                if table is not None
+                else weights((phase * step).double() / new_rate, first, last)
+            )
             part = (values * w).sum(dim=1)
             total = part if total is None else total + part
         assert total is not None

@@ -38,8 +38,10 @@ def write_mp4(frames: np.ndarray, audio: np.ndarray | None, *, fps: Fraction, sa
     try:
         import av
     except ImportError:
-        raise ServeError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "format=mp4 needs PyAV, which is not installed "
-                         "(pip install 'perceiver-serve[video]'); use format=npz") from None
+        raise ServeError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            "format=mp4 needs PyAV, which is not installed (pip install 'perceiver-serve[video]'); use format=npz",
+        ) from None
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
         video = container.add_stream("libx264", rate=fps)

@@ -33,8 +33,12 @@ MEDIA_TYPES: dict[FlowFormat, str] = {  # in order of preference when the client
 DEFAULT_FORMAT = FlowFormat.NPY
 # Bytes each flow value costs to build and send in a format: 4 as float32; base64 is 4/3 of that; the
 # colour-wheel PNG is smaller on the wire but works through float64 planes, so it counts as much as raw.
-FORMAT_VALUE_BYTES: dict[FlowFormat, float] = {FlowFormat.NPY: 4, FlowFormat.FLO: 4, FlowFormat.PNG: 4,
-                                               FlowFormat.JSON: 16 / 3}
+FORMAT_VALUE_BYTES: dict[FlowFormat, float] = {
+    FlowFormat.NPY: 4,
+    FlowFormat.FLO: 4,
+    FlowFormat.PNG: 4,
+    FlowFormat.JSON: 16 / 3,
+}
 
 FLO_MAGIC = b"PIEH"  # the float32 202021.25, little-endian
 _FLO_HEADER = struct.Struct("<4sii")  # magic, width, height
@@ -49,6 +53,7 @@ class FlowArray(BaseModel):
 
 
 # --- encoders -------------------------------------------------------------------------------------
+
 
 def _checked(flow: np.ndarray) -> np.ndarray:
     if flow.ndim != 3 or flow.shape[2] != 2:
@@ -93,8 +98,7 @@ def write_json(flow: np.ndarray) -> bytes:
 
 # Hue segments around the wheel: (colours, channel held at 255, channel ramped, ramp rising?).
 # R->Y, Y->G, G->C, C->B, B->M, M->R; 15 + 6 + 4 + 11 + 13 + 6 = 55 colours.
-_SEGMENTS = ((15, 0, 1, True), (6, 1, 0, False), (4, 1, 2, True), (11, 2, 1, False), (13, 2, 0, True),
-             (6, 0, 2, False))
+_SEGMENTS = ((15, 0, 1, True), (6, 1, 0, False), (4, 1, 2, True), (11, 2, 1, False), (13, 2, 0, True), (6, 0, 2, False))
 
 
 def colour_wheel() -> np.ndarray:
@@ -138,8 +142,12 @@ def flow_to_png(flow: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-_WRITERS = {FlowFormat.NPY: write_npy, FlowFormat.FLO: write_flo, FlowFormat.PNG: flow_to_png,
-            FlowFormat.JSON: write_json}
+_WRITERS = {
+    FlowFormat.NPY: write_npy,
+    FlowFormat.FLO: write_flo,
+    FlowFormat.PNG: flow_to_png,
+    FlowFormat.JSON: write_json,
+}
 
 
 def encode_flow(flow: np.ndarray, fmt: FlowFormat) -> bytes:
@@ -148,6 +156,7 @@ def encode_flow(flow: np.ndarray, fmt: FlowFormat) -> bytes:
 
 
 # --- negotiation -----------------------------------------------------------------------------------
+
 
 def negotiate(fmt: FlowFormat | None, accept: str | None) -> FlowFormat:
     """`?format=` if given; else the Accept header's best match (q-values, most specific range wins);

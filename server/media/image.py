@@ -37,8 +37,10 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS.image) -> Ima
 def opened(data: bytes, limits: ImageLimits, use: Callable[[Image.Image], T]) -> T:
     """use(the image opened lazily, its header checked), every failure a ServeError."""
     if not data:
-        raise ServeError(ErrorCode.INVALID_INPUT, "no image: send the image file as the body, a multipart "
-                         "upload, or JSON {\"inputs\": \"<base64>\"}")
+        raise ServeError(
+            ErrorCode.INVALID_INPUT,
+            'no image: send the image file as the body, a multipart upload, or JSON {"inputs": "<base64>"}',
+        )
     too_large = f"at most {limits.max_pixels} pixels are accepted (max_image_pixels)"
     try:
         with warnings.catch_warnings():
@@ -52,7 +54,9 @@ def opened(data: bytes, limits: ImageLimits, use: Callable[[Image.Image], T]) ->
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"image is too large to decode safely; {too_large}") from None
     except UnidentifiedImageError:
-        raise ServeError(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                         f"body is not an image in an accepted format ({', '.join(limits.formats)})") from None
+        raise ServeError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            f"body is not an image in an accepted format ({', '.join(limits.formats)})",
+        ) from None
     except Exception as exc:  # truncated or corrupt files raise OSError, ValueError, SyntaxError...
         raise ServeError(ErrorCode.INVALID_INPUT, f"image could not be decoded: {exc}") from None

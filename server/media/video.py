@@ -84,13 +84,18 @@ def _read_npy(stream: IO[bytes], available: int, limits: VideoLimits) -> np.ndar
     except Exception as exc:  # numpy parses the header text with literal_eval, then tokenize: any error at all
         raise ServeError(ErrorCode.INVALID_INPUT, f"video is not a readable .npy array: {_say(exc)}") from None
     if dtype.hasobject:
-        raise ServeError(ErrorCode.INVALID_INPUT, "video arrays holding Python objects (pickles) are not accepted; "
-                         "send a plain uint8 array")
+        raise ServeError(
+            ErrorCode.INVALID_INPUT,
+            "video arrays holding Python objects (pickles) are not accepted; send a plain uint8 array",
+        )
     _check_frames_shape(tuple(shape), dtype, limits)
     nbytes = math.prod(shape)
     if stream.tell() + nbytes != available:
-        raise ServeError(ErrorCode.INVALID_INPUT, f"video array is truncated or corrupt: its header declares "
-                         f"{nbytes} bytes of data, the file holds {available - stream.tell()}")
+        raise ServeError(
+            ErrorCode.INVALID_INPUT,
+            f"video array is truncated or corrupt: its header declares "
+            f"{nbytes} bytes of data, the file holds {available - stream.tell()}",
+        )
     raw = bytearray(nbytes)  # the frames' own buffer: writable, and as large as the checked header says
     try:
         got = stream.readinto(raw)
@@ -115,15 +120,20 @@ def _read_npz(data: bytes, limits: VideoLimits) -> np.ndarray:
             [chosen] = members.values()
         if chosen is None:
             found = ", ".join(n.removesuffix(".npy") for n in members) or "none"
-            raise ServeError(ErrorCode.INVALID_INPUT, f".npz video must hold an array named 'video' "
-                             f"(or exactly one array); found: {found}")
+            raise ServeError(
+                ErrorCode.INVALID_INPUT,
+                f".npz video must hold an array named 'video' (or exactly one array); found: {found}",
+            )
         if chosen.flag_bits & 0x1:
             raise ServeError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "encrypted .npz archives are not accepted")
         if chosen.compress_type not in _ZIP_METHODS:
             # Other methods (bzip2, lzma) inflate a whole read at once: no bound on what one read costs.
             methods = " or ".join(_ZIP_METHODS.values())
-            raise ServeError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f".npz members must be {methods} (as numpy writes "
-                             f"them); {chosen.filename!r} uses compression method {chosen.compress_type}")
+            raise ServeError(
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                f".npz members must be {methods} (as numpy writes "
+                f"them); {chosen.filename!r} uses compression method {chosen.compress_type}",
+            )
         try:
             member = archive.open(chosen)
         except (*_BAD_ZIP, NotImplementedError, RuntimeError) as exc:
@@ -134,28 +144,37 @@ def _read_npz(data: bytes, limits: VideoLimits) -> np.ndarray:
 
 def _check_frames_shape(shape: tuple[int, ...], dtype: np.dtype[Any], limits: VideoLimits) -> None:
     if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
-        raise ServeError(ErrorCode.INVALID_INPUT, f"video array must be frames x height x width x 3 (RGB), "
-                         f"got shape {list(shape)}")
+        raise ServeError(
+            ErrorCode.INVALID_INPUT, f"video array must be frames x height x width x 3 (RGB), got shape {list(shape)}"
+        )
     if dtype != np.uint8:
         raise ServeError(ErrorCode.INVALID_INPUT, f"video array must be uint8 (0-255), got {dtype}")
     _check_frame_count(shape[0], limits)
     _check_frame_size(shape[1], shape[2], limits)
     if math.prod(shape) > limits.max_array_bytes:
-        raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"video array of shape {list(shape)} is over "
-                         f"{limits.max_array_bytes / 2**20:g} MiB (max_array_mb); send fewer or smaller frames, "
-                         "or a video container")
+        raise ServeError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"video array of shape {list(shape)} is over "
+            f"{limits.max_array_bytes / 2**20:g} MiB (max_array_mb); send fewer or smaller frames, "
+            "or a video container",
+        )
 
 
 def _check_frame_count(frames: int, limits: VideoLimits) -> None:
     if frames > limits.max_frames:
-        raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"clip has {frames} frames; at most {limits.max_frames} are "
-                         "accepted (max_video_frames)")
+        raise ServeError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"clip has {frames} frames; at most {limits.max_frames} are accepted (max_video_frames)",
+        )
 
 
 def _check_frame_size(height: int, width: int, limits: VideoLimits) -> None:
     if height * width > limits.max_frame_pixels:
-        raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"frames are {width}x{height}; at most "
-                         f"{limits.max_frame_pixels} pixels per frame are accepted (max_video_frame_pixels)")
+        raise ServeError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"frames are {width}x{height}; at most "
+            f"{limits.max_frame_pixels} pixels per frame are accepted (max_video_frame_pixels)",
+        )
 
 
 def _say(exc: BaseException) -> str:
@@ -179,9 +198,12 @@ def open_options(name: str, limits: VideoLimits) -> dict[str, Any]:
     decoders FFmpeg runs while probing refuse frames over the limit before allocating them.
     """
     demuxer = CONTAINERS[name][1]
-    return {"format": demuxer, "metadata_errors": "replace",
-            "container_options": {"format_whitelist": demuxer, "protocol_whitelist": ""},
-            "options": _decoder_options(limits)}
+    return {
+        "format": demuxer,
+        "metadata_errors": "replace",
+        "container_options": {"format_whitelist": demuxer, "protocol_whitelist": ""},
+        "options": _decoder_options(limits),
+    }
 
 
 def _decoder_options(limits: VideoLimits) -> dict[str, str]:
@@ -197,14 +219,18 @@ def _decode_container(data: bytes, *, size: tuple[int, int], limits: VideoLimits
     try:
         import av
     except ImportError:
-        raise ServeError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "decoding video containers needs PyAV, which is not "
-                         "installed (pip install 'perceiver-serve[video]'); or send frames as .npy/.npz "
-                         "(T x H x W x 3 uint8)") from None
+        raise ServeError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            "decoding video containers needs PyAV, which is not "
+            "installed (pip install 'perceiver-serve[video]'); or send frames as .npy/.npz "
+            "(T x H x W x 3 uint8)",
+        ) from None
     try:
         container = av.open(io.BytesIO(data), mode="r", **open_options(name, limits))
     except (av.FFmpegError, ValueError, OSError, EOFError, MemoryError):
-        raise ServeError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"video is not a readable {name} file; send "
-                         f"{accepted_formats(limits)}") from None
+        raise ServeError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"video is not a readable {name} file; send {accepted_formats(limits)}"
+        ) from None
     with container:
         stream = next((s for s in container.streams if s.type == "video"), None)
         if stream is None:
@@ -219,15 +245,16 @@ def _decode_container(data: bytes, *, size: tuple[int, int], limits: VideoLimits
         try:
             return _fit_stream(_frames(container, stream, limits), size)
         except (av.FFmpegError, ValueError, EOFError, MemoryError) as exc:
-            raise ServeError(ErrorCode.INVALID_INPUT, f"video could not be decoded (corrupt, or frames over "
-                             f"{limits.max_frame_pixels} pixels, max_video_frame_pixels): {_say(exc)}") from None
+            raise ServeError(
+                ErrorCode.INVALID_INPUT,
+                f"video could not be decoded (corrupt, or frames over "
+                f"{limits.max_frame_pixels} pixels, max_video_frame_pixels): {_say(exc)}",
+            ) from None
 
 
 def _frames(container: Any, stream: Any, limits: VideoLimits) -> Iterator[np.ndarray]:
     """(H, W, 3) uint8 RGB frames, each checked before it is converted."""
-    count = 0
-    for frame in container.decode(stream):
-        count += 1
+    for count, frame in enumerate(container.decode(stream), start=1):
         _check_frame_count(count, limits)
         _check_frame_size(frame.height, frame.width, limits)
         yield frame.to_ndarray(format="rgb24")

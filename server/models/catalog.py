@@ -9,18 +9,40 @@ from __future__ import annotations
 from typing import Any
 
 CATALOG: tuple[dict[str, Any], ...] = (
-    {"name": "language-perceiver", "task": "fill-mask",
-     "source": "deepmind/language-perceiver", "default": True},
-    {"name": "vision-perceiver-conv", "task": "image-classification",
-     "source": "deepmind/vision-perceiver-conv", "default": True, "aliases": ["conv"]},
-    {"name": "vision-perceiver-learned", "task": "image-classification",
-     "source": "deepmind/vision-perceiver-learned", "aliases": ["learned"]},
-    {"name": "vision-perceiver-fourier", "task": "image-classification",
-     "source": "deepmind/vision-perceiver-fourier", "aliases": ["fourier"]},
-    {"name": "optical-flow-perceiver", "task": "optical-flow",
-     "source": "deepmind/optical-flow-perceiver", "default": True, "max_batch_size": 4},
-    {"name": "multimodal-perceiver", "task": "video-autoencoding",
-     "source": "deepmind/multimodal-perceiver", "default": True, "max_batch_size": 1},
+    {"name": "language-perceiver", "task": "fill-mask", "source": "deepmind/language-perceiver", "default": True},
+    {
+        "name": "vision-perceiver-conv",
+        "task": "image-classification",
+        "source": "deepmind/vision-perceiver-conv",
+        "default": True,
+        "aliases": ["conv"],
+    },
+    {
+        "name": "vision-perceiver-learned",
+        "task": "image-classification",
+        "source": "deepmind/vision-perceiver-learned",
+        "aliases": ["learned"],
+    },
+    {
+        "name": "vision-perceiver-fourier",
+        "task": "image-classification",
+        "source": "deepmind/vision-perceiver-fourier",
+        "aliases": ["fourier"],
+    },
+    {
+        "name": "optical-flow-perceiver",
+        "task": "optical-flow",
+        "source": "deepmind/optical-flow-perceiver",
+        "default": True,
+        "max_batch_size": 4,
+    },
+    {
+        "name": "multimodal-perceiver",
+        "task": "video-autoencoding",
+        "source": "deepmind/multimodal-perceiver",
+        "default": True,
+        "max_batch_size": 1,
+    },
 )
 
 

@@ -19,8 +19,12 @@ from server.settings import Settings, Task, build_settings
 log = logging.getLogger(__name__)
 
 VERSION = "v1"  # bump when the presets below change, so stale demo folders are not reused
-DEMO_IMAGE_LABELS = {str(i): name for i, name in enumerate(
-    ["tabby cat", "golden retriever", "espresso", "volcano", "lighthouse", "sports car", "macaw", "pizza"])}
+DEMO_IMAGE_LABELS = {
+    str(i): name
+    for i, name in enumerate(
+        ["tabby cat", "golden retriever", "espresso", "volcano", "lighthouse", "sports car", "macaw", "pizza"]
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -34,15 +38,30 @@ class DemoModel:
 
 DEMO_MODELS: tuple[DemoModel, ...] = (  # model_core presets, with labels to show
     DemoModel("demo-fill-mask", Task.FILL_MASK, preset_config("language-perceiver-demo")),
-    DemoModel("demo-classify-text", Task.TEXT_CLASSIFICATION, preset_config(
-        "language-perceiver-classifier-demo", id2label={"0": "negative", "1": "positive"})),
-    DemoModel("demo-vision-conv", Task.IMAGE_CLASSIFICATION, preset_config(
-        "vision-perceiver-conv-tiny", id2label=DEMO_IMAGE_LABELS), aliases=["conv"]),
-    DemoModel("demo-vision-fourier", Task.IMAGE_CLASSIFICATION, preset_config(
-        "vision-perceiver-fourier-tiny", id2label=DEMO_IMAGE_LABELS), default=False, aliases=["fourier"]),
+    DemoModel(
+        "demo-classify-text",
+        Task.TEXT_CLASSIFICATION,
+        preset_config("language-perceiver-classifier-demo", id2label={"0": "negative", "1": "positive"}),
+    ),
+    DemoModel(
+        "demo-vision-conv",
+        Task.IMAGE_CLASSIFICATION,
+        preset_config("vision-perceiver-conv-tiny", id2label=DEMO_IMAGE_LABELS),
+        aliases=["conv"],
+    ),
+    DemoModel(
+        "demo-vision-fourier",
+        Task.IMAGE_CLASSIFICATION,
+        preset_config("vision-perceiver-fourier-tiny", id2label=DEMO_IMAGE_LABELS),
+        default=False,
+        aliases=["fourier"],
+    ),
     DemoModel("demo-optical-flow", Task.OPTICAL_FLOW, preset_config("optical-flow-perceiver-demo")),
-    DemoModel("demo-multimodal", Task.VIDEO_AUTOENCODING, preset_config(
-        "multimodal-perceiver-demo", id2label={str(i): f"action {i}" for i in range(5)})),
+    DemoModel(
+        "demo-multimodal",
+        Task.VIDEO_AUTOENCODING,
+        preset_config("multimodal-perceiver-demo", id2label={str(i): f"action {i}" for i in range(5)}),
+    ),
 )
 
 
@@ -78,7 +97,12 @@ def demo_settings(settings: Settings) -> Settings:
             except Exception as exc:  # a task the model library cannot build yet is left out, loudly
                 log.warning("demo: skipping %s (%s): %s", demo.name, demo.task.value, exc)
                 continue
-        models[demo.name] = {"task": demo.task.value, "source": str(folder), "default": demo.default,
-                             "aliases": demo.aliases, "random_weights": True}
+        models[demo.name] = {
+            "task": demo.task.value,
+            "source": str(folder),
+            "default": demo.default,
+            "aliases": demo.aliases,
+            "random_weights": True,
+        }
     server = settings.server.model_dump(mode="json", exclude={"catalog"})
     return build_settings({"server": {**server, "catalog": False}, "models": models})

@@ -53,21 +53,29 @@ def locate(spec: Checkpoint) -> Path:
 
 def _unavailable(spec: Checkpoint, exc: CheckpointNotFoundError) -> ServeError:
     if not is_hub_id(spec.source):
-        return ServeError(ErrorCode.MODEL_UNAVAILABLE, (
-            f"model {spec.name!r}: checkpoint folder {spec.source} does not exist; set `source` of "
-            f"[models.{spec.name}] to a folder written by save_pretrained (config.json + model.safetensors) "
-            f"or to a hub id"))
+        return ServeError(
+            ErrorCode.MODEL_UNAVAILABLE,
+            (
+                f"model {spec.name!r}: checkpoint folder {spec.source} does not exist; set `source` of "
+                f"[models.{spec.name}] to a folder written by save_pretrained (config.json + model.safetensors) "
+                f"or to a hub id"
+            ),
+        )
     from huggingface_hub import constants
 
     offline = hub_offline()
     why = "HF_HUB_OFFLINE is set" if offline else f"the hub could not be reached ({_first_line(exc)})"
     online = "unset HF_HUB_OFFLINE so the server can download it, or " if offline else ""
-    return ServeError(ErrorCode.MODEL_UNAVAILABLE, (
-        f"model {spec.name!r} ({spec.source}) is not available: its files are not in the Hugging Face cache "
-        f"({constants.HF_HUB_CACHE}) and {why}. To provide it: run `perceiver-serve download {spec.name}` "
-        f"where the hub is reachable (with the same HF_HOME / cache volume), or {online}set `source` of "
-        f"[models.{spec.name}] to a local folder written by save_pretrained."
-    ), retry_after=30)
+    return ServeError(
+        ErrorCode.MODEL_UNAVAILABLE,
+        (
+            f"model {spec.name!r} ({spec.source}) is not available: its files are not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and {why}. To provide it: run `perceiver-serve download {spec.name}` "
+            f"where the hub is reachable (with the same HF_HOME / cache volume), or {online}set `source` of "
+            f"[models.{spec.name}] to a local folder written by save_pretrained."
+        ),
+        retry_after=30,
+    )
 
 
 def _first_line(exc: BaseException) -> str:

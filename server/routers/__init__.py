@@ -5,8 +5,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.routers import (autoencode_video, classify_image, classify_text, fill_mask, health, jobs, models,
-                            optical_flow)
+from server.routers import (
+    autoencode_video,
+    classify_image,
+    classify_text,
+    fill_mask,
+    health,
+    jobs,
+    models,
+    optical_flow,
+)
 from server.settings import Task
 
 TASK_ROUTERS: dict[Task, APIRouter] = {

@@ -22,27 +22,58 @@ from server.tasks.video_output import MEDIA_TYPES, Format, Wanted, parse_wanted,
 
 router = APIRouter(tags=["video"])
 JOB_KIND = "autoencode-video"
-ERRORS = responses(ErrorCode.BAD_REQUEST, ErrorCode.INVALID_INPUT, ErrorCode.PAYLOAD_TOO_LARGE,
-                   ErrorCode.UNSUPPORTED_MEDIA_TYPE, ErrorCode.UNKNOWN_MODEL, ErrorCode.NO_MODEL_FOR_TASK,
-                   ErrorCode.OVERLOADED, ErrorCode.MODEL_UNAVAILABLE, ErrorCode.TIMEOUT)
-OutputsParam = Annotated[str, Query(
-    max_length=64, description="`labels`, `reconstruction`, or both, comma-separated")]
-FormatParam = Annotated[Format | None, Query(alias="format", description=(
-    "labels: json (default) or npz; reconstruction: npz (default), mp4 (video + audio track, needs PyAV) or wav "
-    "(audio only); both: npz"))]
-AsyncParam = Annotated[bool, Query(alias="async", description=(
-    "Answer 202 with a job to poll (as the header Prefer: respond-async does)"))]
+ERRORS = responses(
+    ErrorCode.BAD_REQUEST,
+    ErrorCode.INVALID_INPUT,
+    ErrorCode.PAYLOAD_TOO_LARGE,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    ErrorCode.UNKNOWN_MODEL,
+    ErrorCode.NO_MODEL_FOR_TASK,
+    ErrorCode.OVERLOADED,
+    ErrorCode.MODEL_UNAVAILABLE,
+    ErrorCode.TIMEOUT,
+)
+OutputsParam = Annotated[str, Query(max_length=64, description="`labels`, `reconstruction`, or both, comma-separated")]
+FormatParam = Annotated[
+    Format | None,
+    Query(
+        alias="format",
+        description=(
+            "labels: json (default) or npz; reconstruction: npz (default), mp4 (video + audio track, needs PyAV) "
+            "or wav (audio only); both: npz"
+        ),
+    ),
+]
+AsyncParam = Annotated[
+    bool, Query(alias="async", description=("Answer 202 with a job to poll (as the header Prefer: respond-async does)"))
+]
 
 
-@router.post("/autoencode-video", response_model=AutoencodeVideoResponse, openapi_extra=CLIP_BODY,
-             responses={200: {"content": {t: {} for t in MEDIA_TYPES.values() if t != "application/json"},
-                              "description": "Labels as JSON, or the reconstruction in the format asked for"},
-                        **ACCEPTED, **ERRORS},
-             summary="Labels and/or reconstruction of a video clip (+ audio) by the multimodal autoencoder")
-async def autoencode_video(request: Request, service: ServiceDep, jobs: JobsDep, model: ModelParam = None,
-                           outputs: OutputsParam = "labels", top_k: TopKParam = None, fmt: FormatParam = None,
-                           run_async: AsyncParam = False,
-                           prefer: Annotated[str | None, Header(include_in_schema=False)] = None) -> Response:
+@router.post(
+    "/autoencode-video",
+    response_model=AutoencodeVideoResponse,
+    openapi_extra=CLIP_BODY,
+    responses={
+        200: {
+            "content": {t: {} for t in MEDIA_TYPES.values() if t != "application/json"},
+            "description": "Labels as JSON, or the reconstruction in the format asked for",
+        },
+        **ACCEPTED,
+        **ERRORS,
+    },
+    summary="Labels and/or reconstruction of a video clip (+ audio) by the multimodal autoencoder",
+)
+async def autoencode_video(
+    request: Request,
+    service: ServiceDep,
+    jobs: JobsDep,
+    model: ModelParam = None,
+    outputs: OutputsParam = "labels",
+    top_k: TopKParam = None,
+    fmt: FormatParam = None,
+    run_async: AsyncParam = False,
+    prefer: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
     wanted = parse_wanted(outputs, fmt, top_k)
     background = run_async or "respond-async" in (prefer or "").lower()
     if background:
@@ -54,15 +85,26 @@ async def autoencode_video(request: Request, service: ServiceDep, jobs: JobsDep,
         clip = await call.decode(runner.prepare, video, audio, video_limits=limits.video, audio_limits=limits.audio)
         runner.check_answer(clip, limits, labels=wanted.labels, reconstruct=wanted.reconstruction, top_k=wanted.top_k)
         if background:
-            job = jobs.submit_on(service, call.entry.spec, JOB_KIND, lambda c, p: _answer(c, clip, wanted, p),
-                                 total=runner.units(clip, reconstruct=wanted.reconstruction))
+            job = jobs.submit_on(
+                service,
+                call.entry.spec,
+                JOB_KIND,
+                lambda c, p: _answer(c, clip, wanted, p),
+                total=runner.units(clip, reconstruct=wanted.reconstruction),
+            )
             return accepted(job, {"Preference-Applied": "respond-async"} if prefer and not run_async else None)
         answer = await _answer(call, clip, wanted)
     return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
 
 
 async def _answer(call: Call, clip: Clip, wanted: Wanted, progress: Progress | None = None) -> JobResult:
-    result = await autoencode(call, clip, labels=wanted.labels, reconstruct=wanted.reconstruction, top_k=wanted.top_k,
-                              progress=progress.update if progress is not None else None)
+    result = await autoencode(
+        call,
+        clip,
+        labels=wanted.labels,
+        reconstruct=wanted.reconstruction,
+        top_k=wanted.top_k,
+        progress=progress.update if progress is not None else None,
+    )
     rendered = await run_in_threadpool(render, result, wanted, model=call.entry.spec.name)
     return JobResult(rendered.body, rendered.media_type, {**rendered.headers, **answer_headers(call)})

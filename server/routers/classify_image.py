@@ -15,15 +15,28 @@ from server.tasks.image_classification import ImageClassificationRunner
 from server.tasks.labels import DEFAULT_TOP_K, as_labels
 
 router = APIRouter(tags=["vision"])
-ERRORS = responses(ErrorCode.BAD_REQUEST, ErrorCode.INVALID_INPUT, ErrorCode.PAYLOAD_TOO_LARGE,
-                   ErrorCode.UNSUPPORTED_MEDIA_TYPE, ErrorCode.UNKNOWN_MODEL, ErrorCode.OVERLOADED,
-                   ErrorCode.MODEL_UNAVAILABLE, ErrorCode.TIMEOUT)
+ERRORS = responses(
+    ErrorCode.BAD_REQUEST,
+    ErrorCode.INVALID_INPUT,
+    ErrorCode.PAYLOAD_TOO_LARGE,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    ErrorCode.UNKNOWN_MODEL,
+    ErrorCode.OVERLOADED,
+    ErrorCode.MODEL_UNAVAILABLE,
+    ErrorCode.TIMEOUT,
+)
 
 
-@router.post("/classify-image", response_model=ClassifyImageResponse, responses=ERRORS, openapi_extra=IMAGE_BODY,
-             summary="Classify an image (ImageNet labels for the DeepMind models)")
-async def classify_image(request: Request, service: ServiceDep, model: ModelParam = None,
-                         top_k: TopKParam = None) -> Response:
+@router.post(
+    "/classify-image",
+    response_model=ClassifyImageResponse,
+    responses=ERRORS,
+    openapi_extra=IMAGE_BODY,
+    summary="Classify an image (ImageNet labels for the DeepMind models)",
+)
+async def classify_image(
+    request: Request, service: ServiceDep, model: ModelParam = None, top_k: TopKParam = None
+) -> Response:
     data, params = await read_image(request, top_k=top_k)
     limits = service.limits
     await service.decode(probe_image, data, limits.image)  # format and size from the header, before the model
@@ -32,6 +45,8 @@ async def classify_image(request: Request, service: ServiceDep, model: ModelPara
         entries = runner.labels.check(limits, rows=1, top_k=params.top_k or DEFAULT_TOP_K, what="images")
         item = await call.decode(runner.prepare_file, data, limits.image)
         [logits] = await call.infer([item])
-    return await json_answer(lambda: as_labels(runner.respond(logits, top_k=params.top_k,
-                                                              function=params.function_to_apply)),
-                             entries=entries, call=call)
+    return await json_answer(
+        lambda: as_labels(runner.respond(logits, top_k=params.top_k, function=params.function_to_apply)),
+        entries=entries,
+        call=call,
+    )

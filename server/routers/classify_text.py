@@ -14,22 +14,34 @@ from server.tasks.labels import as_labels
 from server.tasks.text_classification import TextClassificationRunner
 
 router = APIRouter(tags=["text"], route_class=JSONBodyRoute)
-ERRORS = responses(ErrorCode.INVALID_INPUT, ErrorCode.PAYLOAD_TOO_LARGE, ErrorCode.NO_MODEL_FOR_TASK,
-                   ErrorCode.OVERLOADED, ErrorCode.MODEL_UNAVAILABLE, ErrorCode.TIMEOUT)
+ERRORS = responses(
+    ErrorCode.INVALID_INPUT,
+    ErrorCode.PAYLOAD_TOO_LARGE,
+    ErrorCode.NO_MODEL_FOR_TASK,
+    ErrorCode.OVERLOADED,
+    ErrorCode.MODEL_UNAVAILABLE,
+    ErrorCode.TIMEOUT,
+)
 
 
-@router.post("/classify-text", response_model=ClassifyTextResponse, responses=ERRORS,
-             summary="Classify text; one list of labels per input")
-async def classify_text(body: ClassifyTextRequest, request: Request, service: ServiceDep,
-                        model: ModelParam = None) -> Response:
+@router.post(
+    "/classify-text",
+    response_model=ClassifyTextResponse,
+    responses=ERRORS,
+    summary="Classify text; one list of labels per input",
+)
+async def classify_text(
+    body: ClassifyTextRequest, request: Request, service: ServiceDep, model: ModelParam = None
+) -> Response:
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     service.limits.check_texts(texts)
     params = body.parameters
     async with open_call(request, service, Task.TEXT_CLASSIFICATION, model) as call:
         runner = call.runner_as(TextClassificationRunner)
         items = prepare_each(texts, runner.prepare)
-        entries = runner.labels.check(service.limits, rows=len(items), top_k=params.top_k or len(runner.labels),
-                                      what="texts")
+        entries = runner.labels.check(
+            service.limits, rows=len(items), top_k=params.top_k or len(runner.labels), what="texts"
+        )
         results = await call.infer(items)
 
     def build() -> object:

@@ -13,14 +13,20 @@ from server.settings import Task
 from server.tasks.fill_mask import FillMaskRunner, check_answer
 
 router = APIRouter(tags=["text"], route_class=JSONBodyRoute)
-ERRORS = responses(ErrorCode.INVALID_INPUT, ErrorCode.PAYLOAD_TOO_LARGE, ErrorCode.UNKNOWN_MODEL,
-                   ErrorCode.OVERLOADED, ErrorCode.MODEL_UNAVAILABLE, ErrorCode.TIMEOUT)
+ERRORS = responses(
+    ErrorCode.INVALID_INPUT,
+    ErrorCode.PAYLOAD_TOO_LARGE,
+    ErrorCode.UNKNOWN_MODEL,
+    ErrorCode.OVERLOADED,
+    ErrorCode.MODEL_UNAVAILABLE,
+    ErrorCode.TIMEOUT,
+)
 
 
-@router.post("/fill-mask", response_model=FillMaskResponse, responses=ERRORS,
-             summary="Predict the byte behind each [MASK]")
-async def fill_mask(body: FillMaskRequest, request: Request, service: ServiceDep,
-                    model: ModelParam = None) -> Response:
+@router.post(
+    "/fill-mask", response_model=FillMaskResponse, responses=ERRORS, summary="Predict the byte behind each [MASK]"
+)
+async def fill_mask(body: FillMaskRequest, request: Request, service: ServiceDep, model: ModelParam = None) -> Response:
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     limits = service.limits
     limits.check_texts(texts)

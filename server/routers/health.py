@@ -17,9 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from server.deps import LifecycleDep, MetricsDep, RegistryDep, SettingsDep
-from server.errors import ErrorCode, ServeError, error_response, responses
 from server.engine.lifecycle import Lifecycle
 from server.engine.registry import Registry
+from server.errors import ErrorCode, ServeError, error_response, responses
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,15 +61,23 @@ def liveness_error(registry: Registry, settings: Settings, *, detailed: bool) ->
     return ServeError(ErrorCode.UNHEALTHY, detail if detailed else "a batcher stalled: no inference progress")
 
 
-@router.get("/health/live", response_model=Health, summary="The process is up and every batcher makes progress",
-            responses=responses(ErrorCode.UNHEALTHY))
+@router.get(
+    "/health/live",
+    response_model=Health,
+    summary="The process is up and every batcher makes progress",
+    responses=responses(ErrorCode.UNHEALTHY),
+)
 async def live(registry: RegistryDep, settings: SettingsDep, detailed: DetailedDep) -> Response:
     error = liveness_error(registry, settings, detailed=detailed)
     return JSONResponse(Health(status="ok").model_dump()) if error is None else error_response(error)
 
 
-@router.get("/health/ready", response_model=Health, responses=responses(ErrorCode.NOT_READY),
-            summary="Ready to serve: 503 while starting, while a preloaded model is failed, and while draining")
+@router.get(
+    "/health/ready",
+    response_model=Health,
+    responses=responses(ErrorCode.NOT_READY),
+    summary="Ready to serve: 503 while starting, while a preloaded model is failed, and while draining",
+)
 async def ready(lifecycle: LifecycleDep, detailed: DetailedDep) -> Response:
     error = readiness_error(lifecycle, detailed=detailed)
     return JSONResponse(Health(status="ok").model_dump()) if error is None else error_response(error)

@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from server.deps import JobsDep
-from server.errors import ErrorBody, ErrorCode, error_response, responses
 from server.engine.jobs import Job, JobStatus
+from server.errors import ErrorBody, ErrorCode, error_response, responses
 
 router = APIRouter(tags=["jobs"])
 RETRY_AFTER_S = 1  # what a poll of an unfinished job is told
@@ -38,45 +38,78 @@ def job_info(job: Job) -> JobInfo:
     error = None
     if job.error is not None:
         error = ErrorBody(code=job.error.code, message=job.error.message, status=job.error.status)
-    return JobInfo(id=job.id, kind=job.kind, status=job.status, created_at=job.created_at,
-                   progress=JobProgress(done=job.progress.done, total=job.progress.total),
-                   result=f"/jobs/{job.id}/result" if job.status is JobStatus.DONE else None, error=error)
+    return JobInfo(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        created_at=job.created_at,
+        progress=JobProgress(done=job.progress.done, total=job.progress.total),
+        result=f"/jobs/{job.id}/result" if job.status is JobStatus.DONE else None,
+        error=error,
+    )
 
 
 def accepted(job: Job, headers: dict[str, str] | None = None) -> JSONResponse:
     """The 202 answer to a request turned into a job."""
-    return JSONResponse(job_info(job).model_dump(mode="json", exclude_none=True), status_code=202,
-                        headers={"Location": f"/jobs/{job.id}", "Retry-After": str(RETRY_AFTER_S), **(headers or {})})
+    return JSONResponse(
+        job_info(job).model_dump(mode="json", exclude_none=True),
+        status_code=202,
+        headers={"Location": f"/jobs/{job.id}", "Retry-After": str(RETRY_AFTER_S), **(headers or {})},
+    )
 
 
-ACCEPTED: dict[int | str, dict[str, Any]] = {202: {"model": JobInfo, "description": (
-    "Accepted as a background job: poll the Location (GET /jobs/{id}), then GET /jobs/{id}/result")}}
+ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": JobInfo,
+        "description": ("Accepted as a background job: poll the Location (GET /jobs/{id}), then GET /jobs/{id}/result"),
+    }
+}
 
 
-@router.get("/jobs/{job_id}", response_model=JobInfo, response_model_exclude_none=True,
-            responses=responses(ErrorCode.NOT_FOUND), summary="A background job's status and progress")
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobInfo,
+    response_model_exclude_none=True,
+    responses=responses(ErrorCode.NOT_FOUND),
+    summary="A background job's status and progress",
+)
 async def get_job(job_id: JobId, jobs: JobsDep) -> JobInfo:
     return job_info(jobs.get(job_id))
 
 
-@router.get("/jobs/{job_id}/result", summary="A finished job's result (202 while it runs)",
-            responses={200: {"description": "The result, in the media type the request asked for",
-                             "content": {"application/octet-stream": {}}},
-                       202: {"model": JobInfo, "description": "Not finished yet: retry after Retry-After"},
-                       **responses(ErrorCode.NOT_FOUND)},
-            response_class=Response)
+@router.get(
+    "/jobs/{job_id}/result",
+    summary="A finished job's result (202 while it runs)",
+    responses={
+        200: {
+            "description": "The result, in the media type the request asked for",
+            "content": {"application/octet-stream": {}},
+        },
+        202: {"model": JobInfo, "description": "Not finished yet: retry after Retry-After"},
+        **responses(ErrorCode.NOT_FOUND),
+    },
+    response_class=Response,
+)
 async def get_result(job_id: JobId, jobs: JobsDep) -> Response:
     job = jobs.get(job_id)
     if job.status is JobStatus.DONE and job.result is not None:
         return Response(job.result.body, media_type=job.result.media_type, headers=job.result.headers)
     if job.status is JobStatus.FAILED and job.error is not None:
         return error_response(job.error)
-    return JSONResponse(job_info(job).model_dump(mode="json", exclude_none=True), status_code=202,
-                        headers={"Retry-After": str(RETRY_AFTER_S)})
+    return JSONResponse(
+        job_info(job).model_dump(mode="json", exclude_none=True),
+        status_code=202,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
-@router.delete("/jobs/{job_id}", status_code=204, response_class=Response, responses=responses(ErrorCode.NOT_FOUND),
-               summary="Cancel a job (or discard its result); its queued work is dropped")
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=204,
+    response_class=Response,
+    responses=responses(ErrorCode.NOT_FOUND),
+    summary="Cancel a job (or discard its result); its queued work is dropped",
+)
 async def cancel_job(job_id: JobId, jobs: JobsDep) -> Response:
     await jobs.cancel(job_id)
     return Response(status_code=204)

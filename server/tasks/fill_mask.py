@@ -99,11 +99,19 @@ class FillMaskRunner:
         per_mask: list[list[dict[str, Any]]] = []
         for j, (scores, tokens) in enumerate(zip(result.scores, result.tokens, strict=True)):
             # The text around mask j, as bytes: each candidate's sequence is before + its byte + after.
-            before, after = mask.join(encoded[: j + 1]), mask.join(encoded[j + 1:])
-            per_mask.append([{
-                "score": score, "token": token, "token_str": token_strs(token),
-                "sequence": (before + self._bytes(token) + after).decode("utf-8", errors="replace"), "run": runs[j],
-            } for score, token in zip(scores, tokens, strict=True)])
+            before, after = mask.join(encoded[: j + 1]), mask.join(encoded[j + 1 :])
+            per_mask.append(
+                [
+                    {
+                        "score": score,
+                        "token": token,
+                        "token_str": token_strs(token),
+                        "sequence": (before + self._bytes(token) + after).decode("utf-8", errors="replace"),
+                        "run": runs[j],
+                    }
+                    for score, token in zip(scores, tokens, strict=True)
+                ]
+            )
         return per_mask[0] if len(per_mask) == 1 else per_mask
 
     def _bytes(self, token: int) -> bytes:
@@ -138,19 +146,28 @@ def check_answer(items: Sequence[FillMaskItem], limits: Limits, *, top_k: int) -
     for item in items:
         text_bytes = len(json.dumps(item.text, ensure_ascii=False).encode("utf-8", "surrogatepass"))
         size += len(item.positions) * top_k * (text_bytes + _CANDIDATE_BYTES)
-    limits.check_answer(size, f"{candidates} candidates, each repeating its text",
-                        "lower top_k, or send fewer [MASK]s or shorter texts per request")
+    limits.check_answer(
+        size,
+        f"{candidates} candidates, each repeating its text",
+        "lower top_k, or send fewer [MASK]s or shorter texts per request",
+    )
     return candidates
 
 
 def _mask_positions(ids: Sequence[int], *, max_masks: int, id_input: bool = False) -> tuple[int, ...]:
     positions = tuple(i for i, t in enumerate(ids) if t == MASK_ID)
     if not positions:
-        example = f"mark each byte to predict with token {MASK_ID}" if id_input else (
-            f"mark each byte to predict with {MASK}, e.g. 'The capital of France is{MASK * 6}.'")
+        example = (
+            f"mark each byte to predict with token {MASK_ID}"
+            if id_input
+            else (f"mark each byte to predict with {MASK}, e.g. 'The capital of France is{MASK * 6}.'")
+        )
         raise ServeError(ErrorCode.INVALID_INPUT, f"input has no {MASK}: {example}")
     if len(positions) > max_masks:
         what = f"mask tokens ({MASK_ID})" if id_input else f"{MASK}s"
-        raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"input has {len(positions)} {what}; at most {max_masks} "
-                         "per text (max_masks_per_text): split it into several texts")
+        raise ServeError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"input has {len(positions)} {what}; at most {max_masks} "
+            "per text (max_masks_per_text): split it into several texts",
+        )
     return positions

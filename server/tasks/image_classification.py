@@ -20,15 +20,15 @@ from server.media import image as image_files
 from server.tasks.labels import DEFAULT_TOP_K, Function, Labels
 
 
-
 @dataclass(frozen=True)
 class ImageItem:
     pixels: torch.Tensor  # (3, H, W) float32, preprocessed
 
 
 class ImageClassificationRunner:
-    def __init__(self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype,
-                 folder: Path | None = None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype, folder: Path | None = None
+    ) -> None:
         self.model, self.device, self.dtype = model, device, dtype
         self.labels = Labels.of(model.config)
         self.processing: dict[str, Any] = {}
@@ -63,8 +63,11 @@ class ImageClassificationRunner:
         """Pixel values preprocessed by the client, (3, H, W) float32 at `pixel_size`."""
         expected = (3, *self.pixel_size)
         if tuple(pixels.shape) != expected:
-            raise ServeError(ErrorCode.INVALID_INPUT, f"pixel_values of one image must have shape {list(expected)} "
-                             f"(normalized RGB, as the image processor makes them), got {list(pixels.shape)}")
+            raise ServeError(
+                ErrorCode.INVALID_INPUT,
+                f"pixel_values of one image must have shape {list(expected)} "
+                f"(normalized RGB, as the image processor makes them), got {list(pixels.shape)}",
+            )
         if not bool(torch.isfinite(pixels).all()):
             raise ServeError(ErrorCode.INVALID_INPUT, "pixel_values contain NaN or infinite values")
         return ImageItem(pixels.to(torch.float32))

@@ -29,10 +29,12 @@ class Labels:
         id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
         names = tuple(id2label.get(i, f"LABEL_{i}") for i in range(config.num_labels))
         problem = getattr(config, "problem_type", None) or (getattr(config, "extra", None) or {}).get("problem_type")
-        function: Function = "sigmoid" if config.num_labels == 1 or problem == "multi_label_classification" \
-            else "softmax"
-        longest = max((len(json.dumps(n, ensure_ascii=False).encode("utf-8", "surrogatepass")) for n in names),
-                      default=16)
+        function: Function = (
+            "sigmoid" if config.num_labels == 1 or problem == "multi_label_classification" else "softmax"
+        )
+        longest = max(
+            (len(json.dumps(n, ensure_ascii=False).encode("utf-8", "surrogatepass")) for n in names), default=16
+        )
         return cls(names, function, longest + _ENTRY_BYTES)
 
     def __len__(self) -> int:

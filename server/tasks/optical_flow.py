@@ -19,8 +19,8 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from model_core.flow_processing import extract_patches, normalize_frame
-from model_core.presets import FlowProcessing
 from model_core.flow_tiling import Corner, Size, cover_size, resize_flow, stitch, tile_grid
+from model_core.presets import FlowProcessing
 from server.errors import ErrorCode, ServeError
 from server.limits import DEFAULT_LIMITS, ImageLimits, Limits
 from server.media.image import decode_image, probe_image
@@ -43,8 +43,14 @@ class FlowPlan:
 
 
 class OpticalFlowRunner:
-    def __init__(self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype,
-                 max_side: int = DEFAULT_LIMITS.max_flow_side) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        max_side: int = DEFAULT_LIMITS.max_flow_side,
+    ) -> None:
         self.model, self.device, self.dtype, self.max_side = model, device, dtype, max_side
         height, width = model.config.train_size
         self.tile: Size = (int(height), int(width))
@@ -56,9 +62,14 @@ class OpticalFlowRunner:
         check_sizes(size[::-1], (frame2.shape[1], frame2.shape[0]), self.max_side)
         run_size = cover_size(*size, tile=self.tile)
         if max(run_size) > self.max_side:
-            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
-                f"frames of {_wxh(size[::-1])} are too elongated: covering one {_wxh(self.tile[::-1])} model tile "
-                f"would upscale them to {_wxh(run_size[::-1])}, beyond {self.max_side}x{self.max_side} (max_flow_side)"))
+            raise ServeError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                (
+                    f"frames of {_wxh(size[::-1])} are too elongated: covering one {_wxh(self.tile[::-1])} model "
+                    f"tile would upscale them to {_wxh(run_size[::-1])}, beyond {self.max_side}x{self.max_side} "
+                    "(max_flow_side)"
+                ),
+            )
         pair = torch.stack([_pixels(f, run_size) for f in (frame1, frame2)])  # (2, H, W, 3) uint8
         corners = tile_grid(*run_size, tile=self.tile)
         th, tw = self.tile
@@ -91,15 +102,25 @@ def check_sizes(size1: tuple[int, int], size2: tuple[int, int], max_side: int) -
     """The checks that need no model, on (width, height) from the files' headers: one size for both frames, at
     most `max_side` on a side (the tile count, the cost, grows with the area)."""
     if size1 != size2:
-        raise ServeError(ErrorCode.INVALID_INPUT, (
-            f"frame1 is {_wxh(size1)} but frame2 is {_wxh(size2)}; the frames must be the same size"))
+        raise ServeError(
+            ErrorCode.INVALID_INPUT,
+            (f"frame1 is {_wxh(size1)} but frame2 is {_wxh(size2)}; the frames must be the same size"),
+        )
     if max(size1) > max_side:
-        raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
-            f"frames are {_wxh(size1)}; optical flow takes frames of at most {max_side}x{max_side} (max_flow_side)"))
+        raise ServeError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            (f"frames are {_wxh(size1)}; optical flow takes frames of at most {max_side}x{max_side} (max_flow_side)"),
+        )
 
 
-def check_answer(limits: Limits, size: tuple[int, int], *, pairs: int = 1, value_bytes: float = 4.0,
-                 hint: str = "send smaller frames") -> None:
+def check_answer(
+    limits: Limits,
+    size: tuple[int, int],
+    *,
+    pairs: int = 1,
+    value_bytes: float = 4.0,
+    hint: str = "send smaller frames",
+) -> None:
     """Refuse (413) flow fields of `pairs` frame pairs of `size` (width, height) whose answer, at `value_bytes` per
     flow value as sent, would be over `max_response_mb`, before any frame is decoded."""
     values = pairs * size[0] * size[1] * 2
@@ -127,8 +148,9 @@ def probe_frames(data1: bytes, data2: bytes, limits: Limits) -> tuple[int, int]:
     return sizes[0]
 
 
-async def decode_frame_pair(decode: Decoder, data1: bytes, data2: bytes,
-                            limits: ImageLimits) -> tuple[np.ndarray, np.ndarray]:
+async def decode_frame_pair(
+    decode: Decoder, data1: bytes, data2: bytes, limits: ImageLimits
+) -> tuple[np.ndarray, np.ndarray]:
     """Both frames as (H, W, 3) uint8, one decode unit each (`decode` runs a function as one)."""
     first = await decode(_named, FRAMES[0], decode_frame, data1, limits)
     second = await decode(_named, FRAMES[1], decode_frame, data2, limits)
@@ -149,9 +171,13 @@ async def estimate_flow(call: Any, frame1: np.ndarray, frame2: np.ndarray) -> np
     plan = await run_in_threadpool(runner.plan, frame1, frame2)
     queue = call.entry.spec.max_queue
     if len(plan.tiles) > queue:
-        raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
-            f"frames of {_wxh(plan.size[::-1])} need {len(plan.tiles)} model tiles; model "
-            f"{call.entry.spec.name!r} queues at most {queue}"))
+        raise ServeError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            (
+                f"frames of {_wxh(plan.size[::-1])} need {len(plan.tiles)} model tiles; model "
+                f"{call.entry.spec.name!r} queues at most {queue}"
+            ),
+        )
     logits = await call.infer(plan.tiles)
     return await run_in_threadpool(runner.stitch, plan, logits)
 

@@ -21,9 +21,13 @@ class TextCodec:
     def encode(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text, add_special_tokens=True)
         if len(ids) > self.max_length:
-            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, (
-                f"input is {len(ids)} tokens (UTF-8 bytes plus 2 special tokens); this model takes at most "
-                f"{self.max_length}"))
+            raise ServeError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                (
+                    f"input is {len(ids)} tokens (UTF-8 bytes plus 2 special tokens); this model takes at most "
+                    f"{self.max_length}"
+                ),
+            )
         return ids
 
     def check_ids(self, ids: Sequence[int]) -> tuple[int, ...]:
@@ -35,8 +39,9 @@ class TextCodec:
         if bad is not None:
             raise ServeError(ErrorCode.INVALID_INPUT, f"token id {bad} is outside the vocabulary [0, {vocab})")
         if len(ids) > self.max_length:
-            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE,
-                             f"input is {len(ids)} tokens; this model takes at most {self.max_length}")
+            raise ServeError(
+                ErrorCode.PAYLOAD_TOO_LARGE, f"input is {len(ids)} tokens; this model takes at most {self.max_length}"
+            )
         return tuple(int(i) for i in ids)
 
     def bucket(self, ids: Sequence[int]) -> int:

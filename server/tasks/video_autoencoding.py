@@ -28,8 +28,8 @@ from model_core.chunking import (
     passes,
 )
 from model_core.model import Encoded
-from model_core.presets import AudioVideoProcessing
 from model_core.preprocessors.base import Preprocessed
+from model_core.presets import AudioVideoProcessing
 from server import media
 from server.limits import DEFAULT_LIMITS, AudioLimits, Limits, VideoLimits
 from server.tasks.labels import DEFAULT_TOP_K, Labels
@@ -99,8 +99,14 @@ class VideoAutoencodingRunner:
     """The task runner of a multimodal autoencoder, plus clip preparation and the plan
     of its units of work. Sizes come from the checkpoint's config."""
 
-    def __init__(self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype,
-                 budget_bytes: int = DECODE_BUDGET_BYTES) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        budget_bytes: int = DECODE_BUDGET_BYTES,
+    ) -> None:
         self.model, self.device, self.dtype = model, device, dtype
         config = model.config
         self.window_frames = config.num_frames
@@ -111,17 +117,23 @@ class VideoAutoencodingRunner:
         self.classes = Labels.of(config)
         self.image_points = self.window_frames * self.size[0] * self.size[1]
         self.audio_points = self.window_frames * self.samples_per_frame // self.samples_per_patch
-        self.num_chunks = default_num_chunks(image_points=self.image_points, audio_points=self.audio_points,
-                                             max_chunks=MAX_CHUNKS)
+        self.num_chunks = default_num_chunks(
+            image_points=self.image_points, audio_points=self.audio_points, max_chunks=MAX_CHUNKS
+        )
         self.chunk_queries = (self.image_points + self.audio_points) // self.num_chunks
         self.widths = DecoderWidths.of(model)
         self.element_size = torch.empty((), dtype=dtype).element_size()
         self.budget_bytes = budget_bytes
-        self.chunks_per_pass = chunks_per_pass(self.widths, chunk_queries=self.chunk_queries,
-                                               num_chunks=self.num_chunks, budget_bytes=self.budget_bytes,
-                                               element_size=self.element_size)
-        chunks = output_chunks(num_chunks=self.num_chunks, image_points=self.image_points,
-                               audio_points=self.audio_points)
+        self.chunks_per_pass = chunks_per_pass(
+            self.widths,
+            chunk_queries=self.chunk_queries,
+            num_chunks=self.num_chunks,
+            budget_bytes=self.budget_bytes,
+            element_size=self.element_size,
+        )
+        chunks = output_chunks(
+            num_chunks=self.num_chunks, image_points=self.image_points, audio_points=self.audio_points
+        )
         # One window's decode passes: model_core's plan, each pass a unit of work on the batcher.
         self.passes = [points for _, points in passes(chunks, self.chunks_per_pass)]
 
@@ -131,8 +143,14 @@ class VideoAutoencodingRunner:
 
     # -- preparation (CPU work: call off the event loop)
 
-    def prepare(self, video: bytes, audio: bytes | None, *, video_limits: VideoLimits = DEFAULT_LIMITS.video,
-                audio_limits: AudioLimits = DEFAULT_LIMITS.audio) -> Clip:
+    def prepare(
+        self,
+        video: bytes,
+        audio: bytes | None,
+        *,
+        video_limits: VideoLimits = DEFAULT_LIMITS.video,
+        audio_limits: AudioLimits = DEFAULT_LIMITS.audio,
+    ) -> Clip:
         frames = media.decode_video(video, size=self.size, limits=video_limits)  # (T, h, w, 3)
         count = len(frames)
         windows = math.ceil(count / self.window_frames)
@@ -142,16 +160,18 @@ class VideoAutoencodingRunner:
         samples = np.zeros(windows * self.window_frames * self.samples_per_frame, dtype=np.float32)
         source: AudioSource = "silence"
         if audio is not None:
-            decoded = media.decode_audio(audio, sample_rate=SAMPLE_RATE, max_samples=count * self.samples_per_frame,
-                                         limits=audio_limits)
+            decoded = media.decode_audio(
+                audio, sample_rate=SAMPLE_RATE, max_samples=count * self.samples_per_frame, limits=audio_limits
+            )
             samples[: len(decoded.samples)] = decoded.samples
             source = "provided"
         return Clip(frames, samples, count, self.window_frames, source)
 
     def encode_item(self, clip: Clip, window: int) -> EncodeItem:
         first, samples = window * self.window_frames, self.window_frames * self.samples_per_frame
-        return EncodeItem(clip.frames[first : first + self.window_frames],
-                          clip.audio[window * samples : (window + 1) * samples])
+        return EncodeItem(
+            clip.frames[first : first + self.window_frames], clip.audio[window * samples : (window + 1) * samples]
+        )
 
     @staticmethod
     def decode_item(latents: torch.Tensor, points: Points) -> DecodeItem:
@@ -165,8 +185,11 @@ class VideoAutoencodingRunner:
         if reconstruct:
             h, w = self.size
             size = clip.num_frames * (h * w * 3 + self.samples_per_frame * 4)  # uint8 RGB, float32 audio
-            limits.check_answer(size, f"a reconstruction of {clip.num_frames} frames of {w}x{h} with their audio",
-                                "send a shorter clip, or ask for outputs=labels")
+            limits.check_answer(
+                size,
+                f"a reconstruction of {clip.num_frames} frames of {w}x{h} with their audio",
+                "send a shorter clip, or ask for outputs=labels",
+            )
 
     def units(self, clip: Clip, *, reconstruct: bool) -> int:
         """Units of work (encodes + decode passes) the clip takes: the progress total."""
@@ -209,9 +232,11 @@ class VideoAutoencodingRunner:
         for start in range(0, len(items), group):
             part = items[start : start + group]
             latents = torch.stack([i.latents for i in part])  # (b, L, D)
-            points = {"image": torch.stack([i.image for i in part]),  # (b, n_image)
-                      "audio": torch.stack([i.audio for i in part]),  # (b, n_audio)
-                      "label": None}
+            points = {
+                "image": torch.stack([i.image for i in part]),  # (b, n_image)
+                "audio": torch.stack([i.audio for i in part]),  # (b, n_audio)
+                "label": None,
+            }
             out = self.model.decode(latents_only(latents), points)
             image = _to_uint8(out["image"]).cpu()  # (b, n_image, 3): a quarter of the bytes to copy back
             audio, label = (out[k].float().cpu() for k in ("audio", "label"))
@@ -229,8 +254,15 @@ def latents_only(latents: torch.Tensor) -> Encoded:
     return Encoded(latents=latents, pre=Preprocessed(inputs=empty, without_pos=empty))
 
 
-async def autoencode(call: Any, clip: Clip, *, labels: bool, reconstruct: bool, top_k: int = DEFAULT_TOP_K,
-                     progress: Progress | None = None) -> Autoencoded:
+async def autoencode(
+    call: Any,
+    clip: Clip,
+    *,
+    labels: bool,
+    reconstruct: bool,
+    top_k: int = DEFAULT_TOP_K,
+    progress: Progress | None = None,
+) -> Autoencoded:
     """Run a prepared clip through `call`'s model, one unit of work at a time (a request's deadline covers
     them all; a job's call gives each unit its own)."""
     runner: VideoAutoencodingRunner = call.runner
@@ -265,8 +297,9 @@ async def autoencode(call: Any, clip: Clip, *, labels: bool, reconstruct: bool, 
         assert logits is not None
         start = index * clip.window_frames
         end = min(start + clip.window_frames, clip.num_frames)
-        windows.append(Window(start, end, start + clip.window_frames - end,
-                              runner.labels(logits, top_k) if labels else []))
+        windows.append(
+            Window(start, end, start + clip.window_frames - end, runner.labels(logits, top_k) if labels else [])
+        )
     keep = clip.num_frames
     return Autoencoded(
         frames=clip.num_frames,

@@ -19,8 +19,12 @@ from server.tasks.labels import DEFAULT_TOP_K, as_labels
 from server.tasks.video_autoencoding import SAMPLE_RATE, Autoencoded
 
 Format = Literal["json", "npz", "mp4", "wav"]
-MEDIA_TYPES: dict[str, str] = {"json": "application/json", "npz": "application/x-npz", "mp4": "video/mp4",
-                               "wav": "audio/wav"}
+MEDIA_TYPES: dict[str, str] = {
+    "json": "application/json",
+    "npz": "application/x-npz",
+    "mp4": "video/mp4",
+    "wav": "audio/wav",
+}
 _FORMATS: dict[tuple[bool, bool], tuple[Format, ...]] = {  # (labels, reconstruction) -> allowed, the default first
     (True, False): ("json", "npz"),
     (False, True): ("npz", "mp4", "wav"),
@@ -45,12 +49,16 @@ def parse_wanted(outputs: str, fmt: Format | None, top_k: int | None) -> Wanted:
     labels, reconstruction = "labels" in names, "reconstruction" in names
     allowed = _FORMATS[(labels, reconstruction)]
     if fmt is not None and fmt not in allowed:
-        raise ServeError(ErrorCode.INVALID_INPUT, f"format={fmt} cannot carry outputs={','.join(sorted(names))}; "
-                         f"use one of: {', '.join(allowed)}")
+        raise ServeError(
+            ErrorCode.INVALID_INPUT,
+            f"format={fmt} cannot carry outputs={','.join(sorted(names))}; use one of: {', '.join(allowed)}",
+        )
     chosen = fmt or allowed[0]
     if chosen == "mp4" and not media.pyav_available():
-        raise ServeError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "format=mp4 needs PyAV, which is not installed "
-                         "(pip install 'perceiver-serve[video]'); use format=npz")
+        raise ServeError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            "format=mp4 needs PyAV, which is not installed (pip install 'perceiver-serve[video]'); use format=npz",
+        )
     return Wanted(labels, reconstruction, chosen, top_k or DEFAULT_TOP_K)
 
 
@@ -63,13 +71,24 @@ class Rendered:
 
 def render(result: Autoencoded, wanted: Wanted, *, model: str) -> Rendered:
     """The answer in the format asked for."""
-    windows = [{"start_frame": w.start, "end_frame": w.end, "padded_frames": w.padded, "labels": as_labels(w.labels)}
-               for w in result.windows]
-    headers = {"X-Clip-Frames": str(result.frames), "X-Clip-Windows": str(len(windows)),
-               "X-Padded-Frames": str(result.windows[-1].padded), "X-Audio-Input": result.audio_source}
+    windows = [
+        {"start_frame": w.start, "end_frame": w.end, "padded_frames": w.padded, "labels": as_labels(w.labels)}
+        for w in result.windows
+    ]
+    headers = {
+        "X-Clip-Frames": str(result.frames),
+        "X-Clip-Windows": str(len(windows)),
+        "X-Padded-Frames": str(result.windows[-1].padded),
+        "X-Audio-Input": result.audio_source,
+    }
     if wanted.format == "json":
-        body = {"model": model, "frames": result.frames, "window_frames": result.window_frames,
-                "audio": result.audio_source, "windows": windows}
+        body = {
+            "model": model,
+            "frames": result.frames,
+            "window_frames": result.window_frames,
+            "audio": result.audio_source,
+            "windows": windows,
+        }
         return Rendered(json.dumps(body, ensure_ascii=False).encode(), MEDIA_TYPES["json"], headers)
     if wanted.format == "wav":
         assert result.audio is not None
@@ -88,8 +107,7 @@ def _npz(result: Autoencoded, windows: list[dict[str, Any]], *, labels: bool) ->
     padded], and with labels a (W,) string array: one JSON list of {label, score} per window."""
     arrays: dict[str, np.ndarray] = {
         "sample_rate": np.array(SAMPLE_RATE, dtype=np.int64),
-        "windows": np.array([[w["start_frame"], w["end_frame"], w["padded_frames"]] for w in windows],
-                            dtype=np.int64),
+        "windows": np.array([[w["start_frame"], w["end_frame"], w["padded_frames"]] for w in windows], dtype=np.int64),
     }
     if result.video is not None and result.audio is not None:
         arrays["video"], arrays["audio"] = result.video, result.audio

@@ -25,10 +25,24 @@ from server.errors import ErrorCode, ServeError
 if TYPE_CHECKING:  # decoding needs numpy only: a body-parsing helper process never imports torch
     import torch
 
-NUMPY: dict[str, np.dtype[Any]] = {name: np.dtype(t).newbyteorder("<") for name, t in {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BF16": np.uint16}.items()}
+NUMPY: dict[str, np.dtype[Any]] = {
+    name: np.dtype(t).newbyteorder("<")
+    for name, t in {
+        "BOOL": np.bool_,
+        "UINT8": np.uint8,
+        "UINT16": np.uint16,
+        "UINT32": np.uint32,
+        "UINT64": np.uint64,
+        "INT8": np.int8,
+        "INT16": np.int16,
+        "INT32": np.int32,
+        "INT64": np.int64,
+        "FP16": np.float16,
+        "FP32": np.float32,
+        "FP64": np.float64,
+        "BF16": np.uint16,
+    }.items()
+}
 _FLOATS = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
 _LENGTH = struct.Struct("<I")
 MAX_ELEMENTS = 2**30  # of one tensor: as many as a body of the largest max_body_mb (1 GiB) could carry
@@ -80,8 +94,11 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     except ValueError:
         length = -1
     if not 0 <= length <= len(body):
-        raise ServeError(ErrorCode.BAD_REQUEST, f"Inference-Header-Content-Length is {header_length!r}; it must be "
-                         f"the length of the JSON object at the start of the {len(body)}-byte body")
+        raise ServeError(
+            ErrorCode.BAD_REQUEST,
+            f"Inference-Header-Content-Length is {header_length!r}; it must be "
+            f"the length of the JSON object at the start of the {len(body)}-byte body",
+        )
     return body[:length], memoryview(body)[length:]
 
 
@@ -91,8 +108,10 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         return body
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding.lower())
     if wbits is None:
-        raise ServeError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"Content-Encoding {encoding!r} is not supported; "
-                         "send the body uncompressed, gzip or deflate")
+        raise ServeError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Encoding {encoding!r} is not supported; send the body uncompressed, gzip or deflate",
+        )
     inflater = zlib.decompressobj(wbits)
     try:
         out = inflater.decompress(body, limit + 1)
@@ -112,8 +131,10 @@ def element_count(name: str, datatype: str, shape: Sequence[int]) -> int:
     if any(d < 0 for d in shape):
         raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: shape {list(shape)} has a negative dim")
     if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
-        raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: shape {list(shape)} is over the {MAX_ELEMENTS} "
-                         "elements a tensor may have")
+        raise ServeError(
+            ErrorCode.BAD_REQUEST,
+            f"input {name!r}: shape {list(shape)} is over the {MAX_ELEMENTS} elements a tensor may have",
+        )
     return math.prod(shape)
 
 
@@ -123,8 +144,10 @@ def decode_binary(name: str, datatype: str, shape: Sequence[int], raw: memoryvie
         return Tensor(name, datatype, _unpack_bytes(name, raw, count).reshape(shape), binary=True)
     expected = count * NUMPY[datatype].itemsize
     if len(raw) != expected:
-        raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: {datatype} {list(shape)} is {expected} bytes, "
-                         f"binary_data_size says {len(raw)}")
+        raise ServeError(
+            ErrorCode.BAD_REQUEST,
+            f"input {name!r}: {datatype} {list(shape)} is {expected} bytes, binary_data_size says {len(raw)}",
+        )
     return Tensor(name, datatype, np.frombuffer(raw, dtype=NUMPY[datatype]).reshape(shape), binary=True)
 
 
@@ -139,11 +162,12 @@ def _unpack_bytes(name: str, raw: memoryview, count: int) -> np.ndarray:
         (size,) = _LENGTH.unpack_from(raw, offset)
         if offset + 4 + size > len(raw):
             raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: element {i} claims {size} bytes past the end")
-        out[i] = bytes(raw[offset + 4: offset + 4 + size])
+        out[i] = bytes(raw[offset + 4 : offset + 4 + size])
         offset += 4 + size
     if offset != len(raw):
-        raise ServeError(ErrorCode.BAD_REQUEST,
-                         f"input {name!r}: {len(raw) - offset} bytes left after {count} elements")
+        raise ServeError(
+            ErrorCode.BAD_REQUEST, f"input {name!r}: {len(raw) - offset} bytes left after {count} elements"
+        )
     return out
 
 
@@ -152,8 +176,9 @@ def decode_json(name: str, datatype: str, shape: Sequence[int], data: list[Any])
     count = element_count(name, datatype, shape)
     flat = _flatten(data)
     if len(flat) != count:
-        raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: shape {list(shape)} has {count} elements, "
-                         f"data has {len(flat)}")
+        raise ServeError(
+            ErrorCode.BAD_REQUEST, f"input {name!r}: shape {list(shape)} has {count} elements, data has {len(flat)}"
+        )
     if datatype == "BYTES":
         if not all(isinstance(v, str) for v in flat):
             raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: BYTES data must be JSON strings")
@@ -161,8 +186,9 @@ def decode_json(name: str, datatype: str, shape: Sequence[int], data: list[Any])
         try:
             array[:] = [v.encode() for v in flat]
         except UnicodeEncodeError:
-            raise ServeError(ErrorCode.BAD_REQUEST, f"input {name!r}: BYTES data must be valid Unicode strings") \
-                from None
+            raise ServeError(
+                ErrorCode.BAD_REQUEST, f"input {name!r}: BYTES data must be valid Unicode strings"
+            ) from None
         return Tensor(name, datatype, array.reshape(shape))
     return Tensor(name, datatype, _numbers(name, datatype, flat).reshape(shape))
 

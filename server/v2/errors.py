@@ -34,8 +34,9 @@ class V2Route(APIRoute):
             except RequestValidationError as exc:
                 return v2_error(ServeError(ErrorCode.BAD_REQUEST, describe_validation(exc)))
             except HTTPException as exc:
-                return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
-                                    headers=getattr(exc, "headers", None))
+                return JSONResponse(
+                    {"error": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+                )
 
         return route
 

@@ -41,14 +41,21 @@ def read_request(body: bytes, header_length: str | None) -> tuple[InferenceReque
             if spec.data is not None:
                 raise ServeError(ErrorCode.BAD_REQUEST, f"input {spec.name!r} has both data and binary_data_size")
             if offset + size > len(binary):
-                raise ServeError(ErrorCode.BAD_REQUEST, (
-                    f"input {spec.name!r}: binary_data_size {size} runs past the end of the binary section "
-                    f"({len(binary)} bytes after the {len(head)}-byte JSON; is Inference-Header-Content-Length set?)"))
-            inputs[spec.name] = decode_binary(spec.name, spec.datatype, spec.shape, binary[offset: offset + size])
+                raise ServeError(
+                    ErrorCode.BAD_REQUEST,
+                    (
+                        f"input {spec.name!r}: binary_data_size {size} runs past the end of the binary section "
+                        f"({len(binary)} bytes after the {len(head)}-byte JSON; is Inference-Header-Content-Length "
+                        "set?)"
+                    ),
+                )
+            inputs[spec.name] = decode_binary(spec.name, spec.datatype, spec.shape, binary[offset : offset + size])
             offset += size
         elif spec.data is None:
-            raise ServeError(ErrorCode.BAD_REQUEST, (
-                f"input {spec.name!r} has no data: give `data`, or parameters.binary_data_size and the bytes"))
+            raise ServeError(
+                ErrorCode.BAD_REQUEST,
+                (f"input {spec.name!r} has no data: give `data`, or parameters.binary_data_size and the bytes"),
+            )
         else:
             inputs[spec.name] = decode_json(spec.name, spec.datatype, spec.shape, spec.data)
     if offset != len(binary):
@@ -56,8 +63,9 @@ def read_request(body: bytes, header_length: str | None) -> tuple[InferenceReque
     return request, inputs
 
 
-def decode_body(body: bytes, encoding: str | None, header_length: str | None, *, max_body_bytes: int,
-                max_rows: int) -> tuple[InferenceRequest, dict[str, Tensor]]:
+def decode_body(
+    body: bytes, encoding: str | None, header_length: str | None, *, max_body_bytes: int, max_rows: int
+) -> tuple[InferenceRequest, dict[str, Tensor]]:
     """An inference request body as sent (gzip/deflate or not) -> (request without its JSON data, tensors).
 
     Every BYTES input is one element per row (text, an encoded file), so one holding more than `max_rows`
@@ -66,15 +74,18 @@ def decode_body(body: bytes, encoding: str | None, header_length: str | None, *,
     request, inputs = read_request(decompress(body, encoding, max_body_bytes), header_length)
     for tensor in inputs.values():
         if tensor.datatype == "BYTES" and tensor.array.size > max_rows:
-            raise ServeError(ErrorCode.PAYLOAD_TOO_LARGE, f"{tensor.array.size} inputs in one request (rows of "
-                             f"{tensor.name!r}); at most {max_rows} (max_inputs)")
+            raise ServeError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"{tensor.array.size} inputs in one request (rows of {tensor.name!r}); at most {max_rows} (max_inputs)",
+            )
     for spec in request.inputs:
         spec.data = None  # decoded into `inputs`
     return request, inputs
 
 
-def write_response(model_name: str, version: str, request_id: str | None,
-                   outputs: Sequence[tuple[Tensor, bool]]) -> tuple[bytes, int | None]:
+def write_response(
+    model_name: str, version: str, request_id: str | None, outputs: Sequence[tuple[Tensor, bool]]
+) -> tuple[bytes, int | None]:
     """(body, JSON length when binary outputs follow it, else None)."""
     described, chunks = [], []
     for tensor, binary in outputs:

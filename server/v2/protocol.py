@@ -9,8 +9,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.http.schemas import Function
 
-Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-                   "FP16", "FP32", "FP64", "BF16", "BYTES"]
+Datatype = Literal[
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BF16",
+    "BYTES",
+]
 FloatDatatype = Literal["FP32", "FP16", "BF16"]
 Dim = Annotated[int, Field(ge=0, le=2**31)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
@@ -35,8 +49,14 @@ class RequestInput(_Strict):
 
 class OutputParameters(_Strict):
     binary_data: bool | None = Field(None, description="Return this output in the binary section")
-    classification: int | None = Field(None, ge=1, le=1000, description=(
-        "Return the top-n classes of this output as BYTES \"value:index:label\" (Triton classification extension)"))
+    classification: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description=(
+            'Return the top-n classes of this output as BYTES "value:index:label" (Triton classification extension)'
+        ),
+    )
 
 
 class RequestOutput(_Strict):
@@ -64,7 +84,7 @@ class ResponseOutput(BaseModel):
     name: str
     shape: list[int]
     datatype: Datatype
-    parameters: dict[str, int] | None = Field(None, description="{\"binary_data_size\": n} for binary outputs")
+    parameters: dict[str, int] | None = Field(None, description='{"binary_data_size": n} for binary outputs')
     data: list[Any] | None = None
 
 
@@ -102,8 +122,20 @@ class V2Error(BaseModel):
     error: str
 
 
-INFER_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": InferenceRequest.model_json_schema()},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": (
-        f"The JSON request ({HEADER_LENGTH} bytes) followed by the binary inputs, in order")}},
-}}}
+INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": InferenceRequest.model_json_schema()},
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": (
+                        f"The JSON request ({HEADER_LENGTH} bytes) followed by the binary inputs, in order"
+                    ),
+                }
+            },
+        },
+    }
+}

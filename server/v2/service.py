@@ -7,13 +7,12 @@ through `call.infer`, exactly as the task routes do: same batcher, limits, deadl
 
 from __future__ import annotations
 
-
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from server.errors import ErrorCode, ServeError
 from server.engine.registry import ModelState, Registry
 from server.engine.serving import InferenceService
+from server.errors import ErrorCode, ServeError
 from server.http.exchange import answer_headers, open_call
 from server.settings import ModelSpec, Settings, Task
 from server.v2.binary import Tensor
@@ -27,8 +26,10 @@ VERSION = "1"
 PLATFORM = "perceiver-io_pytorch"
 EXTENSIONS = ["binary_tensor_data", "classification"]
 ADAPTERS: dict[Task, TaskTensors] = {
-    Task.FILL_MASK: FillMaskTensors(), Task.TEXT_CLASSIFICATION: TextClassificationTensors(),
-    Task.IMAGE_CLASSIFICATION: ImageClassificationTensors(), Task.OPTICAL_FLOW: OpticalFlowTensors(),
+    Task.FILL_MASK: FillMaskTensors(),
+    Task.TEXT_CLASSIFICATION: TextClassificationTensors(),
+    Task.IMAGE_CLASSIFICATION: ImageClassificationTensors(),
+    Task.OPTICAL_FLOW: OpticalFlowTensors(),
     Task.VIDEO_AUTOENCODING: VideoAutoencodingTensors(),
 }
 
@@ -38,15 +39,20 @@ def find_model(settings: Settings, name: str, version: str | None) -> ModelSpec:
     if spec is None:
         matches = [m for m in settings.models.values() if name in m.aliases]
         if len(matches) > 1:
-            raise ServeError(ErrorCode.BAD_REQUEST, (
-                f"{name!r} is an alias of several models ({', '.join(m.name for m in matches)}); use a model name"))
+            raise ServeError(
+                ErrorCode.BAD_REQUEST,
+                (f"{name!r} is an alias of several models ({', '.join(m.name for m in matches)}); use a model name"),
+            )
         if not matches:
-            raise ServeError(ErrorCode.UNKNOWN_MODEL, (
-                f"no model named {name!r} (configured: {', '.join(settings.models) or 'none'})"))
+            raise ServeError(
+                ErrorCode.UNKNOWN_MODEL,
+                (f"no model named {name!r} (configured: {', '.join(settings.models) or 'none'})"),
+            )
         spec = matches[0]
     if version is not None and version != VERSION:
-        raise ServeError(ErrorCode.UNKNOWN_MODEL, f"model {spec.name!r} has no version {version!r}; "
-                         f"its only version is {VERSION!r}")
+        raise ServeError(
+            ErrorCode.UNKNOWN_MODEL, f"model {spec.name!r} has no version {version!r}; its only version is {VERSION!r}"
+        )
     return spec
 
 
@@ -55,8 +61,10 @@ def check_ready(registry: Registry, name: str, version: str | None) -> None:
     entry = registry.entries[spec.name]
     if entry.state is not ModelState.READY:
         why = f" ({entry.reason})" if entry.reason else ""
-        raise ServeError(ErrorCode.MODEL_UNAVAILABLE, (
-            f"model {spec.name!r} is {entry.state.value}{why}; it loads on its first inference request or at preload"))
+        raise ServeError(
+            ErrorCode.MODEL_UNAVAILABLE,
+            (f"model {spec.name!r} is {entry.state.value}{why}; it loads on its first inference request or at preload"),
+        )
 
 
 def model_metadata(registry: Registry, name: str, version: str | None) -> ModelMetadata:
@@ -65,9 +73,14 @@ def model_metadata(registry: Registry, name: str, version: str | None) -> ModelM
     entry = registry.entries[spec.name]
     runner = entry.model.runner if entry.model is not None else None
     adapter = ADAPTERS[spec.task]
-    return ModelMetadata(name=spec.name, versions=[VERSION], platform=PLATFORM, inputs=adapter.inputs(runner),
-                         outputs=adapter.outputs(runner),
-                         parameters={"task": spec.task.value, "status": entry.state.value})
+    return ModelMetadata(
+        name=spec.name,
+        versions=[VERSION],
+        platform=PLATFORM,
+        inputs=adapter.inputs(runner),
+        outputs=adapter.outputs(runner),
+        parameters={"task": spec.task.value, "status": entry.state.value},
+    )
 
 
 def _outputs(adapter: TaskTensors, request: InferenceRequest) -> list[Output]:
@@ -83,8 +96,10 @@ def _outputs(adapter: TaskTensors, request: InferenceRequest) -> list[Output]:
             raise bad(f"output {asked.name!r} is requested twice")
         count = asked.parameters.classification
         if count is not None and asked.name not in adapter.classifiable:
-            raise bad(f"classification applies to {', '.join(sorted(adapter.classifiable)) or 'no output'} "
-                      f"of this model, not {asked.name!r}")
+            raise bad(
+                f"classification applies to {', '.join(sorted(adapter.classifiable)) or 'no output'} "
+                f"of this model, not {asked.name!r}"
+            )
         binary = default if asked.parameters.binary_data is None else asked.parameters.binary_data
         outputs.append(Output(asked.name, binary, count))
     return outputs
@@ -96,29 +111,47 @@ async def infer(request: Request, service: InferenceService, name: str, version:
     body, headers = await request.body(), request.headers
     encoding = headers.get("content-encoding")
     payload, inputs = await request.app.state.offload.run(
-        decode_body, body, encoding, headers.get(HEADER_LENGTH), max_body_bytes=service.limits.max_body_bytes,
-        max_rows=service.limits.max_inputs, cost=None if encoding in (None, "identity") else service.limits.max_body_bytes)
+        decode_body,
+        body,
+        encoding,
+        headers.get(HEADER_LENGTH),
+        max_body_bytes=service.limits.max_body_bytes,
+        max_rows=service.limits.max_inputs,
+        cost=None if encoding in (None, "identity") else service.limits.max_body_bytes,
+    )
     outputs = _outputs(adapter, payload)
     service.limits.check_inputs(max(t.shape[0] if t.shape else 1 for t in inputs.values()))  # before any file
     rows = await service.decode(adapter.parse, inputs, service.limits)  # file headers are checked here
     params = payload.parameters
-    options = Options(wanted=frozenset(o.name for o in outputs), top_k=params.top_k,
-                      function=params.function_to_apply, float_datatype=params.output_datatype,
-                      binary=frozenset(o.name for o in outputs if o.binary),
-                      classification={o.name: o.classification for o in outputs if o.classification is not None})
+    options = Options(
+        wanted=frozenset(o.name for o in outputs),
+        top_k=params.top_k,
+        function=params.function_to_apply,
+        float_datatype=params.output_datatype,
+        binary=frozenset(o.name for o in outputs if o.binary),
+        classification={o.name: o.classification for o in outputs if o.classification is not None},
+    )
     async with open_call(request, service, spec.task, spec.name) as call:
         tensors = await adapter.infer(call, rows, options)
-    content, json_length = await run_in_threadpool(_encode, adapter, call.runner, spec.name, payload.id,
-                                                   outputs, tensors)
+    content, json_length = await run_in_threadpool(
+        _encode, adapter, call.runner, spec.name, payload.id, outputs, tensors
+    )
     headers = answer_headers(call)
     if json_length is not None:
         headers[HEADER_LENGTH] = str(json_length)
-    return Response(content, media_type="application/json" if json_length is None else "application/octet-stream",
-                    headers=headers)
+    return Response(
+        content, media_type="application/json" if json_length is None else "application/octet-stream", headers=headers
+    )
 
 
-def _encode(adapter: TaskTensors, runner: object, model: str, request_id: str | None, outputs: list[Output],
-            tensors: dict[str, Tensor]) -> tuple[bytes, int | None]:
+def _encode(
+    adapter: TaskTensors,
+    runner: object,
+    model: str,
+    request_id: str | None,
+    outputs: list[Output],
+    tensors: dict[str, Tensor],
+) -> tuple[bytes, int | None]:
     answered = []
     for output in outputs:
         tensor = tensors[output.name]

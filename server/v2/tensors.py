@@ -74,9 +74,11 @@ def check_answer(limits: Limits, options: Options, planned: Mapping[str, Planned
         else:
             total += elements * _JSON_BYTES.get(datatype, 21)
     limits.check_candidates(entries, f"outputs {', '.join(sorted(options.wanted))}")
-    limits.check_answer(total, f"outputs {', '.join(sorted(options.wanted))}",
-                        "ask for fewer outputs (`outputs`), binary data (`binary_data_output`), a lower top_k, "
-                        "or send fewer rows")
+    limits.check_answer(
+        total,
+        f"outputs {', '.join(sorted(options.wanted))}",
+        "ask for fewer outputs (`outputs`), binary data (`binary_data_output`), a lower top_k, or send fewer rows",
+    )
 
 
 class TaskTensors(Protocol):
@@ -161,8 +163,12 @@ def plan_classifier(call: Call, rows: int, labels: Labels, options: Options, *, 
     returns the plan of `labels`."""
     top_k = min(options.top_k or default_top_k, len(labels))
     plan = Planned("BYTES", [rows, top_k], labels.entry_bytes, ranked=True)
-    check_answer(call.limits, options, {"logits": Planned(options.float_datatype, [rows, len(labels)]),
-                                        "labels": plan}, label_bytes=labels.entry_bytes)
+    check_answer(
+        call.limits,
+        options,
+        {"logits": Planned(options.float_datatype, [rows, len(labels)]), "labels": plan},
+        label_bytes=labels.entry_bytes,
+    )
     return plan
 
 
@@ -172,8 +178,10 @@ def classified(logits: torch.Tensor, labels: Labels, options: Options, plan: Pla
     if "labels" in options.wanted:
         scores = apply_function(logits.float(), options.function or labels.function)
         values, indexes = scores.topk(plan.shape[-1], dim=-1)
-        texts = [f"{v:.7g}:{i}:{labels.names[i]}" for v, i in zip(values.reshape(-1).tolist(),
-                                                                  indexes.reshape(-1).tolist(), strict=True)]
+        texts = [
+            f"{v:.7g}:{i}:{labels.names[i]}"
+            for v, i in zip(values.reshape(-1).tolist(), indexes.reshape(-1).tolist(), strict=True)
+        ]
         out["labels"] = Tensor.from_strings("labels", texts, values.shape)
     return out
 

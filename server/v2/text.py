@@ -16,17 +16,30 @@ import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
 
-from server.limits import Limits
 from server.engine.serving import Call
+from server.limits import Limits
 from server.tasks.fill_mask import FillMaskRunner
 from server.tasks.text_classification import TextClassificationRunner
 from server.v2.binary import Tensor
 from server.v2.protocol import TensorMetadata
-from server.v2.tensors import (Options, Planned, bad, check, check_answer, choose, classified, each, meta,
-                               plan_classifier, strings)
+from server.v2.tensors import (
+    Options,
+    Planned,
+    bad,
+    check,
+    check_answer,
+    choose,
+    classified,
+    each,
+    meta,
+    plan_classifier,
+    strings,
+)
 
-USAGE = ("text (BYTES [N] or [N, 1]), or input_ids (INT64 [N, L], byte-tokenizer ids with [CLS] and [SEP]) "
-         "with an optional attention_mask (INT64 [N, L]: 1s, then 0s for right padding)")
+USAGE = (
+    "text (BYTES [N] or [N, 1]), or input_ids (INT64 [N, L], byte-tokenizer ids with [CLS] and [SEP]) "
+    "with an optional attention_mask (INT64 [N, L]: 1s, then 0s for right padding)"
+)
 ACCEPTED = (frozenset({"text"}), frozenset({"input_ids"}), frozenset({"input_ids", "attention_mask"}))
 _TOKEN_BYTES = 8  # a byte token's text: one UTF-8 character, or a special token such as [MASK]
 
@@ -38,8 +51,11 @@ class TextRow:
 
 
 def text_inputs() -> list[TensorMetadata]:
-    return [meta("text", "BYTES", None), meta("input_ids", "INT64", None, None),
-            meta("attention_mask", "INT64", None, None)]
+    return [
+        meta("text", "BYTES", None),
+        meta("input_ids", "INT64", None, None),
+        meta("attention_mask", "INT64", None, None),
+    ]
 
 
 def parse_text(inputs: Mapping[str, Tensor]) -> list[TextRow]:
@@ -60,7 +76,9 @@ def parse_text(inputs: Mapping[str, Tensor]) -> list[TextRow]:
     return [TextRow(ids=tuple(row[:n].tolist())) for row, n in zip(rows, lengths, strict=True)]
 
 
-def _prepare(rows: Sequence[TextRow], by_text: Callable[[str], Any], by_ids: Callable[[tuple[int, ...]], Any]) -> list[Any]:
+def _prepare(
+    rows: Sequence[TextRow], by_text: Callable[[str], Any], by_ids: Callable[[tuple[int, ...]], Any]
+) -> list[Any]:
     """Items of text or of token-id rows, an error naming its row. CPU work: call off the event loop."""
     if rows[0].text is not None:
         return each("text", rows, lambda r: by_text(r.text))
@@ -104,9 +122,13 @@ class FillMaskTensors:
 
     def outputs(self, runner: FillMaskRunner | None) -> list[TensorMetadata]:
         vocab = runner.model.config.vocab_size if runner else None
-        return [meta("mask_positions", "INT64", None, None), meta("logits", "FP32", None, None, vocab),
-                meta("token_ids", "INT64", None, None, None), meta("scores", "FP32", None, None, None),
-                meta("tokens", "BYTES", None, None, None)]
+        return [
+            meta("mask_positions", "INT64", None, None),
+            meta("logits", "FP32", None, None, vocab),
+            meta("token_ids", "INT64", None, None, None),
+            meta("scores", "FP32", None, None, None),
+            meta("tokens", "BYTES", None, None, None),
+        ]
 
     def parse(self, inputs: Mapping[str, Tensor], limits: Limits) -> list[TextRow]:
         return parse_text(inputs)
@@ -114,22 +136,32 @@ class FillMaskTensors:
     async def infer(self, call: Call, rows: Sequence[TextRow], options: Options) -> dict[str, Tensor]:
         runner = call.runner_as(FillMaskRunner)
         masks = call.limits.max_masks_per_text
-        items = await run_in_threadpool(_prepare, rows, lambda text: runner.prepare(text, max_masks=masks),
-                                        lambda ids: runner.prepare_ids(ids, max_masks=masks))
+        items = await run_in_threadpool(
+            _prepare,
+            rows,
+            lambda text: runner.prepare(text, max_masks=masks),
+            lambda ids: runner.prepare_ids(ids, max_masks=masks),
+        )
         n, width, vocab = len(items), max(len(i.positions) for i in items), runner.vocab_size
         top_k = runner.top_k(options.top_k)
-        check_answer(call.limits, options, {
-            "mask_positions": Planned("INT64", [n, width]),
-            "logits": Planned(options.float_datatype, [n, width, vocab]),
-            "token_ids": Planned("INT64", [n, width, top_k], ranked=True),
-            "scores": Planned(options.float_datatype, [n, width, top_k], ranked=True),
-            "tokens": Planned("BYTES", [n, width, top_k], _TOKEN_BYTES, ranked=True),
-        }, label_bytes=_TOKEN_BYTES)
+        check_answer(
+            call.limits,
+            options,
+            {
+                "mask_positions": Planned("INT64", [n, width]),
+                "logits": Planned(options.float_datatype, [n, width, vocab]),
+                "token_ids": Planned("INT64", [n, width, top_k], ranked=True),
+                "scores": Planned(options.float_datatype, [n, width, top_k], ranked=True),
+                "tokens": Planned("BYTES", [n, width, top_k], _TOKEN_BYTES, ranked=True),
+            },
+            label_bytes=_TOKEN_BYTES,
+        )
         results: list[torch.Tensor] = await call.infer(items)  # (P_i, V) each
         return await run_in_threadpool(self._outputs, runner, items, results, options)
 
-    def _outputs(self, runner: FillMaskRunner, items: Sequence[Any], results: Sequence[torch.Tensor],
-                 options: Options) -> dict[str, Tensor]:
+    def _outputs(
+        self, runner: FillMaskRunner, items: Sequence[Any], results: Sequence[torch.Tensor], options: Options
+    ) -> dict[str, Tensor]:
         width, vocab = max(len(i.positions) for i in items), results[0].shape[-1]
         positions = torch.full((len(items), width), -1, dtype=torch.int64)
         logits = torch.zeros(len(items), width, vocab, dtype=results[0].dtype)  # (N, P, V)
@@ -141,11 +173,13 @@ class FillMaskTensors:
         scores[padding], token_ids[padding] = 0.0, -1
         tokenizer = runner.codec.tokenizer
         tokens = ["" if t < 0 else tokenizer.id_to_token_str(t) for t in token_ids.reshape(-1).tolist()]
-        out = {"mask_positions": Tensor.from_torch("mask_positions", positions, "INT64"),
-               "logits": Tensor.from_torch("logits", logits, options.float_datatype),
-               "token_ids": Tensor.from_torch("token_ids", token_ids, "INT64"),
-               "scores": Tensor.from_torch("scores", scores, options.float_datatype),
-               "tokens": Tensor.from_strings("tokens", tokens, token_ids.shape)}
+        out = {
+            "mask_positions": Tensor.from_torch("mask_positions", positions, "INT64"),
+            "logits": Tensor.from_torch("logits", logits, options.float_datatype),
+            "token_ids": Tensor.from_torch("token_ids", token_ids, "INT64"),
+            "scores": Tensor.from_torch("scores", scores, options.float_datatype),
+            "tokens": Tensor.from_strings("tokens", tokens, token_ids.shape),
+        }
         return {name: tensor for name, tensor in out.items() if name in options.wanted}
 
     def classes(self, runner: FillMaskRunner, output: str) -> list[str] | None:

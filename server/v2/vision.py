@@ -15,25 +15,40 @@ import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
 
+from server.engine.serving import Call
 from server.errors import ErrorCode, ServeError
 from server.limits import ImageLimits, Limits
-from server.engine.serving import Call
 from server.media.image import probe_image
 from server.tasks.image_classification import ImageClassificationRunner
+from server.tasks.labels import DEFAULT_TOP_K
 from server.tasks.optical_flow import check_sizes, decode_frame_pair, estimate_flow, flow_image_limits
 from server.v2.binary import Tensor
 from server.v2.protocol import TensorMetadata
-from server.v2.tensors import (Options, Planned, bad, check, check_answer, choose, classified, each, files, meta,
-                               plan_classifier)
-from server.tasks.labels import DEFAULT_TOP_K
+from server.v2.tensors import (
+    Options,
+    Planned,
+    bad,
+    check,
+    check_answer,
+    choose,
+    classified,
+    each,
+    files,
+    meta,
+    plan_classifier,
+)
 
 T = TypeVar("T")
 
-IMAGE_USAGE = ("image (BYTES [N] or [N, 1], encoded files) or pixel_values (FP32 [N, 3, H, W], normalized as the "
-               "image processor makes them; H, W: the model's input size, 224 for the DeepMind checkpoints)")
+IMAGE_USAGE = (
+    "image (BYTES [N] or [N, 1], encoded files) or pixel_values (FP32 [N, 3, H, W], normalized as the "
+    "image processor makes them; H, W: the model's input size, 224 for the DeepMind checkpoints)"
+)
 
-REFUSAL = ("video-autoencoding models take no tensors over this protocol: use POST /autoencode-video, which takes "
-           "the video file, windows it into clips and answers labels and/or the reconstruction")
+REFUSAL = (
+    "video-autoencoding models take no tensors over this protocol: use POST /autoencode-video, which takes "
+    "the video file, windows it into clips and answers labels and/or the reconstruction"
+)
 
 
 @dataclass(frozen=True)
@@ -72,8 +87,10 @@ class ImageClassificationTensors:
         if isinstance(rows[0], torch.Tensor):
             items = await run_in_threadpool(each, "pixel_values", rows, runner.prepare_pixels)
         else:  # one file at a time, each shrunk to the model's pixels as soon as it is decoded
-            items = [await call.decode(_row, "image", i, runner.prepare_file, row.data, call.limits.image)
-                     for i, row in enumerate(rows)]
+            items = [
+                await call.decode(_row, "image", i, runner.prepare_file, row.data, call.limits.image)
+                for i, row in enumerate(rows)
+            ]
         return classified(torch.stack(await call.infer(items)), runner.labels, options, plan)  # logits (N, C)
 
     def classes(self, runner: ImageClassificationRunner, output: str) -> list[str] | None:
@@ -103,8 +120,11 @@ class OpticalFlowTensors:
         sizes = {frame.size for pair in pairs for frame in pair}
         if len(sizes) > 1:
             shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
-            raise ServeError(ErrorCode.INVALID_INPUT, f"frames have different sizes ({shown}); the flow tensor "
-                             "[N, H, W, 2] needs one size for every frame of a request")
+            raise ServeError(
+                ErrorCode.INVALID_INPUT,
+                f"frames have different sizes ({shown}); the flow tensor "
+                "[N, H, W, 2] needs one size for every frame of a request",
+            )
         check_sizes(pairs[0][0].size, pairs[0][1].size, limits.max_flow_side)
         return pairs
 

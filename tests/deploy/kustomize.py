@@ -61,7 +61,7 @@ def _kustomization_file(directory: Path) -> Path:
 
 
 def _group(api_version: str) -> str:
-    return api_version.split("/")[0] if "/" in api_version else ""
+    return api_version.split("/", maxsplit=1)[0] if "/" in api_version else ""
 
 
 def _key(obj: dict[str, Any]) -> tuple[str, str, str]:

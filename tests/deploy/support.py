@@ -40,6 +40,7 @@ CLI_TARGET = "server.cli:main"
 
 # ---------------------------------------------------------------- manifests
 
+
 @functools.cache
 def _rendered(overlay: str) -> tuple[dict[str, Any], ...]:
     return tuple(render(K8S / overlay))
@@ -82,7 +83,7 @@ def option_values(argv: list[str], option: str) -> list[str]:
         if token.startswith(option + "="):
             values.append(token.split("=", 1)[1])
         elif token == option:
-            for value in argv[i + 1:]:
+            for value in argv[i + 1 :]:
                 if value.startswith("--"):
                     break
                 values.append(value)
@@ -100,13 +101,14 @@ def config_map_toml(docs: list[dict[str, Any]]) -> tuple[str, str]:
     for mount in server["volumeMounts"]:
         if path.startswith(mount["mountPath"].rstrip("/") + "/"):
             volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
-            key = path[len(mount["mountPath"].rstrip("/")) + 1:]
+            key = path[len(mount["mountPath"].rstrip("/")) + 1 :]
             cm = next(d for d in all_of(docs, "ConfigMap") if d["metadata"]["name"] == volume["configMap"]["name"])
             return path, cm["data"][key]
     raise AssertionError(f"--config {path} is not under any volume mount")
 
 
 # ---------------------------------------------------------------- Dockerfile
+
 
 def dockerfile_instructions(path: Path = DOCKER / "Dockerfile") -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
@@ -127,7 +129,7 @@ def dockerfile_instructions(path: Path = DOCKER / "Dockerfile") -> list[tuple[st
 
 def final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
     starts = [i for i, (ins, _) in enumerate(instructions) if ins == "FROM"]
-    return instructions[starts[-1]:]
+    return instructions[starts[-1] :]
 
 
 def image_exec(instruction: str) -> list[str]:
@@ -159,7 +161,7 @@ def healthcheck() -> tuple[dict[str, str], list[str]]:
     """(options, exec argv) of the final stage's HEALTHCHECK."""
     (rest,) = [r for ins, r in final_stage(dockerfile_instructions()) if ins == "HEALTHCHECK"]
     options = dict(re.findall(r"--([a-z-]+)=(\S+)", rest))
-    argv = json.loads(rest[rest.index("CMD") + 3:].strip())
+    argv = json.loads(rest[rest.index("CMD") + 3 :].strip())
     return options, argv
 
 
@@ -180,11 +182,13 @@ def duration_s(text: str) -> float:
 
 # ---------------------------------------------------------------- compose
 
+
 def compose() -> dict[str, Any]:
     return yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
 
 
 # ---------------------------------------------------------------- the real server
+
 
 def pyproject() -> dict[str, Any]:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -192,16 +196,16 @@ def pyproject() -> dict[str, Any]:
 
 def console_script(name: str = CLI) -> Path:
     path = VENV_BIN / name
-    assert path.exists(), (f"{path} is missing: install the project into this venv "
-                           "(scripts/bootstrap test, i.e. pip install -e '.[test]')")
+    assert path.exists(), (
+        f"{path} is missing: install the project into this venv (scripts/bootstrap test, i.e. pip install -e '.[test]')"
+    )
     return path
 
 
 @functools.cache
 def cli_help(*subcommand: str) -> str:
     """`perceiver-serve [SUBCOMMAND] --help`, run through the installed console script."""
-    proc = subprocess.run([str(console_script()), *subcommand, "--help"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([str(console_script()), *subcommand, "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"perceiver-serve {' '.join(subcommand)} --help failed:\n{proc.stderr[-2000:]}"
     return proc.stdout
 
@@ -225,8 +229,13 @@ def exported_metrics() -> dict[str, str]:
 
     response = TestClient(build_app(build_settings({}))).get("/metrics")
     assert response.status_code == 200, response.text
-    suffixes = {"counter": ("_total", "_created"), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count",
-                "_created"), "summary": ("", "_sum", "_count", "_created"), "info": ("_info",)}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("", "_sum", "_count", "_created"),
+        "info": ("_info",),
+    }
     samples: dict[str, str] = {}
     for family in text_string_to_metric_families(response.text):
         for suffix in suffixes.get(family.type, ("",)):
@@ -244,6 +253,7 @@ def perceiver_metrics_in(promql: str) -> set[str]:
 
 
 # ---------------------------------------------------------------- processes
+
 
 def free_port() -> int:
     with socket.socket() as s:

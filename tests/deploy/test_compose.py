@@ -24,8 +24,12 @@ SERVER_SERVICES = ("perceiver", "perceiver-cpu")
 
 def _check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
     # The compose-spec schema vendored in check-jsonschema: no network.
-    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
-                           str(path)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_compose_file_matches_the_compose_spec() -> None:
@@ -33,11 +37,15 @@ def test_compose_file_matches_the_compose_spec() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda c: c["x-perceiver"]["healthcheck"].update(start_perod="10m"),
-    lambda c: c["services"]["perceiver"]["deploy"]["resources"]["reservations"]["devices"][0].pop("capabilities"),
-    lambda c: c["services"]["grafana"].update(port=["3000:3000"]),
-], ids=["typo-in-shared-anchor", "device-without-capabilities", "unknown-service-key"])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda c: c["x-perceiver"]["healthcheck"].update(start_perod="10m"),
+        lambda c: c["services"]["perceiver"]["deploy"]["resources"]["reservations"]["devices"][0].pop("capabilities"),
+        lambda c: c["services"]["grafana"].update(port=["3000:3000"]),
+    ],
+    ids=["typo-in-shared-anchor", "device-without-capabilities", "unknown-service-key"],
+)
 def test_schema_check_catches_mistakes(tmp_path: Path, mutate) -> None:
     # The services share the anchored block's objects, so a mistake there reaches both of them.
     data = compose()
@@ -119,7 +127,13 @@ def test_dashboard_queries_use_exported_metrics() -> None:
             assert not missing, f"{panel['title']}: the server exports no {sorted(missing)}"
             used |= names
     # What people came to look at: request rate, latency percentiles, queue depth, batch size, GPU memory.
-    assert {"perceiver_requests_total", "perceiver_request_duration_seconds_bucket", "perceiver_queue_depth",
-            "perceiver_batch_size_sum", "perceiver_device_memory_bytes", "perceiver_inflight_requests"} <= used
+    assert {
+        "perceiver_requests_total",
+        "perceiver_request_duration_seconds_bucket",
+        "perceiver_queue_depth",
+        "perceiver_batch_size_sum",
+        "perceiver_device_memory_bytes",
+        "perceiver_inflight_requests",
+    } <= used
     exprs = " ".join(t["expr"] for p in _dashboard()["panels"] for t in p["targets"])
     assert "histogram_quantile(0.99" in exprs and "histogram_quantile(0.5" in exprs

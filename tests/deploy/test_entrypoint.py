@@ -57,7 +57,7 @@ def _local_argv(argv: list[str], port: int) -> list[str]:
     """`[tini --] perceiver-serve ...` with this venv's script and a loopback port."""
     start = argv.index(CLI)
     prefix = argv[:start] if argv[:start] and Path(argv[0]).exists() else []
-    local = [*prefix, str(console_script()), *argv[start + 1:]]
+    local = [*prefix, str(console_script()), *argv[start + 1 :]]
     return _set_option(_set_option(local, "--host", "127.0.0.1"), "--port", str(port))
 
 
@@ -72,8 +72,7 @@ def _base_env(tmp_path: Path, extra: dict[str, str]) -> dict[str, str]:
 @contextmanager
 def _running(argv: list[str], env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen]:
     log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield proc
     finally:
@@ -89,7 +88,8 @@ def _terminate(proc: subprocess.Popen, budget_s: float, tmp_path: Path) -> float
     try:
         code = proc.wait(timeout=budget_s)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"still running {budget_s} s after SIGTERM:\n{(tmp_path / 'server.log').read_text()}")
+        log = (tmp_path / "server.log").read_text()
+        raise AssertionError(f"still running {budget_s} s after SIGTERM:\n{log}") from None
     assert code in OK_EXIT, f"exit code {code}:\n{(tmp_path / 'server.log').read_text()[-3000:]}"
     return time.monotonic() - started
 
@@ -151,10 +151,10 @@ def test_init_container_command_resolves_its_models(tmp_path: Path) -> None:
     config_path, text = config_map_toml(docs)
     (tmp_path / "config.toml").write_text(text)
     argv = effective_command(warm)
-    argv = [str(console_script()), *argv[argv.index(CLI) + 1:]]
+    argv = [str(console_script()), *argv[argv.index(CLI) + 1 :]]
     argv[argv.index(config_path)] = str(tmp_path / "config.toml")
     # No hub here: offline, `download` must fail fast per model (exit 1), not reject its arguments (2).
     proc = subprocess.run(argv, env=_base_env(tmp_path, {}), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
-    names = argv[argv.index(str(tmp_path / "config.toml")) + 1:]
+    names = argv[argv.index(str(tmp_path / "config.toml")) + 1 :]
     assert names and all(f"FAILED {name}:" in proc.stderr for name in names), proc.stderr

@@ -52,8 +52,9 @@ def test_rendered_manifests_validate(overlay: str) -> None:
         except kubernetes_validate.SchemaNotFoundError as exc:
             failures.append(f"{doc['kind']}: {exc.message}; vendor its CRD schema in tests/deploy/schemas/")
         except jsonschema.ValidationError as exc:
-            failures.append(f"{doc['kind']}/{doc['metadata']['name']}: {'.'.join(map(str, exc.absolute_path))}: "
-                            f"{exc.message}")
+            failures.append(
+                f"{doc['kind']}/{doc['metadata']['name']}: {'.'.join(map(str, exc.absolute_path))}: {exc.message}"
+            )
     assert not failures, "\n".join(failures)
 
 
@@ -61,11 +62,14 @@ def test_crd_objects_use_the_vendored_schemas() -> None:
     kinds = {(d["apiVersion"], d["kind"]) for overlay in OVERLAYS for d in rendered(overlay)}
     assert ("monitoring.coreos.com/v1", "ServiceMonitor") in kinds
     assert ("keda.sh/v1alpha1", "ScaledObject") in kinds
-    assert set(vendored_schemas()) == {("monitoring.coreos.com/v1", "ServiceMonitor"),
-                                       ("keda.sh/v1alpha1", "ScaledObject")}
+    assert set(vendored_schemas()) == {
+        ("monitoring.coreos.com/v1", "ServiceMonitor"),
+        ("keda.sh/v1alpha1", "ScaledObject"),
+    }
 
 
 # The validation must be able to fail: each of these is a real mistake it has to catch.
+
 
 def test_unknown_kind_fails() -> None:
     widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {}}
@@ -74,15 +78,21 @@ def test_unknown_kind_fails() -> None:
 
 
 def test_pinned_version_is_bundled() -> None:
-    assert kubernetes_validate.validate(one(rendered("base"), "Service"), K8S_VERSION, strict=True) == \
-        K8S_VERSION.rsplit(".", 1)[0]
+    assert (
+        kubernetes_validate.validate(one(rendered("base"), "Service"), K8S_VERSION, strict=True)
+        == K8S_VERSION.rsplit(".", 1)[0]
+    )
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda d: d["spec"]["template"]["spec"]["containers"][0].update(resource={}),         # typo'd field
-    lambda d: d["spec"]["template"]["spec"].update(terminationGracePeriodSeconds="60"),   # wrong type
-    lambda d: d["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"].pop("port"),
-], ids=["unknown-field", "wrong-type", "missing-required"])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].update(resource={}),  # typo'd field
+        lambda d: d["spec"]["template"]["spec"].update(terminationGracePeriodSeconds="60"),  # wrong type
+        lambda d: d["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"].pop("port"),
+    ],
+    ids=["unknown-field", "wrong-type", "missing-required"],
+)
 def test_broken_deployment_fails(mutate) -> None:
     doc = copy.deepcopy(one(rendered("overlays/gpu"), "Deployment"))
     mutate(doc)
@@ -90,15 +100,25 @@ def test_broken_deployment_fails(mutate) -> None:
         validate(doc)
 
 
-@pytest.mark.parametrize("kind, overlay, mutate", [
-    ("ServiceMonitor", "base", lambda d: d["spec"]["endpoints"][0].update(intervall="15s")),
-    ("ServiceMonitor", "base", lambda d: d["spec"]["endpoints"][0].update(interval="15 seconds")),
-    ("ServiceMonitor", "base", lambda d: d["spec"].pop("selector")),
-    ("ScaledObject", "overlays/gpu-keda", lambda d: d["spec"].update(maxReplicas=8)),
-    ("ScaledObject", "overlays/gpu-keda", lambda d: d["spec"]["triggers"][0].pop("metadata")),
-    ("ScaledObject", "overlays/gpu-keda", lambda d: d["spec"].update(pollingInterval="15")),
-], ids=["sm-unknown-field", "sm-bad-duration", "sm-missing-selector", "so-unknown-field",
-        "so-missing-metadata", "so-wrong-type"])
+@pytest.mark.parametrize(
+    "kind, overlay, mutate",
+    [
+        ("ServiceMonitor", "base", lambda d: d["spec"]["endpoints"][0].update(intervall="15s")),
+        ("ServiceMonitor", "base", lambda d: d["spec"]["endpoints"][0].update(interval="15 seconds")),
+        ("ServiceMonitor", "base", lambda d: d["spec"].pop("selector")),
+        ("ScaledObject", "overlays/gpu-keda", lambda d: d["spec"].update(maxReplicas=8)),
+        ("ScaledObject", "overlays/gpu-keda", lambda d: d["spec"]["triggers"][0].pop("metadata")),
+        ("ScaledObject", "overlays/gpu-keda", lambda d: d["spec"].update(pollingInterval="15")),
+    ],
+    ids=[
+        "sm-unknown-field",
+        "sm-bad-duration",
+        "sm-missing-selector",
+        "so-unknown-field",
+        "so-missing-metadata",
+        "so-wrong-type",
+    ],
+)
 def test_broken_custom_resource_fails(kind: str, overlay: str, mutate) -> None:
     doc = copy.deepcopy(one(rendered(overlay), kind))
     mutate(doc)

@@ -80,9 +80,11 @@ spec:
 
 def test_strategic_merge_semantics(tmp_path: Path) -> None:
     _write(tmp_path / "base", BASE)
-    _write(tmp_path / "overlay", {
-        "kustomization.yaml": "resources: [../base]\npatches:\n- path: p.yaml\n",
-        "p.yaml": """
+    _write(
+        tmp_path / "overlay",
+        {
+            "kustomization.yaml": "resources: [../base]\npatches:\n- path: p.yaml\n",
+            "p.yaml": """
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
@@ -97,46 +99,74 @@ spec:
       - name: extra
         image: extra:1
 """,
-    })
+        },
+    )
     (deploy, cm) = sorted(render(tmp_path / "overlay"), key=lambda d: d["kind"])[::-1]
     containers = deploy["spec"]["template"]["spec"]["containers"]
-    assert [c["name"] for c in containers] == ["app", "sidecar", "extra"]       # merged by name
-    assert containers[0]["args"] == ["serve"]                                    # atomic list replaced
-    assert containers[0]["resources"] == {"requests": {"cpu": "1", "memory": "2Gi", "gpu": 1},
-                                          "limits": {"gpu": 1}}                 # maps merged
+    assert [c["name"] for c in containers] == ["app", "sidecar", "extra"]  # merged by name
+    assert containers[0]["args"] == ["serve"]  # atomic list replaced
+    assert containers[0]["resources"] == {
+        "requests": {"cpu": "1", "memory": "2Gi", "gpu": 1},
+        "limits": {"gpu": 1},
+    }  # maps merged
     assert cm["metadata"]["name"] == "cfg-" + config_map_hash(cm)
     assert deploy["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"] == cm["metadata"]["name"]
 
 
 def test_delete_patch_and_null(tmp_path: Path) -> None:
-    _write(tmp_path / "base", {**BASE, "kustomization.yaml": "resources: [deploy.yaml, svc.yaml]\n",
-                               "svc.yaml": "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {}\n"})
-    _write(tmp_path / "o", {
-        "kustomization.yaml": "resources: [../base]\npatches:\n- path: del.yaml\n- patch: |-\n"
-                              "    apiVersion: apps/v1\n    kind: Deployment\n    metadata: {name: web}\n"
-                              "    spec: {template: {spec: {containers: [{name: app, resources: null}]}}}\n",
-        "del.yaml": "$patch: delete\napiVersion: v1\nkind: Service\nmetadata: {name: web}\n",
-    })
+    _write(
+        tmp_path / "base",
+        {
+            **BASE,
+            "kustomization.yaml": "resources: [deploy.yaml, svc.yaml]\n",
+            "svc.yaml": "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {}\n",
+        },
+    )
+    _write(
+        tmp_path / "o",
+        {
+            "kustomization.yaml": "resources: [../base]\npatches:\n- path: del.yaml\n- patch: |-\n"
+            "    apiVersion: apps/v1\n    kind: Deployment\n    metadata: {name: web}\n"
+            "    spec: {template: {spec: {containers: [{name: app, resources: null}]}}}\n",
+            "del.yaml": "$patch: delete\napiVersion: v1\nkind: Service\nmetadata: {name: web}\n",
+        },
+    )
     (deploy,) = render(tmp_path / "o")
     assert "resources" not in deploy["spec"]["template"]["spec"]["containers"][0]
 
 
 def test_generated_config_map_referenced_outside_volumes_raises(tmp_path: Path) -> None:
-    deploy = BASE["deploy.yaml"].replace("        image: app:1\n",
-                                         "        image: app:1\n        envFrom: [{configMapRef: {name: cfg}}]\n")
+    deploy = BASE["deploy.yaml"].replace(
+        "        image: app:1\n", "        image: app:1\n        envFrom: [{configMapRef: {name: cfg}}]\n"
+    )
     _write(tmp_path, {**BASE, "deploy.yaml": deploy})
     with pytest.raises(UnsupportedFeature, match="envFrom"):
         render(tmp_path)
 
 
-@pytest.mark.parametrize("files, message", [
-    ({"kustomization.yaml": "resources: [deploy.yaml]\nnamePrefix: x-\n"}, "namePrefix"),
-    ({"kustomization.yaml": "resources: [deploy.yaml]\npatches:\n- path: p.yaml\n  target: {kind: Deployment}\n",
-      "p.yaml": "[]"}, "target"),
-    ({"kustomization.yaml": "resources: [deploy.yaml]\npatches:\n- path: p.yaml\n",
-      "p.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n"
-                "spec: {template: {spec: {imagePullSecrets: [{name: b}]}}}\n"}, "imagePullSecrets"),
-])
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"kustomization.yaml": "resources: [deploy.yaml]\nnamePrefix: x-\n"}, "namePrefix"),
+        (
+            {
+                "kustomization.yaml": (
+                    "resources: [deploy.yaml]\npatches:\n- path: p.yaml\n  target: {kind: Deployment}\n"
+                ),
+                "p.yaml": "[]",
+            },
+            "target",
+        ),
+        (
+            {
+                "kustomization.yaml": "resources: [deploy.yaml]\npatches:\n- path: p.yaml\n",
+                "p.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n"
+                "spec: {template: {spec: {imagePullSecrets: [{name: b}]}}}\n",
+            },
+            "imagePullSecrets",
+        ),
+    ],
+)
 def test_unsupported_features_raise(tmp_path: Path, files: dict[str, str], message: str) -> None:
     _write(tmp_path, {"deploy.yaml": BASE["deploy.yaml"], **files})
     with pytest.raises(UnsupportedFeature, match=message):

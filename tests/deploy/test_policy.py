@@ -66,6 +66,7 @@ def _settings(overlay: str):
 
 # ------------------------------------------------------------------ the command line is the real CLI
 
+
 def test_cli_is_the_project_console_script() -> None:
     assert pyproject()["project"]["scripts"][CLI] == CLI_TARGET
     module, _, attr = CLI_TARGET.partition(":")
@@ -109,6 +110,7 @@ def test_compose_commands_use_the_real_cli() -> None:
 
 # ------------------------------------------------------------------ probes and shutdown
 
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_three_probes(overlay: str) -> None:
     docs = rendered(overlay)
@@ -119,7 +121,7 @@ def test_three_probes(overlay: str) -> None:
     assert all(probes.values()), f"missing probes: {[k for k, v in probes.items() if not v]}"
     for probe in probes.values():
         assert probe["httpGet"]["port"] in ("http", ports["http"])
-    assert probes["readinessProbe"]["httpGet"]["path"] == "/health/ready"   # 503 while loading or draining
+    assert probes["readinessProbe"]["httpGet"]["path"] == "/health/ready"  # 503 while loading or draining
     assert probes["livenessProbe"]["httpGet"]["path"] == "/health/live"
     # The startup probe gates the others until the preloaded models are in, for long enough.
     assert probes["startupProbe"]["httpGet"]["path"] == "/health/ready"
@@ -144,6 +146,7 @@ def test_grace_period_covers_prestop_and_drain(overlay: str) -> None:
 
 
 # ------------------------------------------------------------------ resources, security, wiring
+
 
 @pytest.mark.parametrize("overlay", GPU_OVERLAYS)
 def test_gpu_limit_and_scheduling(overlay: str) -> None:
@@ -198,8 +201,9 @@ def test_model_cache_volume(overlay: str) -> None:
     for name in ("warm-cache", "server"):
         c = container(docs, name)
         assert env_of(c)["HF_HOME"] == hf_home
-        assert any(hf_home.startswith(m["mountPath"] + "/") and m["name"] == cache["name"]
-                   for m in c["volumeMounts"]), f"{name}: HF_HOME is not on the cache volume"
+        assert any(
+            hf_home.startswith(m["mountPath"] + "/") and m["name"] == cache["name"] for m in c["volumeMounts"]
+        ), f"{name}: HF_HOME is not on the cache volume"
     # The init container downloads; the server never does (a missing file is a clear error).
     assert env_of(container(docs, "warm-cache"))["HF_HUB_OFFLINE"] == "0"
     assert env_of(container(docs, "server"))["HF_HUB_OFFLINE"] == "1"
@@ -255,6 +259,7 @@ def test_selectors_and_references(overlay: str) -> None:
 
 # ------------------------------------------------------------------ autoscaling on a real metric
 
+
 def test_autoscaling_metric_is_a_gauge_the_server_exports() -> None:
     assert exported_metrics().get(AUTOSCALING_METRIC) == "gauge"
 
@@ -264,8 +269,11 @@ def test_hpa_scales_on_the_exported_metric(overlay: str) -> None:
     docs = rendered(overlay)
     hpa = one(docs, "HorizontalPodAutoscaler")
     assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": one(docs, "Deployment")["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": one(docs, "Deployment")["metadata"]["name"],
+    }
     assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods" and metric["pods"]["target"]["type"] == "AverageValue"
@@ -276,8 +284,10 @@ def test_hpa_scales_on_the_exported_metric(overlay: str) -> None:
 
 def test_prometheus_adapter_rule_exposes_the_hpa_metric() -> None:
     values = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text())
-    hpa_metrics = {one(rendered(o), "HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]["metric"]["name"]
-                   for o in HPA_OVERLAYS}
+    hpa_metrics = {
+        one(rendered(o), "HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]["metric"]["name"]
+        for o in HPA_OVERLAYS
+    }
     (rule,) = values["rules"]["custom"]
     assert {rule["name"]["as"]} == hpa_metrics
     assert re.fullmatch(rule["name"]["matches"], AUTOSCALING_METRIC)
@@ -302,6 +312,7 @@ def test_keda_scaledobject_matches_the_hpa_it_replaces() -> None:
 
 # ------------------------------------------------------------------ image
 
+
 def test_image_healthcheck_cache_and_offline() -> None:
     options, argv = healthcheck()
     assert "/health/live" in " ".join(argv)
@@ -312,16 +323,19 @@ def test_image_healthcheck_cache_and_offline() -> None:
     dockerfile = (DOCKER / "Dockerfile").read_text()
     assert 'VOLUME ["/cache"]' in dockerfile
     assert len(re.findall(r"^FROM ", dockerfile, re.M)) >= 2, "multi-stage build"
-    assert re.search(r'torch==\$\{TORCH_VERSION\}', dockerfile) and "ARG TORCH_VERSION=2.13.0" in dockerfile
+    assert re.search(r"torch==\$\{TORCH_VERSION\}", dockerfile) and "ARG TORCH_VERSION=2.13.0" in dockerfile
 
 
 def test_dockerignore_keeps_what_the_image_copies() -> None:
-    lines = [ln.strip() for ln in (DOCKER.parent / ".dockerignore").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
+    lines = [
+        ln.strip()
+        for ln in (DOCKER.parent / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert lines[0] == "*"
     included = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
     for line in (DOCKER / "Dockerfile").read_text().splitlines():
         if line.startswith("COPY ") and "--from=" not in line:
-            for source in line.split()[1:-1]:
-                source = source.rstrip("/").rstrip("*")
-                assert source in included and (DOCKER.parent / source).exists() or source == "README.md", source
+            for named in line.split()[1:-1]:
+                source = named.rstrip("/").rstrip("*")
+                assert (source in included and (DOCKER.parent / source).exists()) or source == "README.md", source

@@ -21,8 +21,13 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     from model_core import from_config, save_pretrained
 
     root = tmp_path_factory.mktemp("loadtest-checkpoints")
-    tasks = {"mlm": "fill-mask", "sentiment": "text-classification", "conv": "image-classification",
-             "flow": "optical-flow", "video": "video-autoencoding"}
+    tasks = {
+        "mlm": "fill-mask",
+        "sentiment": "text-classification",
+        "conv": "image-classification",
+        "flow": "optical-flow",
+        "video": "video-autoencoding",
+    }
     tables = {}
     for name, task in tasks.items():
         folder = save_pretrained(from_config(CONFIGS[name], device="cpu", dtype=torch.float32, seed=0), root / name)

@@ -19,7 +19,7 @@ from loadtest.report import BATCHING, COLUMNS, NO_BATCHING, Row, knee, summarise
 PAYLOADS = [Payload("/fill-mask", "t", json={"inputs": "a[MASK]"})]
 
 
-def _client(handler) -> httpx.AsyncClient:  # noqa: ANN001
+def _client(handler) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://127.0.0.1")
 
 
@@ -54,11 +54,12 @@ def test_step_counts_statuses_and_stops_at_the_request_budget() -> None:
 def test_each_worker_has_its_own_client() -> None:
     seen: Counter[int] = Counter()
 
-    def counting(i: int):  # noqa: ANN202
+    def counting(i: int):
         async def handler(request: httpx.Request) -> httpx.Response:
             seen[i] += 1
             await asyncio.sleep(0.001)
             return httpx.Response(200, json=[])
+
         return handler
 
     async def go() -> StepResult:
@@ -80,8 +81,7 @@ def test_step_stops_at_its_time_limit() -> None:
 
     async def go() -> StepResult:
         async with _client(slow) as client:
-            return await run_step([client], "/fill-mask", PAYLOADS, concurrency=2, max_requests=10_000,
-                                  duration_s=0.3)
+            return await run_step([client], "/fill-mask", PAYLOADS, concurrency=2, max_requests=10_000, duration_s=0.3)
 
     started = time.monotonic()
     step = asyncio.run(go())
@@ -91,9 +91,11 @@ def test_step_stops_at_its_time_limit() -> None:
 
 
 def test_batch_stats_from_metrics() -> None:
-    text = ("# TYPE perceiver_batch_size histogram\n"
-            'perceiver_batch_size_bucket{le="+Inf",model="m"} 4.0\n'
-            'perceiver_batch_size_count{model="m"} 4.0\nperceiver_batch_size_sum{model="m"} 10.0\n')
+    text = (
+        "# TYPE perceiver_batch_size histogram\n"
+        'perceiver_batch_size_bucket{le="+Inf",model="m"} 4.0\n'
+        'perceiver_batch_size_count{model="m"} 4.0\nperceiver_batch_size_sum{model="m"} 10.0\n'
+    )
 
     async def go() -> dict[str, BatchStats]:
         async with _client(lambda r: httpx.Response(200, text=text)) as client:
@@ -105,16 +107,52 @@ def test_batch_stats_from_metrics() -> None:
     assert BatchStats().mean != BatchStats().mean  # NaN: no batches ran
 
 
-def _row(variant: str, concurrency: int, rps: float, *, p50: float = 10.0, p99: float = 15.0, n_429: int = 0,
-         other: int = 0, max_queue: int = 8) -> Row:
-    return Row(variant, "/fill-mask", "m", concurrency, 4, max_queue, 100, 100 - n_429 - other, 1.0, rps, p50,
-               p99, p99, p99 / p50, (n_429 + other) / 100, n_429, other, 2.0, 50, 1.5)
+def _row(
+    variant: str,
+    concurrency: int,
+    rps: float,
+    *,
+    p50: float = 10.0,
+    p99: float = 15.0,
+    n_429: int = 0,
+    other: int = 0,
+    max_queue: int = 8,
+) -> Row:
+    return Row(
+        variant,
+        "/fill-mask",
+        "m",
+        concurrency,
+        4,
+        max_queue,
+        100,
+        100 - n_429 - other,
+        1.0,
+        rps,
+        p50,
+        p99,
+        p99,
+        p99 / p50,
+        (n_429 + other) / 100,
+        n_429,
+        other,
+        2.0,
+        50,
+        1.5,
+    )
 
 
 def test_summary_ratios_and_checks() -> None:
-    rows = [_row(BATCHING, 1, 10), _row(BATCHING, 4, 30, p99=25), _row(BATCHING, 16, 40),
-            _row(BATCHING, 64, 41, n_429=3), _row(NO_BATCHING, 1, 10), _row(NO_BATCHING, 4, 15),
-            _row(NO_BATCHING, 16, 16), _row(NO_BATCHING, 64, 16, other=1, n_429=2, max_queue=64)]
+    rows = [
+        _row(BATCHING, 1, 10),
+        _row(BATCHING, 4, 30, p99=25),
+        _row(BATCHING, 16, 40),
+        _row(BATCHING, 64, 41, n_429=3),
+        _row(NO_BATCHING, 1, 10),
+        _row(NO_BATCHING, 4, 15),
+        _row(NO_BATCHING, 16, 16),
+        _row(NO_BATCHING, 64, 16, other=1, n_429=2, max_queue=64),
+    ]
     model = InProcessResult("/fill-mask", "m", 4, 400, 8.0, 1.0, 7.0, 1)
     assert model.items_per_s == 50
     summary = summarise(rows, [model])
@@ -126,8 +164,11 @@ def test_summary_ratios_and_checks() -> None:
     assert route["batching_cpu_saving"] == {"1": 1.0, "4": 1.0, "16": 1.0, "64": 1.0}
     assert route["server_efficiency"] == 41 / 50
     # 429s past the queue (64 clients, queue 8) are load shedding; within it (64 <= 64) they are a fault.
-    assert summary["checks"] == {"non_429_errors": 1, "n_429": 5,
-                                 "429_within_queue_limit": ["no-batching /fill-mask c=64"]}
+    assert summary["checks"] == {
+        "non_429_errors": 1,
+        "n_429": 5,
+        "429_within_queue_limit": ["no-batching /fill-mask c=64"],
+    }
 
 
 def test_write_csv_json_and_plots(tmp_path: Path) -> None:

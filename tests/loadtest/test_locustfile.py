@@ -26,10 +26,19 @@ def server(tiny_config: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 
 
 def locust(host: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    command = [str(Path(sys.executable).with_name("locust")), "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-               "--host", host, *args]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    command = [
+        str(Path(sys.executable).with_name("locust")),
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--only-summary",
+        "--host",
+        host,
+        *args,
+    ]
+    return subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
 
 
 def requests_per_route(output: str) -> dict[str, tuple[int, int]]:
@@ -53,8 +62,10 @@ def test_every_served_route_runs_without_failures(server: str) -> None:
 
 @pytest.mark.slow
 def test_weights_select_routes(server: str) -> None:
-    zero = {f"LOADTEST_WEIGHT_{r.strip('/').replace('-', '_').upper()}": "0"
-            for r in ("/classify-text", "/classify-image", "/optical-flow", "/autoencode-video")}
+    zero = {
+        f"LOADTEST_WEIGHT_{r.strip('/').replace('-', '_').upper()}": "0"
+        for r in ("/classify-text", "/classify-image", "/optical-flow", "/autoencode-video")
+    }
     proc = locust(server, "-u", "2", "-r", "2", "-t", "3s", "--payloads", "2", env=zero)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output

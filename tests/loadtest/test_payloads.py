@@ -61,8 +61,9 @@ def test_images_decode_at_several_sizes_and_encodings() -> None:
 
 def test_frame_pair_is_a_shifted_view_of_one_scene() -> None:
     rng = np.random.default_rng(3)
-    first, second = (np.asarray(Image.open(io.BytesIO(b)), dtype=np.int16)
-                     for b in p.frame_pair(rng, 64, 48, shift=(5, -3)))
+    first, second = (
+        np.asarray(Image.open(io.BytesIO(b)), dtype=np.int16) for b in p.frame_pair(rng, 64, 48, shift=(5, -3))
+    )
     assert first.shape == second.shape == (48, 64, 3)
     # frame2(y, x) shows the scene point frame1(y + dy, x + dx): a camera pan.
     assert np.array_equal(second[3:, :-5], first[:-3, 5:])
@@ -87,11 +88,14 @@ def test_clip_and_audio_match_the_model() -> None:
     assert payload.params == {"outputs": "labels"}
 
 
-@pytest.mark.parametrize("payload", [
-    p.Payload("/fill-mask", "json", json={"inputs": "a[MASK]"}),
-    p.Payload("/classify-image", "raw", body=b"\x89PNG", content_type="image/png"),
-    p.Payload("/optical-flow", "files", params={"format": "npy"}, files={"frame1": ("a.png", b"x", "image/png")}),
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        p.Payload("/fill-mask", "json", json={"inputs": "a[MASK]"}),
+        p.Payload("/classify-image", "raw", body=b"\x89PNG", content_type="image/png"),
+        p.Payload("/optical-flow", "files", params={"format": "npy"}, files={"frame1": ("a.png", b"x", "image/png")}),
+    ],
+)
 def test_payload_sends_itself_with_httpx_and_requests(payload: p.Payload) -> None:
     hx, rq = payload.httpx_kwargs(), payload.requests_kwargs()
     assert hx["params"] == rq["params"] == payload.params

@@ -20,16 +20,34 @@ from tests.server.conftest import REPO
 @pytest.mark.slow
 def test_short_sweep_writes_the_report(config_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    doc = run(["--config", str(config_file), "--routes", "/fill-mask,/classify-image", "--concurrency", "1,4",
-               "--max-requests", "10", "--duration-s", "20", "--payloads", "8", "--text-bytes", "100",
-               "--out", str(out)])
+    doc = run(
+        [
+            "--config",
+            str(config_file),
+            "--routes",
+            "/fill-mask,/classify-image",
+            "--concurrency",
+            "1,4",
+            "--max-requests",
+            "10",
+            "--duration-s",
+            "20",
+            "--payloads",
+            "8",
+            "--text-bytes",
+            "100",
+            "--out",
+            str(out),
+        ]
+    )
 
     with (out / "report.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == COLUMNS
     steps = {(r["variant"], r["route"], int(r["concurrency"])) for r in rows}
-    assert steps == {(v, route, c) for v in (BATCHING, NO_BATCHING) for route in ("/fill-mask", "/classify-image")
-                     for c in (1, 4)}
+    assert steps == {
+        (v, route, c) for v in (BATCHING, NO_BATCHING) for route in ("/fill-mask", "/classify-image") for c in (1, 4)
+    }
     for r in rows:
         assert int(r["requests"]) == int(r["ok"]) == 10, r
         assert int(r["n_429"]) == int(r["n_other_errors"]) == 0 and float(r["error_rate"]) == 0
@@ -60,8 +78,9 @@ def test_short_sweep_writes_the_report(config_file: Path, tmp_path: Path) -> Non
     assert doc["summary"] == summary
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8000", "http://localhost:1/", "http://127.3.2.1",
-                                 "http://[::1]:8000"])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8000", "http://localhost:1/", "http://127.3.2.1", "http://[::1]:8000"]
+)
 def test_loopback_targets_are_accepted(url: str) -> None:
     assert is_loopback(url)
     assert check_target(url, allow_remote=False) == url.rstrip("/")
@@ -77,8 +96,13 @@ def test_other_targets_are_refused_unless_allowed(url: str) -> None:
 
 
 def test_cli_refuses_a_remote_target_before_sending_anything(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "loadtest.run", "--url", "http://192.0.2.10:8000",
-                           "--out", str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtest.run", "--url", "http://192.0.2.10:8000", "--out", str(tmp_path / "r")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "not a loopback address" in proc.stderr and "--allow-remote" in proc.stderr
     assert not (tmp_path / "r").exists()

@@ -23,18 +23,24 @@ def fake_server(tmp_path: Path) -> Iterator[tuple[str, list[dict[str, str]]]]:
     (flow / "config.json").write_text(json.dumps(CONFIGS["flow"]))
     models = [
         {"name": "other", "task": "fill-mask", "source": "x/y", "status": "ready", "is_default": False},
-        {"name": "fm", "task": "fill-mask", "source": "deepmind/language-perceiver", "status": "unloaded",
-         "is_default": True},
+        {
+            "name": "fm",
+            "task": "fill-mask",
+            "source": "deepmind/language-perceiver",
+            "status": "unloaded",
+            "is_default": True,
+        },
         {"name": "of", "task": "optical-flow", "source": str(flow), "status": "ready", "is_default": True},
         {"name": "img", "task": "image-classification", "source": "z", "status": "ready", "is_default": True},
     ]
-    bodies = {"/openapi.json": {"paths": {"/fill-mask": {}, "/optical-flow": {}, "/classify-text": {},
-                                          "/health/live": {}}},
-              "/v1/models": {"models": models}}
+    bodies = {
+        "/openapi.json": {"paths": {"/fill-mask": {}, "/optical-flow": {}, "/classify-text": {}, "/health/live": {}}},
+        "/v1/models": {"models": models},
+    }
     seen: list[dict[str, str]] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             seen.append(dict(self.headers))
             body = json.dumps(bodies[self.path]).encode()
             self.send_response(200)

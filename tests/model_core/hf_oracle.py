@@ -20,7 +20,9 @@ BASE: dict[str, Any] = dict(
 
 # architecture -> config overrides; "inputs" in make_inputs below follows each.
 CONFIGS: dict[str, dict[str, Any]] = {
-    "PerceiverForMaskedLM": dict(max_position_embeddings=64, qk_channels=16, v_channels=32, num_cross_attention_heads=2),
+    "PerceiverForMaskedLM": dict(
+        max_position_embeddings=64, qk_channels=16, v_channels=32, num_cross_attention_heads=2
+    ),
     "PerceiverForSequenceClassification": dict(max_position_embeddings=64, num_labels=3),
     "PerceiverForImageClassificationLearned": dict(image_size=16, num_labels=5),
     "PerceiverForImageClassificationFourier": dict(num_labels=5, d_latents=24, num_self_attention_heads=3),
@@ -105,7 +107,9 @@ def make_inputs(architecture: str, model: torch.nn.Module, batch: int = 2, seed:
         return dict(
             inputs=dict(
                 audio=torch.randn(batch, n_audio, 1, generator=gen),
-                image=torch.randn(batch, cfg.num_frames, 3, 4 * cfg.image_size // 2, 4 * cfg.image_size // 2, generator=gen),
+                image=torch.randn(
+                    batch, cfg.num_frames, 3, 4 * cfg.image_size // 2, 4 * cfg.image_size // 2, generator=gen
+                ),
                 label=torch.zeros(batch, cfg.num_labels),
             ),
         )

@@ -162,7 +162,7 @@ def test_from_config_is_deterministic_and_typed():
     cfg = _tiny("PerceiverForSequenceClassification")
     a, b = from_config(cfg, seed=3), from_config(cfg, seed=3)
     c = from_config(cfg, seed=4, dtype=torch.bfloat16)
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
     assert all(p.dtype == torch.bfloat16 for p in c.parameters())
     assert not any(p.requires_grad for p in a.parameters()) and not a.training

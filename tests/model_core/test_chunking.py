@@ -70,14 +70,22 @@ class LiveBytes(TorchDispatchMode):
 
 
 def _video_model(frames: int, side: int = 32):
-    config = {"architectures": [MM], **BASE, **CONFIGS[MM], "num_frames": frames,
-              "output_shape": [1, frames, side, side]}
+    config = {
+        "architectures": [MM],
+        **BASE,
+        **CONFIGS[MM],
+        "num_frames": frames,
+        "output_shape": [1, frames, side, side],
+    }
     return from_config(config, seed=3)
 
 
 def _encode(model, frames: int):
-    inputs = dict(image=torch.rand(1, frames, 3, 16, 16), audio=torch.rand(1, frames * 32, 1) * 2 - 1,
-                  label=torch.zeros(1, model.config.num_labels))
+    inputs = dict(
+        image=torch.rand(1, frames, 3, 16, 16),
+        audio=torch.rand(1, frames * 32, 1) * 2 - 1,
+        label=torch.zeros(1, model.config.num_labels),
+    )
     return model.encode(inputs)
 
 
@@ -100,8 +108,16 @@ def test_default_chunking_is_the_colab_s_for_the_real_clip():
 def test_widths_are_read_from_the_real_decoder():
     widths = DecoderWidths.of(build_model(PerceiverConfig.from_dict(REAL)))
     # queries: audio 385 / image 195 / label 1024 channels, padded to 1024 + 2; one head over 784 latents
-    assert widths == DecoderWidths(num_latents=784, latent_channels=512, query_channels=1026, qk_channels=512,
-                                   v_channels=512, num_heads=1, mlp_channels=1026, output_channels=512)
+    assert widths == DecoderWidths(
+        num_latents=784,
+        latent_channels=512,
+        query_channels=1026,
+        qk_channels=512,
+        v_channels=512,
+        num_heads=1,
+        mlp_channels=1026,
+        output_channels=512,
+    )
 
 
 @pytest.mark.parametrize("budget_mib, element_size", [(64, 4), (512, 4), (512, 2), (4096, 4)])

@@ -11,9 +11,7 @@ from model_core.attention import _ACTIVATIONS, HIDDEN_ACTS
 from model_core.presets import preset_config
 
 
-@pytest.mark.parametrize(
-    "field, value", [("hidden_act", "tanh"), ("cross_attention_shape_for_attention", "queries")]
-)
+@pytest.mark.parametrize("field, value", [("hidden_act", "tanh"), ("cross_attention_shape_for_attention", "queries")])
 def test_an_unknown_choice_is_refused(field, value, tmp_path):
     config = preset_config("language-perceiver-tiny", **{field: value})
     with pytest.raises(ValueError, match=field):

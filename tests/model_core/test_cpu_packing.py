@@ -11,8 +11,9 @@ from model_core.chunking import output_chunks
 from model_core.cpu_packing import PackedLinear, packing_supported, prepack_linears
 from tests.model_core.hf_oracle import BASE, CONFIGS, make_inputs
 
-pytestmark = pytest.mark.skipif(not packing_supported("cpu", torch.bfloat16),
-                                reason="this CPU has no oneDNN bfloat16 support")
+pytestmark = pytest.mark.skipif(
+    not packing_supported("cpu", torch.bfloat16), reason="this CPU has no oneDNN bfloat16 support"
+)
 MM = "PerceiverForMultimodalAutoencoding"
 
 

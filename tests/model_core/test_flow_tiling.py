@@ -33,12 +33,15 @@ def colab_grid(height: int, width: int, patch: tuple[int, int], min_overlap: int
     return list(itertools.product(ys, xs))
 
 
-@pytest.mark.parametrize("size, corners", [
-    ((436, 1024), [(0, 0), (0, 476), (0, 528), (68, 0), (68, 476), (68, 528)]),  # Sintel
-    ((375, 1242), [(0, 0), (0, 476), (0, 746), (7, 0), (7, 476), (7, 746)]),  # KITTI
-    ((480, 640), [(0, 0), (0, 144), (112, 0), (112, 144)]),
-    ((368, 496), [(0, 0)]),  # the colab lists (0, 0) four times
-])
+@pytest.mark.parametrize(
+    "size, corners",
+    [
+        ((436, 1024), [(0, 0), (0, 476), (0, 528), (68, 0), (68, 476), (68, 528)]),  # Sintel
+        ((375, 1242), [(0, 0), (0, 476), (0, 746), (7, 0), (7, 476), (7, 746)]),  # KITTI
+        ((480, 640), [(0, 0), (0, 144), (112, 0), (112, 144)]),
+        ((368, 496), [(0, 0)]),  # the colab lists (0, 0) four times
+    ],
+)
 def test_grid_of_known_frame_sizes(size: tuple[int, int], corners: list[tuple[int, int]]) -> None:
     assert tile_grid(*size, tile=TRAIN) == corners
 
@@ -129,9 +132,16 @@ def test_stitcher_refuses_uncovered_frames_and_misplaced_tiles() -> None:
 
 
 def test_frame_of_one_tile_is_one_direct_model_call() -> None:
-    config = {"architectures": ["PerceiverForOpticalFlow"], "num_latents": 8, "d_latents": 32, "num_blocks": 1,
-              "num_self_attends_per_block": 1, "num_self_attention_heads": 2, "num_cross_attention_heads": 1,
-              "train_size": list(SMALL)}
+    config = {
+        "architectures": ["PerceiverForOpticalFlow"],
+        "num_latents": 8,
+        "d_latents": 32,
+        "num_blocks": 1,
+        "num_self_attends_per_block": 1,
+        "num_self_attention_heads": 2,
+        "num_cross_attention_heads": 1,
+        "train_size": list(SMALL),
+    }
     model = from_config(config, device="cpu", dtype=torch.float32, seed=0)
     rng = np.random.default_rng(1)
     frame1, frame2 = (rng.integers(0, 256, (*SMALL, 3), dtype=np.uint8) for _ in range(2))
@@ -140,20 +150,23 @@ def test_frame_of_one_tile_is_one_direct_model_call() -> None:
     with torch.inference_mode():
         direct = model(frame_pair_inputs(frame1, frame2)).logits[0] * 20  # (48, 64, 2)
         y, x = corners[0]
-        tile = model(frame_pair_inputs(frame1[y:y + 48, x:x + 64], frame2[y:y + 48, x:x + 64])).logits[0] * 20
+        tile = model(frame_pair_inputs(frame1[y : y + 48, x : x + 64], frame2[y : y + 48, x : x + 64])).logits[0] * 20
     stitched = stitch(corners, [tile], SMALL)
     assert direct.abs().max() > 0
     torch.testing.assert_close(stitched, direct, rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("size, tile, expected", [
-    ((24, 50), SMALL, (48, 100)),  # height limits: x2
-    ((30, 40), SMALL, (48, 64)),  # both sides x1.6
-    ((100, 30), SMALL, (213, 64)),  # width limits: x64/30
-    ((240, 320), TRAIN, (372, 496)),  # QVGA: x1.55
-    ((436, 1024), TRAIN, (436, 1024)),  # covers a tile: unchanged
-    ((368, 496), TRAIN, (368, 496)),
-])
+@pytest.mark.parametrize(
+    "size, tile, expected",
+    [
+        ((24, 50), SMALL, (48, 100)),  # height limits: x2
+        ((30, 40), SMALL, (48, 64)),  # both sides x1.6
+        ((100, 30), SMALL, (213, 64)),  # width limits: x64/30
+        ((240, 320), TRAIN, (372, 496)),  # QVGA: x1.55
+        ((436, 1024), TRAIN, (436, 1024)),  # covers a tile: unchanged
+        ((368, 496), TRAIN, (368, 496)),
+    ],
+)
 def test_small_frames_are_upscaled_to_cover_a_tile_keeping_aspect(size, tile, expected) -> None:
     assert cover_size(*size, tile=tile) == expected
     height, width = expected

@@ -126,7 +126,7 @@ def test_numpy_2d_greyscale_equals_pil_l(hf):
 
 
 def test_sixteen_bit_is_scaled_not_clipped(hf):
-    array16 = (_rgb(40, 50, seed=6, channels=1).astype(np.uint16) * 257)
+    array16 = _rgb(40, 50, seed=6, channels=1).astype(np.uint16) * 257
     image16 = PIL.Image.fromarray(array16)
     assert image16.mode == "I;16"
     # Deliberate difference: we scale 16 -> 8 bits; transformers (PIL convert) clips at 255.

@@ -78,5 +78,7 @@ def test_multimodal_every_chunk_matches(tmp_path):
             "audio": torch.arange(k * n_audio // chunks, (k + 1) * n_audio // chunks),
             "label": None,
         }
-        compare(run(hf, arch, {**kwargs, "subsampled_output_points": points}),
-                run(model, arch, {**kwargs, "subsampled_output_points": points}))
+        compare(
+            run(hf, arch, {**kwargs, "subsampled_output_points": points}),
+            run(model, arch, {**kwargs, "subsampled_output_points": points}),
+        )

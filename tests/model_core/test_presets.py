@@ -28,9 +28,16 @@ PARAMETERS = {
     "multimodal-perceiver": 19_858_855,
 }
 # The vision checkpoints' preprocessor_config.json (shared/REFERENCE.md section 1b).
-IMAGENET_PREPROCESSOR = {"crop_size": 256, "do_center_crop": True, "do_normalize": True, "do_resize": True,
-                         "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 3,
-                         "size": 224}
+IMAGENET_PREPROCESSOR = {
+    "crop_size": 256,
+    "do_center_crop": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+    "resample": 3,
+    "size": 224,
+}
 
 
 def _labelled(config: PerceiverConfig) -> PerceiverConfig:
@@ -39,7 +46,7 @@ def _labelled(config: PerceiverConfig) -> PerceiverConfig:
 
 
 def test_registry_names_every_checkpoint_and_a_tiny_model_of_every_architecture():
-    assert PUBLISHED == sorted(PARAMETERS)
+    assert sorted(PARAMETERS) == PUBLISHED
     assert all(PRESETS[name].hub_id == f"deepmind/{name}" for name in PUBLISHED)
     tiny = {PRESETS[name].architecture for name in SMALL if name.endswith("-tiny")}
     assert tiny == set(Architecture)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model_core import tokenizer as tk
-from model_core.tokenizer import bucket_length, length_buckets, ByteTokenizer
+from model_core.tokenizer import ByteTokenizer, bucket_length, length_buckets
 
 transformers = pytest.importorskip("transformers")
 
@@ -50,9 +50,14 @@ def ours():
 
 
 def test_constants_match_transformers(hf):
-    assert [tk.PAD_ID, tk.BOS_ID, tk.EOS_ID, tk.MASK_ID, tk.CLS_ID, tk.SEP_ID] == [
-        hf.pad_token_id, hf.bos_token_id, hf.eos_token_id, hf.mask_token_id, hf.cls_token_id, hf.sep_token_id,
-    ]
+    assert [
+        hf.pad_token_id,
+        hf.bos_token_id,
+        hf.eos_token_id,
+        hf.mask_token_id,
+        hf.cls_token_id,
+        hf.sep_token_id,
+    ] == [tk.PAD_ID, tk.BOS_ID, tk.EOS_ID, tk.MASK_ID, tk.CLS_ID, tk.SEP_ID]
     names = [hf.pad_token, hf.bos_token, hf.eos_token, hf.mask_token, hf.cls_token, hf.sep_token]
     assert list(tk.SPECIAL_TOKENS) == names
     assert tk.VOCAB_SIZE == len(hf) == 262

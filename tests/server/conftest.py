@@ -26,13 +26,21 @@ from tests.server.support import with_forward
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS: dict[str, dict[str, Any]] = {  # the tiny presets; the flow model's 48x64 tiles fit the 20-px tile overlap
     "mlm": preset_config("language-perceiver-tiny"),
-    "sentiment": preset_config("language-perceiver-classifier-tiny",
-                               id2label={"0": "negative", "1": "neutral", "2": "positive"}),
-    "conv": preset_config("vision-perceiver-conv-tiny",
-                          id2label={"0": "tabby cat", "1": "golden retriever", "2": "espresso", "3": "volcano"}),
+    "sentiment": preset_config(
+        "language-perceiver-classifier-tiny", id2label={"0": "negative", "1": "neutral", "2": "positive"}
+    ),
+    "conv": preset_config(
+        "vision-perceiver-conv-tiny",
+        id2label={"0": "tabby cat", "1": "golden retriever", "2": "espresso", "3": "volcano"},
+    ),
     "flow": preset_config("optical-flow-perceiver-tiny"),
-    "video": preset_config("multimodal-perceiver-tiny", id2label={str(i): name for i, name in enumerate(
-        ["abseiling", "juggling balls", "playing drums", "surfing water", "zumba"])}),
+    "video": preset_config(
+        "multimodal-perceiver-tiny",
+        id2label={
+            str(i): name
+            for i, name in enumerate(["abseiling", "juggling balls", "playing drums", "surfing water", "zumba"])
+        },
+    ),
 }
 
 
@@ -68,10 +76,19 @@ def models_table(checkpoints: dict[str, Path], **batching: Any) -> dict[str, dic
         "mlm": {"task": "fill-mask", "source": str(checkpoints["mlm"]), "default": True, **limits},
         "offline": {"task": "fill-mask", "source": "perceiver-serve-tests/never-cached-model", **limits},
         "sentiment": {"task": "text-classification", "source": str(checkpoints["sentiment"]), **limits},
-        "conv": {"task": "image-classification", "source": str(checkpoints["conv"]), "default": True,
-                 "aliases": ["c"], **limits},
-        "conv-b": {"task": "image-classification", "source": str(checkpoints["conv-b"]),
-                   "random_weights": True, **limits},
+        "conv": {
+            "task": "image-classification",
+            "source": str(checkpoints["conv"]),
+            "default": True,
+            "aliases": ["c"],
+            **limits,
+        },
+        "conv-b": {
+            "task": "image-classification",
+            "source": str(checkpoints["conv-b"]),
+            "random_weights": True,
+            **limits,
+        },
         "flow": {"task": "optical-flow", "source": str(checkpoints["flow"]), **limits},
         "video": {"task": "video-autoencoding", "source": str(checkpoints["video"]), **limits},
     }
@@ -168,12 +185,22 @@ def spawn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
 
     def spawn(*args: str, env: dict[str, str] | None = None, ready_timeout_s: float = 60) -> str:
         port = free_port()
-        environ = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf-home"),
-                   "PYTHONUNBUFFERED": "1", **(env or {})}
+        environ = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "HF_HOME": str(root / "hf-home"),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         log = root / f"server-{port}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "server", *args, "--port", str(port)], cwd=REPO,
-                                    env=environ, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "server", *args, "--port", str(port)],
+                cwd=REPO,
+                env=environ,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         procs.append(proc)
         base = f"http://127.0.0.1:{port}"
 

@@ -32,8 +32,12 @@ def image_file(width: int = 64, height: int = 48, *, fmt: str = "PNG", seed: int
 def png_claiming(width: int, height: int, *, idat: bytes = b"") -> bytes:
     """A PNG whose header claims width x height (8-bit RGB); the pixel data is `idat`, typically far too short."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(idat))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(idat))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def nested_json(depth: int, *, key: str = "inputs") -> bytes:
@@ -51,8 +55,10 @@ def npy_claiming(shape: tuple[int, ...], *, data: bytes = bytes(64)) -> bytes:
 def npz_bomb(shape: tuple[int, ...]) -> bytes:
     """A valid .npz whose `video` array of zeros inflates ~1000-fold: 64 x 1080p frames in ~400 kB."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive, \
-            archive.open("video.npy", "w", force_zip64=True) as member:
+    with (
+        zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive,
+        archive.open("video.npy", "w", force_zip64=True) as member,
+    ):
         member.write(npy_claiming(shape, data=b""))
         left, block = int(np.prod(shape)), bytes(1 << 22)
         while left > 0:
@@ -107,8 +113,9 @@ def ogg_vorbis_claiming(ogg: bytes, *, rate: int | None = None, channels: int | 
 
 def png_frames_in_avi(png: bytes, *, count: int = 2, side: int = 16) -> bytes:
     """An AVI whose header says `side` x `side` PNG frames; each frame is `png`, whatever size its own header says."""
-    import av
     from fractions import Fraction
+
+    import av
 
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="avi") as container:
@@ -141,9 +148,21 @@ def mp4_with_external_data(mp4: bytes, path: str) -> bytes:
     """`mp4` whose video track's data reference is a Mac alias record to the absolute `path`: a demuxer that
     follows external references (FFmpeg's mov with enable_drefs and use_absolute_path) opens that file."""
     target = path.encode()
-    record = (bytes(10) + bytes([6]) + b"volume".ljust(27, b"\0") + bytes(12) + bytes([6]) + b"target".ljust(63, b"\0")
-              + bytes(16) + struct.pack(">HH", 0, 0) + bytes(16)
-              + struct.pack(">HH", 2, len(target)) + target + b"\0" * (len(target) % 2) + struct.pack(">hH", -1, 0))
+    record = (
+        bytes(10)
+        + bytes([6])
+        + b"volume".ljust(27, b"\0")
+        + bytes(12)
+        + bytes([6])
+        + b"target".ljust(63, b"\0")
+        + bytes(16)
+        + struct.pack(">HH", 0, 0)
+        + bytes(16)
+        + struct.pack(">HH", 2, len(target))
+        + target
+        + b"\0" * (len(target) % 2)
+        + struct.pack(">hH", -1, 0)
+    )
     alias = struct.pack(">I4sI", 12 + len(record), b"alis", 0) + record
 
     def change(kind: bytes, payload: bytes) -> bytes:

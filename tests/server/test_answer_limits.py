@@ -23,8 +23,10 @@ MASK = "[MASK]"
 
 
 def v2_text(text: list[str], **parameters: Any) -> dict[str, Any]:
-    return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(text)], "data": text}],
-            "parameters": parameters}
+    return {
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(text)], "data": text}],
+        "parameters": parameters,
+    }
 
 
 def v2_error(response: httpx.Response, status: int, *needles: str) -> None:
@@ -54,22 +56,31 @@ async def test_masks_per_text_are_bounded_on_every_text_path(app_with: Callable[
         assert_error(r, 413, "payload_too_large", "5 [MASK]s", "at most 4", "max_masks_per_text")
         r = await client.post("/fill-mask", json={"inputs": ["a" + MASK, "b" + MASK * 9]})
         assert_error(r, 413, "payload_too_large", "inputs[1]", "max_masks_per_text")
-        v2_error(await client.post("/v2/models/mlm/infer", json=v2_text(["x" + MASK * 6])), 413,
-                 "text[0]", "max_masks_per_text")
+        v2_error(
+            await client.post("/v2/models/mlm/infer", json=v2_text(["x" + MASK * 6])),
+            413,
+            "text[0]",
+            "max_masks_per_text",
+        )
         ids = [4, *[3] * 5, 5]  # [CLS] five mask tokens [SEP]
-        r = await client.post("/v2/models/mlm/infer", json={"inputs": [
-            {"name": "input_ids", "datatype": "INT64", "shape": [1, len(ids)], "data": ids}]})
+        r = await client.post(
+            "/v2/models/mlm/infer",
+            json={"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, len(ids)], "data": ids}]},
+        )
         v2_error(r, 413, "input_ids[0]", "mask tokens", "max_masks_per_text")
 
 
 # ---------------------------------------------------------------------------------------- ranked entries
 
 
-@pytest.mark.parametrize("payload, entries", [
-    ({"inputs": "a" + MASK * 5, "parameters": {"top_k": 5}}, 25),  # masks x top_k
-    ({"inputs": ["a" + MASK * 2] * 3, "parameters": {"top_k": 4}}, 24),  # texts x masks x top_k
-    ({"inputs": "a" + MASK, "parameters": {"top_k": 1000}}, 262),  # top_k counts as the vocabulary at most
-])
+@pytest.mark.parametrize(
+    "payload, entries",
+    [
+        ({"inputs": "a" + MASK * 5, "parameters": {"top_k": 5}}, 25),  # masks x top_k
+        ({"inputs": ["a" + MASK * 2] * 3, "parameters": {"top_k": 4}}, 24),  # texts x masks x top_k
+        ({"inputs": "a" + MASK, "parameters": {"top_k": 1000}}, 262),  # top_k counts as the vocabulary at most
+    ],
+)
 async def test_fill_mask_candidates_are_bounded(app_with: Callable[..., Any], payload: dict, entries: int) -> None:
     async with app_with(max_candidates=20) as client:
         r = await client.post("/fill-mask", json=payload)
@@ -91,8 +102,9 @@ async def test_label_lists_are_bounded(app_with: Callable[..., Any]) -> None:
         rows = {"name": "text", "datatype": "BYTES", "shape": [8], "data": ["nice"] * 8}
         asked = {"inputs": [rows], "outputs": [{"name": "logits", "parameters": {"classification": 3}}]}
         v2_error(await client.post("/v2/models/sentiment/infer", json=asked), 413, "max_candidates")
-        v2_error(await client.post("/v2/models/mlm/infer", json=v2_text(["a" + MASK * 5], top_k=5)), 413,
-                 "max_candidates")
+        v2_error(
+            await client.post("/v2/models/mlm/infer", json=v2_text(["a" + MASK * 5], top_k=5)), 413, "max_candidates"
+        )
         only_logits = {**v2_text(["a" + MASK * 5], top_k=5), "outputs": [{"name": "logits"}]}
         assert (await client.post("/v2/models/mlm/infer", json=only_logits)).status_code == 200
 
@@ -118,8 +130,9 @@ async def test_a_candidate_repeats_its_input_once(app_with: Callable[..., Any]) 
     assert len(r.content) < 5 * (len(text) + 200)
 
 
-async def test_flow_answer_size_is_bounded_from_the_headers(app_with: Callable[..., Any],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_flow_answer_size_is_bounded_from_the_headers(
+    app_with: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import server.tasks.optical_flow as flow
 
     def never(*_: Any) -> Any:
@@ -134,8 +147,12 @@ async def test_flow_answer_size_is_bounded_from_the_headers(app_with: Callable[.
         assert_error(r, 413, "payload_too_large", "200x160", "max_response_mb", "format=npy")
         body = {name: base64.b64encode(data).decode() for name, data in frames.items()}
         pair = [{"name": n, "datatype": "BYTES", "shape": [2], "data": [body[n]] * 2} for n in ("frame1", "frame2")]
-        v2_error(await client.post("/v2/models/flow/infer", json={"inputs": pair}), 413, "max_response_mb",
-                 "binary_data_output")
+        v2_error(
+            await client.post("/v2/models/flow/infer", json={"inputs": pair}),
+            413,
+            "max_response_mb",
+            "binary_data_output",
+        )
 
 
 async def test_v2_answer_size_counts_the_encoding_asked_for(app_with: Callable[..., Any]) -> None:
@@ -165,8 +182,9 @@ class ThreadLog:
         return recorded
 
 
-async def test_large_answers_are_built_off_the_event_loop(app_with: Callable[..., Any],
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_large_answers_are_built_off_the_event_loop(
+    app_with: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import server.http.exchange as serving
 
     log = ThreadLog()
@@ -181,8 +199,9 @@ async def test_large_answers_are_built_off_the_event_loop(app_with: Callable[...
 
 
 @pytest.mark.parametrize("process_bytes", [2**30, 100_000])  # large bodies on a thread; in the helper process
-async def test_large_json_bodies_are_parsed_off_the_event_loop(make_settings: Callable[..., Settings],
-                                                               process_bytes: int) -> None:
+async def test_large_json_bodies_are_parsed_off_the_event_loop(
+    make_settings: Callable[..., Settings], process_bytes: int
+) -> None:
     """Every route's large JSON body (the admission scan included) is parsed by the offload, never inline."""
     app = build_app(make_settings(server={"max_text_bytes": 200_000}))
     offload = app.state.offload
@@ -199,18 +218,22 @@ async def test_large_json_bodies_are_parsed_off_the_event_loop(make_settings: Ca
     picture = base64.b64encode(image_file()).decode()
     frame = base64.b64encode(image_file(64, 48)).decode()
     text = {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a[MASK]"]}
-    cases = [("/fill-mask", '{"inputs": "a[MASK]"}'), ("/classify-text", '{"inputs": "nice"}'),
-             ("/classify-image", f'{{"inputs": "{picture}"}}'),
-             ("/optical-flow", f'{{"frame1": "{frame}", "frame2": "{frame}"}}'),
-             ("/v2/models/mlm/infer", json_text({"inputs": [text]}))]
+    cases = [
+        ("/fill-mask", '{"inputs": "a[MASK]"}'),
+        ("/classify-text", '{"inputs": "nice"}'),
+        ("/classify-image", f'{{"inputs": "{picture}"}}'),
+        ("/optical-flow", f'{{"frame1": "{frame}", "frame2": "{frame}"}}'),
+        ("/v2/models/mlm/infer", json_text({"inputs": [text]})),
+    ]
     async with open_client(app) as client:
         for route, payload in cases:
             placed.clear()
             r = await client.post(route, content=payload + padding, headers={"Content-Type": "application/json"})
             assert r.status_code == 200, (route, r.text)
             assert [size for _, size in placed] == [len(payload + padding)] * 2, (route, placed)  # scan, then parse
-        invalid = await client.post("/fill-mask", content='{"inputs": [1]}' + padding,
-                                    headers={"Content-Type": "application/json"})
+        invalid = await client.post(
+            "/fill-mask", content='{"inputs": [1]}' + padding, headers={"Content-Type": "application/json"}
+        )
         assert_error(invalid, 422, "invalid_input", "inputs")
         assert (offload._pool is not None) == (process_bytes < 2**30)  # the helper process was used
     assert offload._pool is None  # and stopped with the app
@@ -225,8 +248,9 @@ def json_text(value: Any) -> str:
 # ---------------------------------------------------------------------------------------- v2 images
 
 
-async def test_v2_images_decode_one_at_a_time_and_shrink_at_once(app_with: Callable[..., Any],
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_v2_images_decode_one_at_a_time_and_shrink_at_once(
+    app_with: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each image of a BYTES tensor is its own decode unit, decoded and preprocessed in it: no full-size image
     outlives its unit, and one request never holds two."""
     import server.tasks.image_classification as images
@@ -278,14 +302,18 @@ def peak_rss_mb(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def live(spawn_server: Callable[..., str], models_for, toml_writer, tmp_path_factory) -> tuple[str, int]:
-    config = toml_writer(tmp_path_factory.mktemp("config") / "serve.toml",
-                         {"server": {"device": "cpu"}, "models": models_for()})
+    config = toml_writer(
+        tmp_path_factory.mktemp("config") / "serve.toml", {"server": {"device": "cpu"}, "models": models_for()}
+    )
     base = spawn_server("--config", str(config), "--preload", "mlm", "conv", "--log-level", "warning")
     import psutil
 
     port = int(base.rsplit(":", 1)[1])
-    pid = next(c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
-               and c.status == psutil.CONN_LISTEN)
+    pid = next(
+        c.pid
+        for c in psutil.net_connections("tcp")
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
+    )
     return base, pid
 
 
@@ -297,10 +325,12 @@ def test_amplifying_requests_cost_the_server_no_memory(live: tuple[str, int]) ->
     with httpx.Client(base_url=base, timeout=60) as client:
         assert client.post("/fill-mask", json={"inputs": "a" + MASK}).status_code == 200  # warm
         before = peak_rss_mb(pid)
-        for payload in [{"inputs": [MASK * 250] * 5, "parameters": {"top_k": 262}},
-                        {"inputs": [MASK * 254] * 64, "parameters": {"top_k": 40}},
-                        {"inputs": ["a" * 100 + MASK * 150] * 64, "parameters": {"top_k": 1000}},
-                        {"inputs": [MASK * 300] * 3}]:
+        for payload in [
+            {"inputs": [MASK * 250] * 5, "parameters": {"top_k": 262}},
+            {"inputs": [MASK * 254] * 64, "parameters": {"top_k": 40}},
+            {"inputs": ["a" * 100 + MASK * 150] * 64, "parameters": {"top_k": 1000}},
+            {"inputs": [MASK * 300] * 3},
+        ]:
             r = client.post("/fill-mask", json=payload)
             assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large", r.text
         growth = peak_rss_mb(pid) - before
@@ -315,12 +345,17 @@ def test_v2_large_images_in_one_tensor_cost_one_image_at_a_time(live: tuple[str,
 
     base, pid = live
     picture = png_bomb(4000)
-    payload = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [16],
-                           "data": [base64.b64encode(picture).decode()] * 16}],
-               "outputs": [{"name": "labels"}]}
+    payload = {
+        "inputs": [
+            {"name": "image", "datatype": "BYTES", "shape": [16], "data": [base64.b64encode(picture).decode()] * 16}
+        ],
+        "outputs": [{"name": "labels"}],
+    }
     with httpx.Client(base_url=base, timeout=120) as client:
-        assert client.post("/classify-image", content=image_file(), headers={"Content-Type": "image/png"}) \
-            .status_code == 200  # warm
+        assert (
+            client.post("/classify-image", content=image_file(), headers={"Content-Type": "image/png"}).status_code
+            == 200
+        )  # warm
         before = peak_rss_mb(pid)
         r = client.post("/v2/models/conv/infer", json=payload)
         growth = peak_rss_mb(pid) - before

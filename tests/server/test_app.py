@@ -21,10 +21,17 @@ from tests.server.support import open_client
 pytestmark = pytest.mark.anyio
 
 METRIC_NAMES = [
-    "perceiver_requests_total", "perceiver_request_duration_seconds", "perceiver_queue_wait_seconds",
-    "perceiver_inference_duration_seconds", "perceiver_batch_size", "perceiver_queue_depth",
-    "perceiver_inflight_requests", "perceiver_model_load_seconds", "perceiver_models_loaded",
-    "perceiver_device_memory_bytes", "perceiver_requests_dropped_total",
+    "perceiver_requests_total",
+    "perceiver_request_duration_seconds",
+    "perceiver_queue_wait_seconds",
+    "perceiver_inference_duration_seconds",
+    "perceiver_batch_size",
+    "perceiver_queue_depth",
+    "perceiver_inflight_requests",
+    "perceiver_model_load_seconds",
+    "perceiver_models_loaded",
+    "perceiver_device_memory_bytes",
+    "perceiver_requests_dropped_total",
 ]
 
 
@@ -70,8 +77,10 @@ async def test_classify_text(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200, r.text
     [labels] = r.json()
     assert {x["label"] for x in labels} == {"negative", "neutral", "positive"}
-    r = await client.post("/classify-text?model=sentiment",
-                          json={"inputs": ["a", "b"], "parameters": {"top_k": 1, "function_to_apply": "sigmoid"}})
+    r = await client.post(
+        "/classify-text?model=sentiment",
+        json={"inputs": ["a", "b"], "parameters": {"top_k": 1, "function_to_apply": "sigmoid"}},
+    )
     assert [len(x) for x in r.json()] == [1, 1]
 
 
@@ -99,46 +108,93 @@ async def test_image_model_choice(client: httpx.AsyncClient) -> None:
     assert default.json() == alias.json() != other.json()
 
 
-@pytest.mark.parametrize("method, path, kwargs, status, code, needle", [
-    ("post", "/fill-mask", {"json": {"inputs": "no mask"}}, 422, "invalid_input", "[MASK]"),
-    ("post", "/fill-mask", {"json": {"inputs": 5}}, 422, "invalid_input", "inputs"),
-    ("post", "/fill-mask", {"json": {"text": "x[MASK]"}}, 422, "invalid_input", "inputs"),
-    ("post", "/fill-mask", {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
-     422, "invalid_input", ""),
-    ("post", "/fill-mask", {"json": {"inputs": "x[MASK]", "parameters": {"top_k": 0}}}, 422, "invalid_input", "top_k"),
-    ("post", "/fill-mask", {"json": {"inputs": "x[MASK]", "parameters": {"targets": ["a"]}}},
-     422, "invalid_input", "targets"),
-    ("post", "/fill-mask", {"json": {"inputs": []}}, 422, "invalid_input", "inputs"),
-    ("post", "/fill-mask", {"json": {"inputs": ["x[MASK]"] * 5}}, 413, "payload_too_large", "at most 4"),
-    ("post", "/fill-mask", {"json": {"inputs": "x" * 400 + "[MASK]"}}, 413, "payload_too_large", "256"),
-    ("post", "/fill-mask?model=nope", {"json": {"inputs": "x[MASK]"}}, 404, "unknown_model", "nope"),
-    ("get", "/fill-mask", {}, 405, "method_not_allowed", ""),
-    ("get", "/no-such-route", {}, 404, "not_found", ""),
-    ("post", "/classify-image", {"content": b"not an image at all"}, 415, "unsupported_media_type", "image"),
-    ("post", "/classify-image", {"content": image_bytes()[:100], "headers": {"Content-Type": "image/png"}},
-     422, "invalid_input", "decoded"),
-    ("post", "/classify-image", {"content": b"hello", "headers": {"Content-Type": "text/plain"}},
-     415, "unsupported_media_type", "text/plain"),
-    ("post", "/classify-image", {"json": {"inputs": "%%%not base64%%%"}}, 422, "invalid_input", "base64"),
-    ("post", "/classify-image", {"json": {"image": "abc"}}, 422, "invalid_input", "inputs"),
-    ("post", "/classify-image", {"data": {"top_k": "2"}, "files": {}}, 415, "unsupported_media_type", ""),
-    ("post", "/classify-image", {"files": {"notes": ("a.txt", b"hello", "text/plain")}}, 415,
-     "unsupported_media_type", ""),
-    ("post", "/classify-image", {"content": b"\0" * 600_000}, 413, "payload_too_large", "bytes"),
-    ("post", "/classify-image?model=mlm", {"content": image_bytes()}, 404, "unknown_model", "mlm"),
-])
-async def test_bad_requests_get_the_right_status(client: httpx.AsyncClient, method: str, path: str,
-                                                 kwargs: dict[str, Any], status: int, code: str, needle: str) -> None:
+@pytest.mark.parametrize(
+    "method, path, kwargs, status, code, needle",
+    [
+        ("post", "/fill-mask", {"json": {"inputs": "no mask"}}, 422, "invalid_input", "[MASK]"),
+        ("post", "/fill-mask", {"json": {"inputs": 5}}, 422, "invalid_input", "inputs"),
+        ("post", "/fill-mask", {"json": {"text": "x[MASK]"}}, 422, "invalid_input", "inputs"),
+        (
+            "post",
+            "/fill-mask",
+            {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
+            422,
+            "invalid_input",
+            "",
+        ),
+        (
+            "post",
+            "/fill-mask",
+            {"json": {"inputs": "x[MASK]", "parameters": {"top_k": 0}}},
+            422,
+            "invalid_input",
+            "top_k",
+        ),
+        (
+            "post",
+            "/fill-mask",
+            {"json": {"inputs": "x[MASK]", "parameters": {"targets": ["a"]}}},
+            422,
+            "invalid_input",
+            "targets",
+        ),
+        ("post", "/fill-mask", {"json": {"inputs": []}}, 422, "invalid_input", "inputs"),
+        ("post", "/fill-mask", {"json": {"inputs": ["x[MASK]"] * 5}}, 413, "payload_too_large", "at most 4"),
+        ("post", "/fill-mask", {"json": {"inputs": "x" * 400 + "[MASK]"}}, 413, "payload_too_large", "256"),
+        ("post", "/fill-mask?model=nope", {"json": {"inputs": "x[MASK]"}}, 404, "unknown_model", "nope"),
+        ("get", "/fill-mask", {}, 405, "method_not_allowed", ""),
+        ("get", "/no-such-route", {}, 404, "not_found", ""),
+        ("post", "/classify-image", {"content": b"not an image at all"}, 415, "unsupported_media_type", "image"),
+        (
+            "post",
+            "/classify-image",
+            {"content": image_bytes()[:100], "headers": {"Content-Type": "image/png"}},
+            422,
+            "invalid_input",
+            "decoded",
+        ),
+        (
+            "post",
+            "/classify-image",
+            {"content": b"hello", "headers": {"Content-Type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+            "text/plain",
+        ),
+        ("post", "/classify-image", {"json": {"inputs": "%%%not base64%%%"}}, 422, "invalid_input", "base64"),
+        ("post", "/classify-image", {"json": {"image": "abc"}}, 422, "invalid_input", "inputs"),
+        ("post", "/classify-image", {"data": {"top_k": "2"}, "files": {}}, 415, "unsupported_media_type", ""),
+        (
+            "post",
+            "/classify-image",
+            {"files": {"notes": ("a.txt", b"hello", "text/plain")}},
+            415,
+            "unsupported_media_type",
+            "",
+        ),
+        ("post", "/classify-image", {"content": b"\0" * 600_000}, 413, "payload_too_large", "bytes"),
+        ("post", "/classify-image?model=mlm", {"content": image_bytes()}, 404, "unknown_model", "mlm"),
+    ],
+)
+async def test_bad_requests_get_the_right_status(
+    client: httpx.AsyncClient, method: str, path: str, kwargs: dict[str, Any], status: int, code: str, needle: str
+) -> None:
     response = await getattr(client, method)(path, **kwargs)
     assert_error(response, status, code, needle)
     assert (await client.get("/health/ready")).status_code == 200  # and the app is still fine
 
 
-async def test_offline_model_is_503_naming_the_fix_and_the_server_stays_healthy(
-        client: httpx.AsyncClient) -> None:
+async def test_offline_model_is_503_naming_the_fix_and_the_server_stays_healthy(client: httpx.AsyncClient) -> None:
     r = await client.post("/fill-mask?model=offline", json={"inputs": "x[MASK]"})
-    assert_error(r, 503, "model_unavailable", "'offline'", "perceiver-serve-tests/never-cached-model",
-                 "perceiver-serve download offline", "HF_HUB_OFFLINE")
+    assert_error(
+        r,
+        503,
+        "model_unavailable",
+        "'offline'",
+        "perceiver-serve-tests/never-cached-model",
+        "perceiver-serve download offline",
+        "HF_HUB_OFFLINE",
+    )
     assert int(r.headers["Retry-After"]) >= 1
     assert (await client.get("/health/ready")).status_code == 200
     models = {m["name"]: m for m in (await client.get("/v1/models")).json()["models"]}
@@ -176,7 +232,7 @@ async def test_metrics_exposition(client: httpx.AsyncClient) -> None:
         assert f"# TYPE {name} " in text, name
     assert 'perceiver_requests_total{model="mlm",route="/fill-mask",status="200"} 1.0' in text
     assert 'perceiver_requests_total{model="mlm",route="/fill-mask",status="422"} 1.0' in text
-    assert 'perceiver_models_loaded 1.0' in text and 'perceiver_inflight_requests 0.0' in text
+    assert "perceiver_models_loaded 1.0" in text and "perceiver_inflight_requests 0.0" in text
     assert 'perceiver_device_memory_bytes{device="cpu",kind="allocated"}' in text
 
 
@@ -212,8 +268,15 @@ async def test_preload_gates_readiness(make_settings: Callable[..., Settings]) -
 
 async def test_openapi_documents_the_routes(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
-    for path in ("/fill-mask", "/classify-text", "/classify-image", "/health/live", "/health/ready",
-                 "/metrics", "/v1/models"):
+    for path in (
+        "/fill-mask",
+        "/classify-text",
+        "/classify-image",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+        "/v1/models",
+    ):
         assert path in spec["paths"]
     image_body = spec["paths"]["/classify-image"]["post"]["requestBody"]["content"]
     assert {"image/*", "multipart/form-data", "application/json"} <= set(image_body)
@@ -227,8 +290,9 @@ async def test_an_error_in_a_list_names_the_input(client: httpx.AsyncClient) -> 
     assert_error(r, 422, "invalid_input", "inputs[1]", "[MASK]")
 
 
-async def test_admin_routes_only_when_enabled(client: httpx.AsyncClient,
-                                              make_settings: Callable[..., Settings]) -> None:
+async def test_admin_routes_only_when_enabled(
+    client: httpx.AsyncClient, make_settings: Callable[..., Settings]
+) -> None:
     assert (await client.post("/v1/models/sentiment/load")).status_code == 404
     async with open_client(build_app(make_settings(server={"admin_api": True}))) as admin:
         r = await admin.post("/v1/models/sentiment/load")
@@ -241,12 +305,13 @@ async def test_admin_routes_only_when_enabled(client: httpx.AsyncClient,
 
 async def test_multipart_over_the_body_limit_is_413(client: httpx.AsyncClient) -> None:
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit applies while streaming
-        boundary = b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"
+        boundary = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
         yield boundary
         for _ in range(10):
             yield b"\0" * 100_000
         yield b"\r\n--xyz--\r\n"
 
-    r = await client.post("/classify-image", content=chunks(),
-                          headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    r = await client.post(
+        "/classify-image", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=xyz"}
+    )
     assert_error(r, 413, "payload_too_large", "bytes")

@@ -25,8 +25,9 @@ def test_invalid_config_exits_2_with_a_clear_message(tmp_path: Path, capsys: pyt
     assert "server.port" in err and "models.m.max_queue" in err and "Traceback" not in err
 
 
-def test_env_config_path_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_env_config_path_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "serve.toml"
     config.write_text('[server]\ndevice = "gpu"\n')
     monkeypatch.setenv("PERCEIVER_SERVE_CONFIG", str(config))
@@ -45,8 +46,9 @@ def test_download_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown model(s) nope" in capsys.readouterr().err
 
 
-def test_download_of_a_local_folder_reports_it(tmp_path: Path, checkpoints: dict[str, Path],
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_download_of_a_local_folder_reports_it(
+    tmp_path: Path, checkpoints: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "serve.toml"
     config.write_text(f'[models.mlm]\ntask = "fill-mask"\nsource = "{checkpoints["mlm"]}"\n')
     assert run_main("download", "--config", str(config), "all") == 0
@@ -55,8 +57,10 @@ def test_download_of_a_local_folder_reports_it(tmp_path: Path, checkpoints: dict
 
 
 def test_console_script_and_module_entry_points() -> None:
-    for command in ([sys.executable, "-m", "server", "--help"], [str(Path(sys.executable).parent / "perceiver-serve"),
-                                                                   "download", "--help"]):
+    for command in (
+        [sys.executable, "-m", "server", "--help"],
+        [str(Path(sys.executable).parent / "perceiver-serve"), "download", "--help"],
+    ):
         if not Path(command[0]).exists():
             pytest.skip("perceiver-serve console script not installed in this environment")
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)

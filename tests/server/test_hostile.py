@@ -17,8 +17,7 @@ import pytest
 from server.app import build_app
 from server.settings import Settings, build_settings
 from tests.server.conftest import models_table
-from tests.server.crafted import (image_file, nested_json, npy_claiming, npy_file, npz_bomb, png_bomb,
-                                  png_claiming)
+from tests.server.crafted import image_file, nested_json, npy_claiming, npy_file, npz_bomb, png_bomb, png_claiming
 from tests.server.support import assert_error, open_client
 
 pytestmark = pytest.mark.anyio
@@ -55,24 +54,31 @@ WIDE = image_file(80, 60)
 
 # (route, what, request keyword arguments, status). Text routes parse JSON; image routes take bytes.
 CASES: list[tuple[str, str, dict[str, Any], int]] = [
-    *[(route, what, kwargs, status) for route in TEXT_ROUTES for what, kwargs, status in [
-        ("empty body", {"content": b"", "headers": JSON}, 422),
-        ("no content type", {"content": b'{"inputs": "a[MASK]"}'}, 422),
-        ("wrong content type", {"content": b"<inputs>a</inputs>", "headers": {"Content-Type": "application/xml"}},
-         422),
-        ("not JSON", {"content": b"{inputs: a", "headers": JSON}, 422),
-        ("non-UTF-8 bytes", {"content": b'{"inputs": "\xff\xfe[MASK]"}', "headers": JSON}, 400),
-        ("lone surrogate", {"content": b'{"inputs": "\\ud800[MASK]"}', "headers": JSON}, 422),
-        ("NaN", {"content": b'{"inputs": "a[MASK]", "parameters": {"top_k": NaN}}', "headers": JSON}, 422),
-        ("Infinity", {"content": b'{"inputs": Infinity}', "headers": JSON}, 422),
-        ("huge top_k", {"json": {"inputs": "a[MASK]", "parameters": {"top_k": 10**12}}}, 422),
-        ("unknown parameter", {"json": {"inputs": "a[MASK]", "parameters": {"temperature": 2}}}, 422),
-        ("inputs an object", {"json": {"inputs": {"text": "a[MASK]"}}}, 422),
-        ("empty text", {"json": {"inputs": ""}}, 422),
-        ("deep nesting", {"content": nested_json(10_000), "headers": JSON}, 400),
-        ("body over the limit", {"content": b'{"inputs": "' + b"[MASK]" * 800_000 + b'"}', "headers": JSON}, 413),
-        ("a PNG", {"content": PNG, "headers": {"Content-Type": "image/png"}}, 422),
-    ]],
+    *[
+        (route, what, kwargs, status)
+        for route in TEXT_ROUTES
+        for what, kwargs, status in [
+            ("empty body", {"content": b"", "headers": JSON}, 422),
+            ("no content type", {"content": b'{"inputs": "a[MASK]"}'}, 422),
+            (
+                "wrong content type",
+                {"content": b"<inputs>a</inputs>", "headers": {"Content-Type": "application/xml"}},
+                422,
+            ),
+            ("not JSON", {"content": b"{inputs: a", "headers": JSON}, 422),
+            ("non-UTF-8 bytes", {"content": b'{"inputs": "\xff\xfe[MASK]"}', "headers": JSON}, 400),
+            ("lone surrogate", {"content": b'{"inputs": "\\ud800[MASK]"}', "headers": JSON}, 422),
+            ("NaN", {"content": b'{"inputs": "a[MASK]", "parameters": {"top_k": NaN}}', "headers": JSON}, 422),
+            ("Infinity", {"content": b'{"inputs": Infinity}', "headers": JSON}, 422),
+            ("huge top_k", {"json": {"inputs": "a[MASK]", "parameters": {"top_k": 10**12}}}, 422),
+            ("unknown parameter", {"json": {"inputs": "a[MASK]", "parameters": {"temperature": 2}}}, 422),
+            ("inputs an object", {"json": {"inputs": {"text": "a[MASK]"}}}, 422),
+            ("empty text", {"json": {"inputs": ""}}, 422),
+            ("deep nesting", {"content": nested_json(10_000), "headers": JSON}, 400),
+            ("body over the limit", {"content": b'{"inputs": "' + b"[MASK]" * 800_000 + b'"}', "headers": JSON}, 413),
+            ("a PNG", {"content": PNG, "headers": {"Content-Type": "image/png"}}, 422),
+        ]
+    ],
     ("/fill-mask", "no [MASK]", {"json": {"inputs": "plain text"}}, 422),
     ("/fill-mask", "10 MB of [MASK]", {"json": {"inputs": "[MASK]" * 600_000}}, 413),
     ("/classify-image", "empty body", {"content": b""}, 422),
@@ -88,19 +94,33 @@ CASES: list[tuple[str, str, dict[str, Any], int]] = [
     ("/classify-image", "base64 of a bomb", {"json": {"inputs": base64.b64encode(BOMB).decode()}}, 413),
     ("/classify-image", "NaN in JSON", {"content": b'{"inputs": NaN}', "headers": JSON}, 422),
     ("/classify-image", "deep nesting", {"content": nested_json(5_000), "headers": JSON}, 400),
-    ("/classify-image", "multipart without boundary",
-     {"content": b"abc", "headers": {"Content-Type": "multipart/form-data"}}, 400),
+    (
+        "/classify-image",
+        "multipart without boundary",
+        {"content": b"abc", "headers": {"Content-Type": "multipart/form-data"}},
+        400,
+    ),
     ("/classify-image", "multipart with a huge image", multipart(file=HUGE), 413),
     ("/classify-image", "multipart with many fields", {"data": {f"f{i}": "x" for i in range(100)}}, 415),
-    ("/classify-image", "multipart without a file",
-     {"content": b'--x\r\nContent-Disposition: form-data; name="a"\r\n\r\nb\r\n--x--\r\n',
-      "headers": {"Content-Type": "multipart/form-data; boundary=x"}}, 422),
+    (
+        "/classify-image",
+        "multipart without a file",
+        {
+            "content": b'--x\r\nContent-Disposition: form-data; name="a"\r\n\r\nb\r\n--x--\r\n',
+            "headers": {"Content-Type": "multipart/form-data; boundary=x"},
+        },
+        422,
+    ),
     ("/optical-flow", "empty body", {"content": b""}, 415),
     ("/optical-flow", "wrong content type", {"content": WIDE, "headers": {"Content-Type": "image/png"}}, 415),
     ("/optical-flow", "one frame", multipart(frame1=WIDE), 422),
     ("/optical-flow", "100000x100000 header", multipart(frame1=HUGE, frame2=WIDE), 413),
-    ("/optical-flow", "more pixels than 4096x4096, from the header",
-     multipart(frame1=png_claiming(5000, 4000), frame2=WIDE), 413),
+    (
+        "/optical-flow",
+        "more pixels than 4096x4096, from the header",
+        multipart(frame1=png_claiming(5000, 4000), frame2=WIDE),
+        413,
+    ),
     ("/optical-flow", "PNG bomb", {"json": {"frame1": b64(BOMB), "frame2": b64(WIDE)}}, 413),
     ("/optical-flow", "truncated frame", multipart(frame1=WIDE, frame2=WIDE[:100]), 422),
     ("/optical-flow", "frames of two sizes", multipart(frame1=WIDE, frame2=image_file(60, 80)), 422),
@@ -111,12 +131,14 @@ CASES: list[tuple[str, str, dict[str, Any], int]] = [
     ("/autoencode-video", "JSON body", {"json": {"video": b64(CLIP)}}, 415),
     ("/autoencode-video", "no video part", multipart(audio=b"RIFF"), 422),
     ("/autoencode-video", "not a video", multipart(video=b"garbage" * 10), 415),
-    ("/autoencode-video", "pickled array", multipart(video=npy_file(np.array([{}], dtype=object), allow_pickle=True)),
-     422),
-    ("/autoencode-video", "too many frames, from the header", multipart(video=npy_claiming((100_000, 16, 16, 3))),
-     413),
-    ("/autoencode-video", "huge frames, from the header", multipart(video=npy_claiming((2, 100_000, 100_000, 3))),
-     413),
+    (
+        "/autoencode-video",
+        "pickled array",
+        multipart(video=npy_file(np.array([{}], dtype=object), allow_pickle=True)),
+        422,
+    ),
+    ("/autoencode-video", "too many frames, from the header", multipart(video=npy_claiming((100_000, 16, 16, 3))), 413),
+    ("/autoencode-video", "huge frames, from the header", multipart(video=npy_claiming((2, 100_000, 100_000, 3))), 413),
     ("/autoencode-video", "truncated array", multipart(video=CLIP[:150]), 422),
     ("/autoencode-video", "not audio", multipart(video=CLIP, audio=b"RIFFjunk"), 415),
     ("/v2/models/fill-mask/infer", "deep nesting", {"content": nested_json(5_000), "headers": JSON}, 400),
@@ -124,8 +146,9 @@ CASES: list[tuple[str, str, dict[str, Any], int]] = [
 
 
 @pytest.mark.parametrize("route, what, kwargs, status", CASES, ids=[f"{c[0]}: {c[1]}" for c in CASES])
-async def test_hostile_request_gets_a_clear_4xx(client: httpx.AsyncClient, route: str, what: str,
-                                               kwargs: dict[str, Any], status: int) -> None:
+async def test_hostile_request_gets_a_clear_4xx(
+    client: httpx.AsyncClient, route: str, what: str, kwargs: dict[str, Any], status: int
+) -> None:
     started = time.monotonic()
     r = await client.post(route, **kwargs)
     assert r.status_code == status, (what, r.text)
@@ -149,8 +172,12 @@ async def test_an_allowed_format_list_opens_tiff(make_settings: Callable[..., Se
     settings = make_settings(server={"image_formats": ["PNG", "TIFF"]})
     async with open_client(build_app(settings)) as client:
         assert (await client.post("/classify-image", content=image_file(fmt="TIFF"))).status_code == 200
-        assert_error(await client.post("/classify-image", content=image_file(fmt="JPEG")), 415,
-                     "unsupported_media_type", "PNG, TIFF")
+        assert_error(
+            await client.post("/classify-image", content=image_file(fmt="JPEG")),
+            415,
+            "unsupported_media_type",
+            "PNG, TIFF",
+        )
 
 
 def raw_exchange(base: str, request: bytes) -> None:
@@ -161,8 +188,9 @@ def raw_exchange(base: str, request: bytes) -> None:
 
 
 def post_head(path: str, length: int, content_type: str = "application/json") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 def requests_by_status(metrics: str) -> dict[str, float]:
@@ -184,8 +212,9 @@ def wait_for_metric(base: str, read_metric: Callable[..., float], value: float, 
         time.sleep(0.05)
 
 
-def test_clients_that_disconnect_are_dropped_and_the_server_carries_on(make_settings: Callable[..., Settings], gate,
-                                                                      read_metric, thread_server) -> None:
+def test_clients_that_disconnect_are_dropped_and_the_server_carries_on(
+    make_settings: Callable[..., Settings], gate, read_metric, thread_server
+) -> None:
     settings = make_settings(server={"preload": ["mlm"]}, max_batch_size=1, max_delay_ms=0)
     with thread_server(build_app(settings, loader=gate.loader)) as base:
         # Mid-upload: the body never completes (one body read by the admission middleware, one by the route).
@@ -193,8 +222,9 @@ def test_clients_that_disconnect_are_dropped_and_the_server_carries_on(make_sett
         raw_exchange(base, post_head("/classify-image", 100_000, "image/png") + PNG[:50])
         # While queued: one request holds the model; the next one's client leaves.
         answer: list[httpx.Response] = []
-        held = threading.Thread(target=lambda: answer.append(
-            httpx.post(f"{base}/fill-mask", json={"inputs": "held [MASK]"}, timeout=30)))
+        held = threading.Thread(
+            target=lambda: answer.append(httpx.post(f"{base}/fill-mask", json={"inputs": "held [MASK]"}, timeout=30))
+        )
         held.start()
         assert gate.entered.wait(10)
         body = b'{"inputs": "gone [MASK]"}'

@@ -23,7 +23,7 @@ from tests.server.support import assert_error, open_client, with_forward
 
 # Loaded by the spawned server's interpreter at start-up (PYTHONPATH): every fill-mask forward first sleeps.
 # It lives in the test, never in the server: production code has no slow-down switch.
-SLOW_FORWARD = '''
+SLOW_FORWARD = """
 import os, time
 from server.tasks.fill_mask import FillMaskRunner
 
@@ -36,7 +36,7 @@ def _slow_forward(self, batch):
 
 
 FillMaskRunner.forward = _slow_forward
-'''
+"""
 
 
 def slowed_env(tmp_path: Path, delay_s: float) -> dict[str, str]:
@@ -46,13 +46,22 @@ def slowed_env(tmp_path: Path, delay_s: float) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_a_burst_over_the_queue_is_shed_with_429_and_the_rest_answered_right(
-        spawn_server: Callable[..., str], toml_writer, checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    spawn_server: Callable[..., str], toml_writer, checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
     delay_s, queue, clients = 0.25, 2, 24
-    models = {"mlm": {"task": "fill-mask", "source": str(checkpoints["mlm"]), "max_batch_size": 1,
-                      "max_delay_ms": 0, "max_queue": queue}}
+    models = {
+        "mlm": {
+            "task": "fill-mask",
+            "source": str(checkpoints["mlm"]),
+            "max_batch_size": 1,
+            "max_delay_ms": 0,
+            "max_queue": queue,
+        }
+    }
     config = toml_writer(tmp_path / "serve.toml", {"server": {"device": "cpu"}, "models": models})
-    base = spawn_server("--config", str(config), "--preload", "mlm", "--log-level", "warning",
-                        env=slowed_env(tmp_path, delay_s))
+    base = spawn_server(
+        "--config", str(config), "--preload", "mlm", "--log-level", "warning", env=slowed_env(tmp_path, delay_s)
+    )
     texts = [f"Request {i} asks: [MASK][MASK]?" for i in range(4)]
     alone = {t: httpx.post(f"{base}/fill-mask", json={"inputs": t}, timeout=30).json() for t in texts}
     start = threading.Barrier(clients)
@@ -85,6 +94,7 @@ def test_a_burst_over_the_queue_is_shed_with_429_and_the_rest_answered_right(
 
 # ------------------------------------------------------------------------------ in-process fault injection
 
+
 def wrap_forward(loaded: LoadedModel, forward: Callable[[Any, Callable[[Any], Any]], Any]) -> LoadedModel:
     """The model with `forward(batch, real_forward)` in place of its runner's forward."""
     return dataclasses.replace(loaded, runner=with_forward(loaded.runner, forward))
@@ -100,7 +110,8 @@ def out_of_memory(batch: Any, real: Callable[[Any], Any]) -> Any:
 
 @pytest.mark.anyio
 async def test_out_of_memory_splits_the_batch_and_fails_only_what_cannot_fit(
-        make_settings: Callable[..., Settings], read_metric) -> None:
+    make_settings: Callable[..., Settings], read_metric
+) -> None:
     def loader(spec: ModelSpec, settings: Settings) -> LoadedModel:
         loaded = load_model(spec, settings)
         return wrap_forward(loaded, out_of_memory) if spec.name == "mlm" else loaded
@@ -127,8 +138,9 @@ def broken_forward(batch: Any, real: Callable[[Any], Any]) -> Any:
 
 
 @pytest.mark.anyio
-async def test_a_failing_model_fails_only_its_own_requests(make_settings: Callable[..., Settings],
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_failing_model_fails_only_its_own_requests(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
     def loader(spec: ModelSpec, settings: Settings) -> LoadedModel:
         if spec.name == "conv-b":
             raise RuntimeError("weights are corrupt (injected)")
@@ -153,7 +165,8 @@ async def test_a_failing_model_fails_only_its_own_requests(make_settings: Callab
 
 @pytest.mark.anyio
 async def test_readiness_reflects_a_failed_preload_until_its_retry_loads_it(
-        make_settings: Callable[..., Settings]) -> None:
+    make_settings: Callable[..., Settings],
+) -> None:
     attempts: list[str] = []
 
     def loader(spec: ModelSpec, settings: Settings) -> LoadedModel:
@@ -189,8 +202,9 @@ async def test_liveness_catches_a_dead_collector_with_work_waiting(make_settings
             await asyncio.sleep(0.02)
         batcher = app.state.registry.entries["mlm"].batcher
         batcher._task.cancel()  # the collector dies while idle: nothing is running, nothing will be
-        waiting = asyncio.create_task(client.post("/fill-mask", json={"inputs": "x [MASK]"},
-                                                  headers={"X-Request-Timeout": "2"}))
+        waiting = asyncio.create_task(
+            client.post("/fill-mask", json={"inputs": "x [MASK]"}, headers={"X-Request-Timeout": "2"})
+        )
         assert (await client.get("/health/live")).status_code == 200  # within max_delay: fine
         await asyncio.sleep(1.2)
         r = await client.get("/health/live")

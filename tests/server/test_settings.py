@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.models.catalog import CATALOG
 from server.engine.devices import check_devices
+from server.models.catalog import CATALOG
 from server.settings import SettingsError, Task, build_settings, load_settings
 
 CATALOG_NAMES = [e["name"] for e in CATALOG]
@@ -64,35 +64,53 @@ def test_precedence_file_env_cli(tmp_path: Path) -> None:
 
 
 def test_catalog_kept_alongside_configured_models() -> None:
-    settings = build_settings({"server": {"catalog": True},
-                               "models": {"mine": {"task": "fill-mask", "source": "me/mine", "default": True}}})
+    settings = build_settings(
+        {"server": {"catalog": True}, "models": {"mine": {"task": "fill-mask", "source": "me/mine", "default": True}}}
+    )
     assert set(CATALOG_NAMES) < set(settings.models)
     assert settings.default_model(Task.FILL_MASK).name == "mine"
 
 
-@pytest.mark.parametrize("table, expected", [
-    ({"server": {"port": 0}}, "server.port"),
-    ({"server": {"port": 70000}}, "server.port"),
-    ({"server": {"device": "tpu"}}, "server.device"),
-    ({"server": {"dtype": "int8"}}, "server.dtype"),
-    ({"server": {"request_timeout_s": 0}}, "server.request_timeout_s"),
-    ({"server": {"memory_budget_mb": -5}}, "server.memory_budget_mb"),
-    ({"server": {"unknown_key": 1}}, "unknown_key"),
-    ({"server": {"preload": ["nope"]}}, "nope"),
-    ({"servers": {}}, "servers"),
-    ({"models": {"m": {"task": "fill-mask", "source": "a/b", "max_batch_size": 0}}}, "max_batch_size"),
-    ({"models": {"m": {"task": "fill-mask", "source": "a/b", "max_batch_size": 100000}}}, "max_batch_size"),
-    ({"models": {"m": {"task": "fill-mask", "source": "a/b", "max_queue": 0}}}, "max_queue"),
-    ({"models": {"m": {"task": "fill-mask", "source": "a/b", "max_delay_ms": -1}}}, "max_delay_ms"),
-    ({"models": {"m": {"task": "translate", "source": "a/b"}}}, "task"),
-    ({"models": {"m": {"task": "fill-mask"}}}, "source"),
-    ({"models": {"m": {"task": "fill-mask", "source": "has space"}}}, "source"),
-    ({"models": {"bad name": {"task": "fill-mask", "source": "a/b"}}}, "bad name"),
-    ({"models": {"a": {"task": "fill-mask", "source": "a/b", "default": True},
-                 "b": {"task": "fill-mask", "source": "a/c", "default": True}}}, "several default"),
-    ({"models": {"a": {"task": "fill-mask", "source": "a/b", "aliases": ["b"]},
-                 "b": {"task": "fill-mask", "source": "a/c"}}}, "used twice"),
-])
+@pytest.mark.parametrize(
+    "table, expected",
+    [
+        ({"server": {"port": 0}}, "server.port"),
+        ({"server": {"port": 70000}}, "server.port"),
+        ({"server": {"device": "tpu"}}, "server.device"),
+        ({"server": {"dtype": "int8"}}, "server.dtype"),
+        ({"server": {"request_timeout_s": 0}}, "server.request_timeout_s"),
+        ({"server": {"memory_budget_mb": -5}}, "server.memory_budget_mb"),
+        ({"server": {"unknown_key": 1}}, "unknown_key"),
+        ({"server": {"preload": ["nope"]}}, "nope"),
+        ({"servers": {}}, "servers"),
+        ({"models": {"m": {"task": "fill-mask", "source": "a/b", "max_batch_size": 0}}}, "max_batch_size"),
+        ({"models": {"m": {"task": "fill-mask", "source": "a/b", "max_batch_size": 100000}}}, "max_batch_size"),
+        ({"models": {"m": {"task": "fill-mask", "source": "a/b", "max_queue": 0}}}, "max_queue"),
+        ({"models": {"m": {"task": "fill-mask", "source": "a/b", "max_delay_ms": -1}}}, "max_delay_ms"),
+        ({"models": {"m": {"task": "translate", "source": "a/b"}}}, "task"),
+        ({"models": {"m": {"task": "fill-mask"}}}, "source"),
+        ({"models": {"m": {"task": "fill-mask", "source": "has space"}}}, "source"),
+        ({"models": {"bad name": {"task": "fill-mask", "source": "a/b"}}}, "bad name"),
+        (
+            {
+                "models": {
+                    "a": {"task": "fill-mask", "source": "a/b", "default": True},
+                    "b": {"task": "fill-mask", "source": "a/c", "default": True},
+                }
+            },
+            "several default",
+        ),
+        (
+            {
+                "models": {
+                    "a": {"task": "fill-mask", "source": "a/b", "aliases": ["b"]},
+                    "b": {"task": "fill-mask", "source": "a/c"},
+                }
+            },
+            "used twice",
+        ),
+    ],
+)
 def test_invalid_values_are_refused_with_the_key(table: dict, expected: str) -> None:
     with pytest.raises(SettingsError, match="invalid configuration") as info:
         build_settings(table)

@@ -29,22 +29,44 @@ TIMEOUT_S = 20.0
 
 
 @contextmanager
-def server_process(tmp_path: Path, checkpoints: dict[str, Path], drain_s: float,
-                   **server: object) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def server_process(
+    tmp_path: Path, checkpoints: dict[str, Path], drain_s: float, **server: object
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     models = {"mlm": {"task": "fill-mask", "source": str(checkpoints["mlm"]), "max_delay_ms": 0}}
-    config = write_config(tmp_path / "serve.toml", {"server": {
-        "device": "cpu", "drain_seconds": drain_s, "request_timeout_s": TIMEOUT_S, "preload": ["mlm"], **server},
-        "models": models})
+    config = write_config(
+        tmp_path / "serve.toml",
+        {
+            "server": {
+                "device": "cpu",
+                "drain_seconds": drain_s,
+                "request_timeout_s": TIMEOUT_S,
+                "preload": ["mlm"],
+                **server,
+            },
+            "models": models,
+        },
+    )
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONUNBUFFERED": "1",
-           **slowed_env(tmp_path, FORWARD_S)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "PYTHONUNBUFFERED": "1",
+        **slowed_env(tmp_path, FORWARD_S),
+    }
     log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--config", str(config), "--port", str(port)],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--config", str(config), "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, timeout_s=60, exited=lambda: None if proc.poll() is None else (tmp_path / "server.log")
-                   .read_text())
+        wait_ready(
+            base, timeout_s=60, exited=lambda: None if proc.poll() is None else (tmp_path / "server.log").read_text()
+        )
         yield base, proc
     finally:
         if proc.poll() is None:
@@ -56,8 +78,9 @@ def server_process(tmp_path: Path, checkpoints: dict[str, Path], drain_s: float,
 def start_long_request(base: str) -> tuple[threading.Thread, list[httpx.Response]]:
     """A fill-mask request, returned once it is inside the model (its forward takes FORWARD_S)."""
     answer: list[httpx.Response] = []
-    thread = threading.Thread(target=lambda: answer.append(
-        httpx.post(f"{base}/fill-mask", json={"inputs": "in flight [MASK]"}, timeout=60)))
+    thread = threading.Thread(
+        target=lambda: answer.append(httpx.post(f"{base}/fill-mask", json={"inputs": "in flight [MASK]"}, timeout=60))
+    )
     thread.start()
     wait_in_flight(base)
     time.sleep(0.3)  # admitted with an empty queue: in the model now, for FORWARD_S
@@ -105,8 +128,9 @@ def test_sigterm_drains(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
     assert "Traceback" not in log and "draining" in log
 
 
-def test_sigterm_without_a_drain_window_still_finishes_the_request_in_flight(tmp_path: Path,
-                                                                               checkpoints: dict[str, Path]) -> None:
+def test_sigterm_without_a_drain_window_still_finishes_the_request_in_flight(
+    tmp_path: Path, checkpoints: dict[str, Path]
+) -> None:
     with server_process(tmp_path, checkpoints, drain_s=0) as (base, proc):
         thread, answer = start_long_request(base)
         proc.send_signal(signal.SIGTERM)
@@ -128,10 +152,12 @@ def send(proc: subprocess.Popen[bytes], sig: int, times: int) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-@pytest.mark.parametrize("times,drain_s", [(1, 0.0), (2, 0.0), (1, 1.5), (2, 6.0)],
-                         ids=["once", "twice", "once-drained", "twice-drained"])
-def test_in_flight_work_is_answered_whatever_the_signals(tmp_path: Path, checkpoints: dict[str, Path], sig: int,
-                                                          times: int, drain_s: float) -> None:
+@pytest.mark.parametrize(
+    "times,drain_s", [(1, 0.0), (2, 0.0), (1, 1.5), (2, 6.0)], ids=["once", "twice", "once-drained", "twice-drained"]
+)
+def test_in_flight_work_is_answered_whatever_the_signals(
+    tmp_path: Path, checkpoints: dict[str, Path], sig: int, times: int, drain_s: float
+) -> None:
     with server_process(tmp_path, checkpoints, drain_s) as (base, proc):
         thread, answer = start_long_request(base)
         signalled = time.monotonic()
@@ -149,16 +175,22 @@ def test_in_flight_work_is_answered_whatever_the_signals(tmp_path: Path, checkpo
     assert "Traceback" not in log and "Exception in ASGI application" not in log
 
 
-@pytest.mark.parametrize("sig,times,drain_s", [(signal.SIGTERM, 1, 0.0), (signal.SIGINT, 2, 1.0)],
-                         ids=["SIGTERM-once", "SIGINT-twice-drained"])
+@pytest.mark.parametrize(
+    "sig,times,drain_s",
+    [(signal.SIGTERM, 1, 0.0), (signal.SIGINT, 2, 1.0)],
+    ids=["SIGTERM-once", "SIGINT-twice-drained"],
+)
 def test_a_request_still_running_when_the_grace_period_ends_gets_a_json_503(
-        tmp_path: Path, checkpoints: dict[str, Path], sig: int, times: int, drain_s: float) -> None:
+    tmp_path: Path, checkpoints: dict[str, Path], sig: int, times: int, drain_s: float
+) -> None:
     # request_timeout_s = 0.5: the grace period is int(0.5) + 5 s. A body that never comes outlasts it.
     with server_process(tmp_path, checkpoints, drain_s, request_timeout_s=0.5, body_timeout_s=60) as (base, proc):
         host, port = base.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=30) as upload:
-            upload.sendall(b"POST /fill-mask HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                           b"Content-Length: 100\r\n\r\n{")
+            upload.sendall(
+                b"POST /fill-mask HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
             wait_in_flight(base)  # in the app, waiting for its body
             signalled = time.monotonic()
             send(proc, sig, times)

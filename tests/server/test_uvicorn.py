@@ -33,8 +33,10 @@ def png(seed: int = 0) -> bytes:
 def live(spawn_server: Callable[..., str], models_for, toml_writer, tmp_path_factory) -> str:
     models = models_for(max_batch_size=8, max_delay_ms=100)
     models["language"] = {"task": "fill-mask", "source": "deepmind/language-perceiver"}
-    config = toml_writer(tmp_path_factory.mktemp("config") / "serve.toml",
-                          {"server": {"device": "cpu", "request_timeout_s": 30}, "models": models})
+    config = toml_writer(
+        tmp_path_factory.mktemp("config") / "serve.toml",
+        {"server": {"device": "cpu", "request_timeout_s": 30}, "models": models},
+    )
     return spawn_server("--config", str(config), "--preload", "mlm", "--log-level", "warning")
 
 
@@ -65,16 +67,18 @@ def test_concurrent_requests_batch_and_answer_as_alone(live: str, read_metric) -
     metrics = httpx.get(f"{live}/metrics").text
     alone = [httpx.post(f"{live}/fill-mask", json={"inputs": t}, timeout=30) for t in texts]
     assert max(int(r.headers["X-Batch-Size"]) for r in together) > 1
-    assert read_metric(metrics, "perceiver_batch_size_sum", model="mlm") > \
-        read_metric(metrics, "perceiver_batch_size_count", model="mlm")
+    assert read_metric(metrics, "perceiver_batch_size_sum", model="mlm") > read_metric(
+        metrics, "perceiver_batch_size_count", model="mlm"
+    )
     assert [r.json() for r in together] == [r.json() for r in alone]
 
 
 @pytest.mark.slow
 def test_concurrent_first_requests_load_once(live: str, read_metric) -> None:
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda _: httpx.post(f"{live}/classify-text", json={"inputs": "hi"}, timeout=30),
-                                range(8)))
+        answers = list(
+            pool.map(lambda _: httpx.post(f"{live}/classify-text", json={"inputs": "hi"}, timeout=30), range(8))
+        )
     assert all(r.status_code == 200 for r in answers)
     metrics = httpx.get(f"{live}/metrics").text
     assert read_metric(metrics, "perceiver_model_load_seconds_count", model="sentiment") == 1
@@ -85,8 +89,13 @@ def test_offline_model_answers_503_and_the_server_stays_healthy(live: str) -> No
     r = httpx.post(f"{live}/fill-mask?model=language", json={"inputs": "x[MASK]"}, timeout=30)
     assert r.status_code == 503
     message = r.json()["error"]["message"]
-    for needle in ("'language'", "deepmind/language-perceiver", "perceiver-serve download language",
-                   "HF_HUB_OFFLINE", "local folder"):
+    for needle in (
+        "'language'",
+        "deepmind/language-perceiver",
+        "perceiver-serve download language",
+        "HF_HUB_OFFLINE",
+        "local folder",
+    ):
         assert needle in message
     assert httpx.get(f"{live}/health/ready").status_code == 200
     models = {m["name"]: m for m in httpx.get(f"{live}/v1/models").json()["models"]}
@@ -123,8 +132,9 @@ def test_demo_profile_says_its_weights_are_random(spawn_server: Callable[..., st
     assert r.status_code == 200 and r.headers["X-Perceiver-Random-Weights"] == "true"
 
 
-def test_a_client_that_disconnects_is_dropped_before_the_model(make_settings: Callable[..., Settings], gate,
-                                                               read_metric, thread_server) -> None:
+def test_a_client_that_disconnects_is_dropped_before_the_model(
+    make_settings: Callable[..., Settings], gate, read_metric, thread_server
+) -> None:
     settings = make_settings(server={"preload": ["mlm"]}, max_batch_size=1, max_delay_ms=0)
     with thread_server(build_app(settings, loader=gate.loader)) as base, ThreadPoolExecutor(1) as pool:
         running = pool.submit(httpx.post, f"{base}/fill-mask", json={"inputs": "a [MASK]"}, timeout=30)
@@ -132,8 +142,15 @@ def test_a_client_that_disconnects_is_dropped_before_the_model(make_settings: Ca
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{base}/fill-mask", json={"inputs": "bye [MASK]"}, timeout=0.5)
         deadline = time.monotonic() + 10
-        while read_metric(httpx.get(f"{base}/metrics").text, "perceiver_requests_dropped_total",
-                          model="mlm", reason="disconnected") != 1:
+        while (
+            read_metric(
+                httpx.get(f"{base}/metrics").text,
+                "perceiver_requests_dropped_total",
+                model="mlm",
+                reason="disconnected",
+            )
+            != 1
+        ):
             assert time.monotonic() < deadline, "the disconnect was never noticed"
             time.sleep(0.05)
         gate.open.set()

@@ -12,15 +12,16 @@ import pytest
 import torch
 
 from server.engine.batching import Batcher
-from server.errors import ErrorCode, ServeError
 from server.engine.metrics import Metrics
+from server.errors import ErrorCode, ServeError
 
 pytestmark = pytest.mark.anyio
 
 
 class Doubler:
-    def __init__(self, *, oom_above: int | None = None, poison: int | None = None,
-                 gate: threading.Event | None = None) -> None:
+    def __init__(
+        self, *, oom_above: int | None = None, poison: int | None = None, gate: threading.Event | None = None
+    ) -> None:
         self.batches: list[list[int]] = []
         self.oom_above, self.poison, self.gate = oom_above, poison, gate
         self.entered = threading.Event()
@@ -46,10 +47,10 @@ class Doubler:
         return output.tolist()
 
 
-def make(fn: Doubler, *, size: int = 4, delay_s: float = 0.05, queue: int = 64,
-         metrics: Metrics | None = None) -> Batcher:
-    return Batcher(name="toy", runner=fn, max_batch_size=size, max_delay_s=delay_s, max_queue=queue,
-                   metrics=metrics)
+def make(
+    fn: Doubler, *, size: int = 4, delay_s: float = 0.05, queue: int = 64, metrics: Metrics | None = None
+) -> Batcher:
+    return Batcher(name="toy", runner=fn, max_batch_size=size, max_delay_s=delay_s, max_queue=queue, metrics=metrics)
 
 
 async def run(batcher: Batcher, items: list[tuple[str, int]], timeout_s: float = 5) -> list[Any]:

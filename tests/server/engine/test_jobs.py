@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from server.app import build_app
-from server.errors import ErrorCode, ServeError
 from server.engine.jobs import JobLimits, JobResult, JobStatus, JobStore, Progress
+from server.errors import ErrorCode, ServeError
 from server.settings import Settings
 from tests.server.support import open_client
 from tests.server.tasks.test_video_autoencoding import ONE_CHUNK_PER_PASS, clip, parts, settings_for, slow_loader
@@ -125,8 +125,11 @@ async def test_failures_are_reported_without_internals() -> None:
 
     first, second = store.submit("test", refused), store.submit("test", broken)
     await asyncio.gather(first.task, second.task)
-    assert (first.status, first.error.code, first.error.message) == (JobStatus.FAILED, ErrorCode.INVALID_INPUT,
-                                                                    "bad clip")
+    assert (first.status, first.error.code, first.error.message) == (
+        JobStatus.FAILED,
+        ErrorCode.INVALID_INPUT,
+        "bad clip",
+    )
     assert second.error.code is ErrorCode.INTERNAL and "secret" not in second.error.message
 
 
@@ -149,12 +152,15 @@ async def test_cancel_stops_running_and_queued_jobs() -> None:
 
 
 async def test_the_job_resource(make_settings: Callable[..., Settings], checkpoints) -> None:
-    app = build_app(settings_for(make_settings, checkpoints["video"], server=ONE_CHUNK_PER_PASS),  # 16 passes a window
-                    loader=slow_loader(0.02))
+    app = build_app(
+        settings_for(make_settings, checkpoints["video"], server=ONE_CHUNK_PER_PASS),  # 16 passes a window
+        loader=slow_loader(0.02),
+    )
     frames, audio = clip(4, seed=11)
     async with open_client(app) as client:
-        accepted = await client.post("/autoencode-video?outputs=labels,reconstruction&async=true",
-                                     files=parts(frames, audio))
+        accepted = await client.post(
+            "/autoencode-video?outputs=labels,reconstruction&async=true", files=parts(frames, audio)
+        )
         assert accepted.status_code == 202, accepted.text
         location = accepted.headers["location"]
         assert location == f"/jobs/{accepted.json()['id']}" and accepted.headers["retry-after"]
@@ -181,8 +187,9 @@ async def test_the_job_resource(make_settings: Callable[..., Settings], checkpoi
 
 async def test_prefer_respond_async_also_makes_a_job(make_settings, checkpoints) -> None:
     async with open_client(build_app(settings_for(make_settings, checkpoints["video"]))) as client:
-        accepted = await client.post("/autoencode-video", files=parts(*clip(2)),
-                                     headers={"Prefer": "respond-async, wait=0"})
+        accepted = await client.post(
+            "/autoencode-video", files=parts(*clip(2)), headers={"Prefer": "respond-async, wait=0"}
+        )
         assert accepted.status_code == 202 and accepted.headers["preference-applied"] == "respond-async"
         location = accepted.headers["location"]
         while (await client.get(location)).json()["status"] != "done":
@@ -192,8 +199,9 @@ async def test_prefer_respond_async_also_makes_a_job(make_settings, checkpoints)
 
 
 async def test_cancelling_a_job_stops_its_model_work(make_settings, checkpoints) -> None:
-    app = build_app(settings_for(make_settings, checkpoints["video"], server=ONE_CHUNK_PER_PASS),
-                    loader=slow_loader(0.05))
+    app = build_app(
+        settings_for(make_settings, checkpoints["video"], server=ONE_CHUNK_PER_PASS), loader=slow_loader(0.05)
+    )
     async with open_client(app) as client:
         accepted = await client.post("/autoencode-video?outputs=reconstruction&async=true", files=parts(*clip(2)))
         location = accepted.headers["location"]
@@ -222,8 +230,9 @@ async def test_too_many_jobs_answer_429_before_the_clip_is_read(make_settings, c
         for _ in range(2):
             accepted = await client.post("/autoencode-video?outputs=reconstruction&async=true", files=parts(*clip(2)))
             assert accepted.status_code == 202
-        refused = await client.post("/autoencode-video?outputs=reconstruction&async=true",
-                                    files={"video": ("v.npy", b"not even read")})
+        refused = await client.post(
+            "/autoencode-video?outputs=reconstruction&async=true", files={"video": ("v.npy", b"not even read")}
+        )
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
         assert refused.json()["error"]["code"] == "overloaded"
         await app.state.jobs.close()

@@ -69,10 +69,12 @@ async def lose_mlm(client: httpx.AsyncClient, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["unload", "evict"])
 async def test_readiness_recovers_by_itself_after_a_preloaded_model_fails_to_reload(
-        make_settings: Callable[..., Settings], how: str) -> None:
+    make_settings: Callable[..., Settings], how: str
+) -> None:
     loader = SwitchLoader("mlm")
-    settings = make_settings(server={"preload": ["mlm"], "admin_api": True, "load_retry_s": 0,
-                                     "memory_budget_mb": 1})  # mlm + conv are over 1 MB: loading conv evicts mlm
+    settings = make_settings(
+        server={"preload": ["mlm"], "admin_api": True, "load_retry_s": 0, "memory_budget_mb": 1}
+    )  # mlm + conv are over 1 MB: loading conv evicts mlm
     async with open_client(build_app(settings, loader=loader)) as client:
         await until_ready(client)
         await lose_mlm(client, how)
@@ -90,7 +92,8 @@ async def test_readiness_recovers_by_itself_after_a_preloaded_model_fails_to_rel
 
 
 async def test_the_supervisor_keeps_retrying_while_the_load_keeps_failing(
-        make_settings: Callable[..., Settings]) -> None:
+    make_settings: Callable[..., Settings],
+) -> None:
     loader = SwitchLoader("mlm")
     loader.failing = True
     settings = make_settings(server={"preload": ["mlm"], "load_retry_s": 0})
@@ -106,8 +109,9 @@ async def test_the_supervisor_keeps_retrying_while_the_load_keeps_failing(
         await until_ready(client)
 
 
-async def test_the_supervisor_survives_its_own_errors(make_settings: Callable[..., Settings],
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_supervisor_survives_its_own_errors(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
     loader = SwitchLoader("mlm")
     loader.failing = True
     app = build_app(make_settings(server={"preload": ["mlm"], "load_retry_s": 0}), loader=loader)

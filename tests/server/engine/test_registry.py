@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import pytest
 
-from server.errors import ErrorCode, ServeError
 from server.engine.loading import LoadedModel, load_model
 from server.engine.metrics import Metrics
 from server.engine.registry import ModelState, Registry
+from server.errors import ErrorCode, ServeError
 from server.settings import ModelSpec, Settings, Task
 
 pytestmark = pytest.mark.anyio
@@ -56,8 +56,9 @@ async def test_resolve_by_name_alias_source_and_default(make_settings: Callable[
     assert info.value.code is ErrorCode.NO_MODEL_FOR_TASK and "[models." in info.value.message
 
 
-async def test_failed_load_reports_reason_and_retries_later(make_settings: Callable[..., Settings],
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_failed_load_reports_reason_and_retries_later(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     loader = CountingLoader(delay_s=0)
     registry = Registry(settings=make_settings(server={"load_retry_s": 0.2}), metrics=Metrics(), loader=loader)

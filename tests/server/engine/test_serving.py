@@ -29,8 +29,9 @@ async def wait_for(event: threading.Event) -> None:
     assert await asyncio.to_thread(event.wait, 10)
 
 
-async def test_full_queue_answers_429_with_retry_after(make_settings: Callable[..., Settings], gate,
-                                                       read_metric) -> None:
+async def test_full_queue_answers_429_with_retry_after(
+    make_settings: Callable[..., Settings], gate, read_metric
+) -> None:
     app = build_app(make_settings(max_batch_size=1, max_queue=1, max_delay_ms=0), loader=gate.loader)
     async with open_client(app) as client:
         running = asyncio.create_task(client.post("/fill-mask", json=MASKED))
@@ -53,10 +54,10 @@ async def test_full_queue_answers_429_with_retry_after(make_settings: Callable[.
         assert read_metric(metrics, "perceiver_inflight_requests") == 0
 
 
-async def test_requests_past_their_deadline_get_504_and_never_run(make_settings: Callable[..., Settings], gate,
-                                                                  read_metric) -> None:
-    settings = make_settings(server={"request_timeout_s": 0.5, "preload": ["mlm"]}, max_batch_size=1,
-                             max_delay_ms=0)
+async def test_requests_past_their_deadline_get_504_and_never_run(
+    make_settings: Callable[..., Settings], gate, read_metric
+) -> None:
+    settings = make_settings(server={"request_timeout_s": 0.5, "preload": ["mlm"]}, max_batch_size=1, max_delay_ms=0)
     app = build_app(settings, loader=gate.loader)
     async with open_client(app) as client:
         await until_ready(client)
@@ -72,8 +73,9 @@ async def test_requests_past_their_deadline_get_504_and_never_run(make_settings:
         assert read_metric(metrics, "perceiver_requests_dropped_total", model="mlm", reason="expired") == 1
 
 
-async def test_concurrent_requests_batch_and_match_their_single_answers(make_settings: Callable[..., Settings],
-                                                                        read_metric) -> None:
+async def test_concurrent_requests_batch_and_match_their_single_answers(
+    make_settings: Callable[..., Settings], read_metric
+) -> None:
     texts = [f"Request number {i} says hello [MASK]orld" + "!" * i for i in range(8)]
     app = build_app(make_settings(max_batch_size=8, max_delay_ms=200))
     async with open_client(app) as client:
@@ -81,15 +83,15 @@ async def test_concurrent_requests_batch_and_match_their_single_answers(make_set
         metrics = (await client.get("/metrics")).text
         alone = [await client.post("/fill-mask", json={"inputs": t}) for t in texts]
     assert max(int(r.headers["X-Batch-Size"]) for r in together) > 1
-    assert read_metric(metrics, "perceiver_batch_size_sum", model="mlm") > \
-        read_metric(metrics, "perceiver_batch_size_count", model="mlm")
+    assert read_metric(metrics, "perceiver_batch_size_sum", model="mlm") > read_metric(
+        metrics, "perceiver_batch_size_count", model="mlm"
+    )
     assert all(int(r.headers["X-Batch-Size"]) == 1 for r in alone)
     assert [r.json() for r in together] == [r.json() for r in alone]
 
 
 async def test_a_stuck_batch_fails_liveness(make_settings: Callable[..., Settings], gate) -> None:
-    app = build_app(make_settings(server={"stall_seconds": 1, "preload": ["mlm"]}, max_delay_ms=0),
-                    loader=gate.loader)
+    app = build_app(make_settings(server={"stall_seconds": 1, "preload": ["mlm"]}, max_delay_ms=0), loader=gate.loader)
     async with open_client(app) as client:
         await until_ready(client)
         running = asyncio.create_task(client.post("/fill-mask", json=MASKED))
@@ -105,7 +107,8 @@ async def test_a_stuck_batch_fails_liveness(make_settings: Callable[..., Setting
 
 @pytest.mark.parametrize("limit", [1, 3])
 async def test_media_decodes_run_at_most_max_concurrent_decodes_at_a_time(
-        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
     import time
 
     import server.media.image as route
@@ -127,7 +130,11 @@ async def test_media_decodes_run_at_most_max_concurrent_decodes_at_a_time(
     monkeypatch.setattr(route, "opened", slow_decode)
     app = build_app(make_settings({"max_concurrent_decodes": limit}))
     async with open_client(app) as client:
-        answers = await asyncio.gather(*(client.post("/classify-image", content=image_file(seed=i),
-                                                     headers={"Content-Type": "image/png"}) for i in range(6)))
+        answers = await asyncio.gather(
+            *(
+                client.post("/classify-image", content=image_file(seed=i), headers={"Content-Type": "image/png"})
+                for i in range(6)
+            )
+        )
     assert [r.status_code for r in answers] == [200] * 6
     assert peak == limit

@@ -71,8 +71,15 @@ def test_a_timeout_cap_below_the_default_timeout_is_refused_at_start_up() -> Non
 
 @pytest.fixture
 async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
-    server = {"max_body_mb": 1, "max_inputs": 4, "max_text_bytes": 100, "max_image_pixels": 10_000,
-              "max_json_depth": 8, "max_video_frames": 3, "max_audio_seconds": 1}
+    server = {
+        "max_body_mb": 1,
+        "max_inputs": 4,
+        "max_text_bytes": 100,
+        "max_image_pixels": 10_000,
+        "max_json_depth": 8,
+        "max_video_frames": 3,
+        "max_audio_seconds": 1,
+    }
     async with open_client(build_app(make_settings(server=server))) as c:
         yield c
 
@@ -86,13 +93,17 @@ async def stream(*parts: bytes) -> AsyncIterator[bytes]:
 PART = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
 
 
-@pytest.mark.parametrize("path, content_type, head, tail", [
-    ("/fill-mask", "application/json", b'{"inputs": "', b'"}'),  # read by the admission middleware
-    ("/classify-image", "image/png", b"", b""),  # read by the route
-    ("/classify-image", "multipart/form-data; boundary=b", PART, b"\r\n--b--\r\n"),  # by the form parser
-])
-async def test_streamed_body_over_the_limit_is_413(client: httpx.AsyncClient, path: str, content_type: str,
-                                                   head: bytes, tail: bytes) -> None:
+@pytest.mark.parametrize(
+    "path, content_type, head, tail",
+    [
+        ("/fill-mask", "application/json", b'{"inputs": "', b'"}'),  # read by the admission middleware
+        ("/classify-image", "image/png", b"", b""),  # read by the route
+        ("/classify-image", "multipart/form-data; boundary=b", PART, b"\r\n--b--\r\n"),  # by the form parser
+    ],
+)
+async def test_streamed_body_over_the_limit_is_413(
+    client: httpx.AsyncClient, path: str, content_type: str, head: bytes, tail: bytes
+) -> None:
     chunks = stream(head, *[b"x" * 300_000] * 4, tail)
     r = await client.post(path, content=chunks, headers={"Content-Type": content_type})
     assert_error(r, 413, "payload_too_large", "bytes")
@@ -105,8 +116,9 @@ async def test_declared_body_over_the_limit_is_413_unread(client: httpx.AsyncCli
         read.append(True)
         yield b"{}"
 
-    r = await client.post("/fill-mask", content=body(), headers={"Content-Length": str(2 * 2**20),
-                                                                 "Content-Type": "application/json"})
+    r = await client.post(
+        "/fill-mask", content=body(), headers={"Content-Length": str(2 * 2**20), "Content-Type": "application/json"}
+    )
     assert_error(r, 413, "payload_too_large", str(2 * 2**20))
     assert read == []
 
@@ -119,18 +131,23 @@ def no_tokenizing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("route", ["/fill-mask", "/classify-text"])
-@pytest.mark.parametrize("inputs, needle", [
-    ("x" * 95 + "[MASK]", "over 100 bytes"),
-    ("é" * 48 + "[MASK]", "over 100 bytes"),  # 54 characters, 102 bytes: counted in UTF-8
-    (["a[MASK]", "y" * 200], "inputs[1]"),
-])
-async def test_text_over_max_text_bytes_is_413_before_tokenizing(client: httpx.AsyncClient, no_tokenizing: None,
-                                                                 route: str, inputs: Any, needle: str) -> None:
+@pytest.mark.parametrize(
+    "inputs, needle",
+    [
+        ("x" * 95 + "[MASK]", "over 100 bytes"),
+        ("é" * 48 + "[MASK]", "over 100 bytes"),  # 54 characters, 102 bytes: counted in UTF-8
+        (["a[MASK]", "y" * 200], "inputs[1]"),
+    ],
+)
+async def test_text_over_max_text_bytes_is_413_before_tokenizing(
+    client: httpx.AsyncClient, no_tokenizing: None, route: str, inputs: Any, needle: str
+) -> None:
     assert_error(await client.post(route, json={"inputs": inputs}), 413, "payload_too_large", needle)
 
 
-async def test_megabytes_of_masks_are_refused_before_tokenizing(make_settings: Callable[..., Settings],
-                                                                no_tokenizing: None) -> None:
+async def test_megabytes_of_masks_are_refused_before_tokenizing(
+    make_settings: Callable[..., Settings], no_tokenizing: None
+) -> None:
     async with open_client(build_app(make_settings())) as client:  # default caps: 32 MB bodies, 64 KiB texts
         r = await client.post("/fill-mask", json={"inputs": "[MASK]" * 2_000_000})
     assert_error(r, 413, "payload_too_large", "over 65536 bytes")
@@ -139,12 +156,18 @@ async def test_megabytes_of_masks_are_refused_before_tokenizing(make_settings: C
 async def test_text_within_the_caps_is_served(client: httpx.AsyncClient) -> None:
     assert (await client.post("/fill-mask", json={"inputs": "é" * 40 + "[MASK]"})).status_code == 200
     assert (await client.post("/classify-text", json={"inputs": ["a", "b", "c", "d"]})).status_code == 200
-    assert_error(await client.post("/classify-text", json={"inputs": ["a"] * 5}), 413, "payload_too_large",
-                 "5 inputs", "at most 4")
+    assert_error(
+        await client.post("/classify-text", json={"inputs": ["a"] * 5}),
+        413,
+        "payload_too_large",
+        "5 inputs",
+        "at most 4",
+    )
 
 
-async def test_image_pixels_are_refused_from_the_header(client: httpx.AsyncClient,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_image_pixels_are_refused_from_the_header(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("pixels decoded"))
     for data in (image_file(200, 200), png_claiming(101, 100), png_claiming(100_000, 100_000)):
         r = await client.post("/classify-image", content=data, headers={"Content-Type": "image/png"})
@@ -157,13 +180,17 @@ async def test_image_within_the_pixel_cap_is_served(client: httpx.AsyncClient) -
     assert (await client.post("/classify-image", content=image_file(100, 100))).status_code == 200
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/fill-mask", nested_json(9)),
-    ("/fill-mask", b"[" * 400_000 + b"]" * 400_000),  # json.loads would raise RecursionError
-    ("/classify-image", nested_json(9)),
-])
-async def test_deep_json_is_refused_before_parsing(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch,
-                                                   path: str, body: bytes) -> None:
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/fill-mask", nested_json(9)),
+        ("/fill-mask", b"[" * 400_000 + b"]" * 400_000),  # json.loads would raise RecursionError
+        ("/classify-image", nested_json(9)),
+    ],
+)
+async def test_deep_json_is_refused_before_parsing(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, path: str, body: bytes
+) -> None:
     with monkeypatch.context() as patched:
         patched.setattr(json, "loads", lambda *a, **k: pytest.fail("parsed"))
         r = await client.post(path, content=body, headers={"Content-Type": "application/json"})
@@ -173,14 +200,21 @@ async def test_deep_json_is_refused_before_parsing(client: httpx.AsyncClient, mo
 async def test_only_the_json_header_of_a_binary_tensor_body_is_scanned(client: httpx.AsyncClient) -> None:
     """Raw tensor bytes after an `Inference-Header-Content-Length` header are not JSON; a deep header still is."""
     raw = b"[" * 64  # tensor bytes that would look 64 levels deep
-    header = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
-    r = await client.post("/v2/models/mlm/infer", content=header + raw, headers={
-        "Content-Type": "application/json", "Inference-Header-Content-Length": str(len(header))})
+    header = json.dumps(
+        {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}]}
+    ).encode()
+    r = await client.post(
+        "/v2/models/mlm/infer",
+        content=header + raw,
+        headers={"Content-Type": "application/json", "Inference-Header-Content-Length": str(len(header))},
+    )
     assert "nested more than" not in r.text
     deep = nested_json(9)
-    r = await client.post("/v2/models/mlm/infer", content=deep + raw, headers={
-        "Content-Type": "application/json", "Inference-Header-Content-Length": str(len(deep))})
+    r = await client.post(
+        "/v2/models/mlm/infer",
+        content=deep + raw,
+        headers={"Content-Type": "application/json", "Inference-Header-Content-Length": str(len(deep))},
+    )
     assert r.status_code == 400 and "nested more than 8 levels" in r.text
 
 
@@ -197,10 +231,14 @@ async def test_bad_request_timeout_header_is_422(client: httpx.AsyncClient, valu
     assert_error(r, 422, "invalid_input", "X-Request-Timeout")
 
 
-async def test_request_timeout_header_extends_and_shortens_the_deadline(make_settings: Callable[..., Settings],
-                                                                        gate, read_metric) -> None:
-    settings = make_settings(server={"request_timeout_s": 0.5, "max_request_timeout_s": 20, "preload": ["mlm"]},
-                             max_batch_size=1, max_delay_ms=0)
+async def test_request_timeout_header_extends_and_shortens_the_deadline(
+    make_settings: Callable[..., Settings], gate, read_metric
+) -> None:
+    settings = make_settings(
+        server={"request_timeout_s": 0.5, "max_request_timeout_s": 20, "preload": ["mlm"]},
+        max_batch_size=1,
+        max_delay_ms=0,
+    )
     app = build_app(settings, loader=gate.loader)
     async with open_client(app) as client:
         while (await client.get("/health/ready")).status_code != 200:
@@ -236,6 +274,5 @@ async def test_clip_frames_and_audio_seconds_are_capped(client: httpx.AsyncClien
         return {"files": parts}
 
     assert_error(await client.post("/autoencode-video", **upload(4)), 413, "payload_too_large", "at most 3")
-    assert_error(await client.post("/autoencode-video", **upload(2, wav(1.5))), 413, "payload_too_large",
-                 "at most 1 s")
+    assert_error(await client.post("/autoencode-video", **upload(2, wav(1.5))), 413, "payload_too_large", "at most 1 s")
     assert (await client.post("/autoencode-video", **upload(3, wav(0.9)))).status_code == 200

@@ -16,8 +16,8 @@ import uvicorn
 
 from model_core import save_pretrained
 from server.app import build_app
-from server.http.auth import AuthMiddleware
 from server.engine.loading import load_model
+from server.http.auth import AuthMiddleware
 from server.settings import ModelSpec, Settings, SettingsError, load_settings
 from tests.server.conftest import free_port, wait_ready
 from tests.server.crafted import image_file, nested_json
@@ -61,17 +61,21 @@ async def test_every_route_but_the_probes_needs_a_key(client: httpx.AsyncClient)
 
 
 async def test_a_key_is_accepted_as_bearer_or_x_api_key(client: httpx.AsyncClient) -> None:
-    for headers in ({"Authorization": f"Bearer {KEY}"}, {"Authorization": f"bearer {OTHER_KEY}"},
-                    {"X-API-Key": KEY}):
+    for headers in ({"Authorization": f"Bearer {KEY}"}, {"Authorization": f"bearer {OTHER_KEY}"}, {"X-API-Key": KEY}):
         r = await client.post("/fill-mask", json=MASKED, headers=headers)
         assert r.status_code == 200, (headers, r.text)
-    for headers in ({"Authorization": f"Bearer {KEY}x"}, {"Authorization": f"Bearer {KEY[:-1]}"},
-                    {"X-API-Key": "k3y-Alpha-0123456789abcdeF"}, {"Authorization": "Bearer "}):
+    for headers in (
+        {"Authorization": f"Bearer {KEY}x"},
+        {"Authorization": f"Bearer {KEY[:-1]}"},
+        {"X-API-Key": "k3y-Alpha-0123456789abcdeF"},
+        {"Authorization": "Bearer "},
+    ):
         r = await client.post("/fill-mask", json=MASKED, headers=headers)
         assert_unauthorized(r, "not valid")
         assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]
-    assert_unauthorized(await client.post("/fill-mask", json=MASKED, headers={"Authorization": f"Basic {KEY}"}),
-                        "required")
+    assert_unauthorized(
+        await client.post("/fill-mask", json=MASKED, headers={"Authorization": f"Basic {KEY}"}), "required"
+    )
 
 
 async def test_unauthenticated_requests_are_refused_before_the_body_is_read(client: httpx.AsyncClient) -> None:
@@ -81,8 +85,9 @@ async def test_unauthenticated_requests_are_refused_before_the_body_is_read(clie
         read.append(b"x")
         yield nested_json(10_000)
 
-    r = await client.post("/fill-mask", content=body(), headers={"Content-Type": "application/json",
-                                                                 "X-Request-Timeout": "nonsense"})
+    r = await client.post(
+        "/fill-mask", content=body(), headers={"Content-Type": "application/json", "X-Request-Timeout": "nonsense"}
+    )
     assert_unauthorized(r)
     assert read == []
 
@@ -114,7 +119,8 @@ def test_every_key_is_compared_whichever_matches(monkeypatch: pytest.MonkeyPatch
 
 
 def test_keys_come_from_env_and_file_and_weak_ones_are_refused_unechoed(
-        tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
     settings = load_settings(environ={"PERCEIVER_SERVE_API_KEYS": f"{KEY}, {OTHER_KEY}"})
     assert [k.get_secret_value() for k in settings.server.api_keys] == [KEY, OTHER_KEY]
     assert KEY not in repr(settings)
@@ -141,8 +147,9 @@ async def test_a_key_file_enables_auth(make_settings: Callable[..., Settings], t
         assert (await client.post("/fill-mask", json=MASKED, headers={"X-API-Key": KEY})).status_code == 200
 
 
-def test_keys_and_authorization_headers_are_never_logged(keyed: Callable[..., Settings],
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_keys_and_authorization_headers_are_never_logged(
+    keyed: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(build_app(keyed()), port=port, log_level="debug", access_log=True))
     for name in ("uvicorn", "uvicorn.access", "uvicorn.error"):  # uvicorn's loggers do not propagate to root
@@ -156,8 +163,10 @@ def test_keys_and_authorization_headers_are_never_logged(keyed: Callable[..., Se
         with httpx.Client(base_url=base, timeout=30) as http:
             assert http.post("/fill-mask", json=MASKED, headers={"Authorization": f"Bearer {KEY}"}).is_success
             assert http.post("/fill-mask", json=MASKED, headers={"X-API-Key": OTHER_KEY}).is_success
-            assert http.post("/fill-mask", json=MASKED,
-                             headers={"Authorization": "Bearer wrong-" + KEY}).status_code == 401
+            assert (
+                http.post("/fill-mask", json=MASKED, headers={"Authorization": "Bearer wrong-" + KEY}).status_code
+                == 401
+            )
             assert http.post("/fill-mask?model=nope", json=MASKED, headers={"X-API-Key": KEY}).status_code == 404
     finally:
         server.should_exit = True
@@ -172,6 +181,7 @@ def test_keys_and_authorization_headers_are_never_logged(keyed: Callable[..., Se
 
 
 # ---------------------------------------------------------------- model names come only from the configuration
+
 
 class CountingLoader:
     def __init__(self) -> None:
@@ -193,21 +203,30 @@ def unconfigured_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_pretrained(model, tmp_path_factory.mktemp("elsewhere") / "conv")
 
 
-async def test_a_request_cannot_name_a_path_or_an_unconfigured_hub_id(make_settings: Callable[..., Settings],
-                                                                      checkpoints: dict[str, Path],
-                                                                      unconfigured_checkpoint: Path) -> None:
+async def test_a_request_cannot_name_a_path_or_an_unconfigured_hub_id(
+    make_settings: Callable[..., Settings], checkpoints: dict[str, Path], unconfigured_checkpoint: Path
+) -> None:
     loader = CountingLoader()
     async with open_client(build_app(make_settings(server={"admin_api": True}), loader=loader)) as client:
-        for name in ("/etc/passwd", "../../../../etc/passwd", str(unconfigured_checkpoint),
-                     "deepmind/vision-perceiver-learned", "https://example.com/model.bin", "file:///etc/passwd",
-                     str(checkpoints["mlm"]), "mlm", "conv/../mlm"):
+        for name in (
+            "/etc/passwd",
+            "../../../../etc/passwd",
+            str(unconfigured_checkpoint),
+            "deepmind/vision-perceiver-learned",
+            "https://example.com/model.bin",
+            "file:///etc/passwd",
+            str(checkpoints["mlm"]),
+            "mlm",
+            "conv/../mlm",
+        ):
             r = await client.post("/classify-image", params={"model": name}, content=image_file())
             assert_error(r, 404, "unknown_model", "configured: conv, conv-b")
         for name in ("..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "deepmind%2Fvision-perceiver-learned"):
             assert (await client.post(f"/v1/models/{name}/load")).status_code == 404
         assert loader.sources == []  # nothing was ever loaded on a request's say-so
-        by_source = await client.post("/classify-image", params={"model": str(checkpoints["conv"])},
-                                      content=image_file())  # a configured model's source names that model
+        by_source = await client.post(
+            "/classify-image", params={"model": str(checkpoints["conv"])}, content=image_file()
+        )  # a configured model's source names that model
         assert by_source.status_code == 200 and by_source.headers["X-Model"] == "conv"
         assert loader.sources == [str(checkpoints["conv"])]
 
@@ -240,7 +259,8 @@ def probe_message(response: httpx.Response) -> str:
 
 
 async def test_with_keys_a_failed_preload_shows_only_its_category_on_the_open_probes(
-        keyed: Callable[..., Settings]) -> None:
+    keyed: Callable[..., Settings],
+) -> None:
     async with open_client(build_app(keyed(preload=["mlm"], load_retry_s=60), loader=failing_mlm)) as client:
         await until_preloaded(client)
         for path in PROBES:
@@ -264,7 +284,8 @@ async def test_without_keys_the_probes_keep_the_details(make_settings: Callable[
 
 @pytest.mark.parametrize("keys", [True, False])
 async def test_a_stalled_batcher_is_named_on_the_liveness_probes_only_without_keys(
-        keyed: Callable[..., Settings], make_settings: Callable[..., Settings], keys: bool) -> None:
+    keyed: Callable[..., Settings], make_settings: Callable[..., Settings], keys: bool
+) -> None:
     app = build_app(keyed() if keys else make_settings())
     async with open_client(app) as client:
         app.state.registry.stuck = lambda limit_s: ["mlm"]  # as Registry.stuck answers when mlm's batcher stalls

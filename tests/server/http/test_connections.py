@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from server.app import build_app
-from server.http.connections import ConnectionLimits, protocol_class
+from server.http.connection_table import ConnectionLimits
+from server.http.connections import protocol_class
 from server.settings import Settings
 from tests.server.conftest import serve_in_thread
 
@@ -89,14 +90,28 @@ def timed(fn: Callable[[], object]) -> tuple[object, float]:
 @pytest.fixture(scope="module")
 def guarded(spawn_server: Callable[..., str], models_for, toml_writer, tmp_path_factory) -> str:
     models = {"mlm": {**models_for()["mlm"], "max_delay_ms": 0}}
-    config = toml_writer(tmp_path_factory.mktemp("connections") / "serve.toml", {"server": {
-        "device": "cpu", "preload": ["mlm"], "max_connections": MAX_CONNECTIONS, "header_timeout_s": HEADER_S,
-        "body_timeout_s": BODY_S, "keep_alive_s": KEEP_ALIVE_S, "max_header_kb": MAX_HEADER_KB,
-        "max_body_mb": 1, "request_timeout_s": 10}, "models": models})
+    config = toml_writer(
+        tmp_path_factory.mktemp("connections") / "serve.toml",
+        {
+            "server": {
+                "device": "cpu",
+                "preload": ["mlm"],
+                "max_connections": MAX_CONNECTIONS,
+                "header_timeout_s": HEADER_S,
+                "body_timeout_s": BODY_S,
+                "keep_alive_s": KEEP_ALIVE_S,
+                "max_header_kb": MAX_HEADER_KB,
+                "max_body_mb": 1,
+                "request_timeout_s": 10,
+            },
+            "models": models,
+        },
+    )
     return spawn_server("--config", str(config), "--log-level", "warning")
 
 
 # ------------------------------------------------------------------------------ the header deadline
+
 
 def test_a_connection_that_sends_nothing_is_answered_408_and_closed(guarded: str) -> None:
     with closing(connect(guarded)) as sock:
@@ -160,6 +175,7 @@ def test_on_a_kept_alive_connection_the_deadline_starts_at_the_next_requests_fir
 
 # ------------------------------------------------------------------------------ idle keep-alive
 
+
 def test_an_idle_kept_alive_connection_is_closed_after_keep_alive_s(guarded: str) -> None:
     with closing(connect(guarded)) as sock:
         sock.sendall(HEAD + b"\r\n")
@@ -174,11 +190,16 @@ def test_an_idle_kept_alive_connection_is_closed_after_keep_alive_s(guarded: str
 
 # ------------------------------------------------------------------------------ the header-size cap
 
-@pytest.mark.parametrize("head", [
-    HEAD + b"X-Big: " + b"a" * (MAX_HEADER_KB * 1024) + b"\r\n\r\n",  # one header, all at once
-    b"GET /health/live?" + b"q" * (MAX_HEADER_KB * 1024) + b" HTTP/1.1\r\nHost: test\r\n\r\n",  # the URL
-    HEAD + b"X-Endless: " + b"a" * (MAX_HEADER_KB * 1024 + 1),  # a header that never ends
-], ids=["header", "url", "unfinished"])
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        HEAD + b"X-Big: " + b"a" * (MAX_HEADER_KB * 1024) + b"\r\n\r\n",  # one header, all at once
+        b"GET /health/live?" + b"q" * (MAX_HEADER_KB * 1024) + b" HTTP/1.1\r\nHost: test\r\n\r\n",  # the URL
+        HEAD + b"X-Endless: " + b"a" * (MAX_HEADER_KB * 1024 + 1),  # a header that never ends
+    ],
+    ids=["header", "url", "unfinished"],
+)
 def test_headers_over_the_cap_are_answered_431(guarded: str, head: bytes) -> None:
     with closing(connect(guarded)) as sock:
         sock.sendall(head)
@@ -206,8 +227,10 @@ def test_many_small_headers_count_together(guarded: str) -> None:
 def test_headers_just_under_the_cap_are_served_with_a_large_body(guarded: str) -> None:
     text = "x [MASK] " + "y" * 200_000  # header and body in one write: only the header counts
     body = json.dumps({"inputs": text}).encode()
-    head = (b"POST /fill-mask HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nX-Pad: %s\r\n\r\n" % (len(body), b"p" * (MAX_HEADER_KB * 1024 - 200)))
+    head = (
+        b"POST /fill-mask HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nX-Pad: %s\r\n\r\n" % (len(body), b"p" * (MAX_HEADER_KB * 1024 - 200))
+    )
     with closing(connect(guarded)) as sock:
         sock.sendall(head + body)
         answer = read_answer(sock)
@@ -217,12 +240,20 @@ def test_headers_just_under_the_cap_are_served_with_a_large_body(guarded: str) -
 
 # ------------------------------------------------------------------------------ the body deadline
 
-@pytest.mark.parametrize("route,content_type", [("/fill-mask", b"application/json"),  # read by a middleware
-                                                ("/classify-image", b"image/png")])  # read by the route
+
+@pytest.mark.parametrize(
+    "route,content_type",
+    [
+        ("/fill-mask", b"application/json"),  # read by a middleware
+        ("/classify-image", b"image/png"),
+    ],
+)  # read by the route
 def test_a_body_that_does_not_arrive_in_time_is_answered_408(guarded: str, route: str, content_type: bytes) -> None:
     with closing(connect(guarded)) as sock:
-        sock.sendall(b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: %s\r\nContent-Length: 100\r\n\r\n{"
-                     % (route.encode(), content_type))
+        sock.sendall(
+            b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: %s\r\nContent-Length: 100\r\n\r\n{"
+            % (route.encode(), content_type)
+        )
         answer, seconds = timed(lambda: read_answer(sock))
         assert isinstance(answer, Answer)
         answer.error(408, "request_timeout", f"within {BODY_S:g}s")
@@ -233,17 +264,22 @@ def test_a_body_that_does_not_arrive_in_time_is_answered_408(guarded: str, route
 
 def test_a_trickled_body_gets_no_more_time_than_a_stalled_one(guarded: str) -> None:
     with closing(connect(guarded)) as sock:
-        sock.sendall(b"POST /fill-mask HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n{")
+        sock.sendall(
+            b"POST /fill-mask HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+        )
         started = time.monotonic()
         drip_until_answered(sock, b" ", every_s=0.1).error(408, "request_timeout")
         assert time.monotonic() - started < BODY_S + SLACK_S
 
 
-@pytest.mark.parametrize("head,status", [
-    (b"POST /fill-mask HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n", 413),  # declared
-    (b"POST /v1/models HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n", 405),  # never read
-], ids=["too-large", "not-read"])
+@pytest.mark.parametrize(
+    "head,status",
+    [
+        (b"POST /fill-mask HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n", 413),  # declared
+        (b"POST /v1/models HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n", 405),  # never read
+    ],
+    ids=["too-large", "not-read"],
+)
 def test_a_body_still_trickling_after_an_early_answer_is_cut(guarded: str, head: bytes, status: int) -> None:
     with closing(connect(guarded)) as sock:  # answered before a byte of the body is read
         sock.sendall(head + b"Host: test\r\n\r\n{")
@@ -265,6 +301,7 @@ def test_a_body_still_trickling_after_an_early_answer_is_cut(guarded: str, head:
 
 
 # ------------------------------------------------------------------------------ the connection cap
+
 
 def waiting_connections(base: str, count: int) -> list[socket.socket]:
     """`count` connections, oldest first, each part-way through its request headers."""
@@ -325,8 +362,10 @@ def test_when_every_connection_has_a_request_in_progress_a_new_one_gets_503(guar
                 while gauge not in httpx.get(f"{guarded}/metrics").text:
                     assert time.monotonic() < deadline, "the requests never started"
             socks.append(connect(guarded))
-            socks[-1].sendall(b"POST /fill-mask HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                              b"Content-Length: 100\r\n\r\n{")
+            socks[-1].sendall(
+                b"POST /fill-mask HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
         with closing(connect(guarded)) as newcomer:  # the last one is in progress too, or too new to evict
             answer = read_answer(newcomer)
             assert answer is not None and answer.headers["retry-after"] == "1"
@@ -390,8 +429,11 @@ print(json.dumps(outcomes))
 def test_a_flood_of_trickling_clients_is_cut_while_normal_clients_are_served(guarded: str) -> None:
     host, port = guarded.removeprefix("http://").split(":")
     run_s = 3.0
-    flood = subprocess.Popen([sys.executable, "-c", TRICKLERS, host, port, str(4 * MAX_CONNECTIONS), str(run_s),
-                              "1.0"], stdout=subprocess.PIPE, text=True)
+    flood = subprocess.Popen(
+        [sys.executable, "-c", TRICKLERS, host, port, str(4 * MAX_CONNECTIONS), str(run_s), "1.0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     statuses: list[int | str] = []
     try:
         assert flood.stdout is not None and flood.stdout.readline().strip() == "flooding"
@@ -420,15 +462,27 @@ def test_a_flood_of_trickling_clients_is_cut_while_normal_clients_are_served(gua
 
 # ------------------------------------------------------------------------------ the same guard over h11
 
+
 def h11_server(settings: Settings) -> AbstractContextManager[str]:
     server = settings.server
-    return serve_in_thread(build_app(settings), ws="none", http=protocol_class(ConnectionLimits.of(server), "h11"),
-                           timeout_keep_alive=server.keep_alive_s)
+    return serve_in_thread(
+        build_app(settings),
+        ws="none",
+        http=protocol_class(ConnectionLimits.of(server), "h11"),
+        timeout_keep_alive=server.keep_alive_s,
+    )
 
 
 def test_the_guard_works_over_h11_too(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
-    settings = make_settings(server={"max_connections": 4, "header_timeout_s": HEADER_S, "body_timeout_s": BODY_S,
-                                     "keep_alive_s": KEEP_ALIVE_S, "max_header_kb": MAX_HEADER_KB})
+    settings = make_settings(
+        server={
+            "max_connections": 4,
+            "header_timeout_s": HEADER_S,
+            "body_timeout_s": BODY_S,
+            "keep_alive_s": KEEP_ALIVE_S,
+            "max_header_kb": MAX_HEADER_KB,
+        }
+    )
     with h11_server(settings) as base:
         with closing(connect(base)) as sock:  # silent
             answer, seconds = timed(lambda: read_answer(sock))

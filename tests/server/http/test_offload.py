@@ -54,8 +54,11 @@ async def test_errors_cross_back_intact(offload: Offload) -> None:
     for size in (10, 100_000, 300_000):
         with pytest.raises(ServeError) as info:
             await offload.run(refuse, b"x" * size)
-        assert (info.value.code, info.value.message, info.value.retry_after) == \
-            (ErrorCode.PAYLOAD_TOO_LARGE, f"{size} bytes is too many", 3)
+        assert (info.value.code, info.value.message, info.value.retry_after) == (
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"{size} bytes is too many",
+            3,
+        )
 
 
 async def test_a_helper_that_dies_costs_one_request(offload: Offload) -> None:
@@ -69,7 +72,9 @@ def test_what_the_helper_runs_imports_no_model_code() -> None:
     """The body parsers the helper process imports (request bodies, the /v2 codec, the JSON scan) need no torch."""
     import subprocess
 
-    code = ("import sys; import server.http.bodies, server.http.admission, server.v2.messages; "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys; import server.http.bodies, server.http.admission, server.v2.messages; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr

@@ -26,13 +26,24 @@ import pytest
 import soundfile
 
 from server import media
-from server.media import video
 from server.errors import ErrorCode, ServeError
 from server.limits import DEFAULT_LIMITS
+from server.media import video
 from tests.server.conftest import REPO, free_port, models_table, wait_ready, write_config
-from tests.server.crafted import (FifoWatch, flac_claiming, image_file, mp4_with_external_data, npy_file,
-                                  ogg_vorbis_claiming, peak_rss_growth, png_bomb, png_frames_in_avi, udp_ports,
-                                  video_file, wav_claiming)
+from tests.server.crafted import (
+    FifoWatch,
+    flac_claiming,
+    image_file,
+    mp4_with_external_data,
+    npy_file,
+    ogg_vorbis_claiming,
+    peak_rss_growth,
+    png_bomb,
+    png_frames_in_avi,
+    udp_ports,
+    video_file,
+    wav_claiming,
+)
 
 SIZE = (16, 16)
 TARGET = "secret.mp4"  # what the hostile files name, relative to the decoding process's working directory
@@ -46,8 +57,10 @@ def frames(count: int = 4, height: int = 32, width: int = 48, seed: int = 0) -> 
 
 
 def sdp(port: int) -> bytes:
-    return (f"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=clip\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
-            f"m=video {port} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n").encode()
+    return (
+        f"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=clip\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
+        f"m=video {port} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+    ).encode()
 
 
 def free_udp_port() -> int:
@@ -144,15 +157,19 @@ def test_the_concatenated_file_is_not_decoded(workdir: Path) -> None:
     assert refusal(data).code is ErrorCode.UNSUPPORTED_MEDIA_TYPE
 
 
-@pytest.mark.parametrize("label, demuxer, extra", [
-    ("ffconcat, relative path", "concat", {"safe": "0"}),
-    ("ffconcat, absolute path", "concat", {"safe": "0"}),
-    ("HLS playlist, relative segment", "hls", {}),
-    ("HLS playlist, absolute segment", "hls", {}),
-    ("mp4 with an external data reference", "mp4", {"enable_drefs": "1", "use_absolute_path": "1"}),
-])
-def test_the_protocol_whitelist_alone_stops_a_demuxer_forced_to_follow(workdir: Path, label: str, demuxer: str,
-                                                                      extra: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "label, demuxer, extra",
+    [
+        ("ffconcat, relative path", "concat", {"safe": "0"}),
+        ("ffconcat, absolute path", "concat", {"safe": "0"}),
+        ("HLS playlist, relative segment", "hls", {}),
+        ("HLS playlist, absolute segment", "hls", {}),
+        ("mp4 with an external data reference", "mp4", {"enable_drefs": "1", "use_absolute_path": "1"}),
+    ],
+)
+def test_the_protocol_whitelist_alone_stops_a_demuxer_forced_to_follow(
+    workdir: Path, label: str, demuxer: str, extra: dict[str, str]
+) -> None:
     """Were sniffing bypassed and the demuxer told to follow references, FFmpeg still opens no URL."""
     options = video.open_options("mp4", DEFAULT_LIMITS.video)
     options["format"] = demuxer
@@ -241,7 +258,7 @@ NOT_ACCEPTED: dict[str, Callable[[], bytes]] = {
     "MPEG-TS": lambda: _muxed("mpegts"),
     "FLV": lambda: _muxed("flv", "flv"),
     "NUT": lambda: _muxed("nut"),
-    "QuickTime without ftyp": lambda: video_file("mp4", frames())[video_file("mp4", frames()).index(b"mdat") - 4:],
+    "QuickTime without ftyp": lambda: video_file("mp4", frames())[video_file("mp4", frames()).index(b"mdat") - 4 :],
     "WAV audio": _wav,
     "plain text (tty demuxer)": lambda: b"Dear server,\nplease render this text as video.\n" * 20,
     "JSON": lambda: b'{"video": "clip.mp4", "frames": [1, 2, 3]}',
@@ -337,9 +354,21 @@ def audio_refusal(data: bytes, **kwargs: Any) -> ServeError:
     return info.value
 
 
-@pytest.mark.parametrize("fmt, subtype", [("AIFF", None), ("AU", None), ("CAF", None), ("W64", None),
-                                          ("RF64", None), ("NIST", None), ("VOC", None), ("IRCAM", "PCM_16"),
-                                          ("MAT5", "DOUBLE"), ("SVX", None)])
+@pytest.mark.parametrize(
+    "fmt, subtype",
+    [
+        ("AIFF", None),
+        ("AU", None),
+        ("CAF", None),
+        ("W64", None),
+        ("RF64", None),
+        ("NIST", None),
+        ("VOC", None),
+        ("IRCAM", "PCM_16"),
+        ("MAT5", "DOUBLE"),
+        ("SVX", None),
+    ],
+)
 def test_audio_formats_libsndfile_reads_but_the_settings_do_not_name_are_415(fmt: str, subtype: str | None) -> None:
     data = _sound(fmt, subtype=subtype)
     assert soundfile.info(io.BytesIO(data)).format == fmt  # the control: libsndfile would read it
@@ -347,10 +376,18 @@ def test_audio_formats_libsndfile_reads_but_the_settings_do_not_name_are_415(fmt
     assert error.code is ErrorCode.UNSUPPORTED_MEDIA_TYPE and "WAV, FLAC, OGG" in error.message
 
 
-@pytest.mark.parametrize("data", [
-    wav_claiming(48_000), wav_claiming(44_100, 2, extensible=True),
-    _sound("WAV", subtype="FLOAT"), _sound("WAVEX", 16_000, 3), _sound("FLAC", 96_000), _sound("OGG", 22_050),
-], ids=["pcm", "extensible", "float", "wavex-3ch", "flac", "ogg"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        wav_claiming(48_000),
+        wav_claiming(44_100, 2, extensible=True),
+        _sound("WAV", subtype="FLOAT"),
+        _sound("WAVEX", 16_000, 3),
+        _sound("FLAC", 96_000),
+        _sound("OGG", 22_050),
+    ],
+    ids=["pcm", "extensible", "float", "wavex-3ch", "flac", "ogg"],
+)
 def test_accepted_audio_decodes(data: bytes) -> None:
     assert media.decode_audio(data, sample_rate=48_000, max_samples=100).samples.shape[0] > 0
 
@@ -414,14 +451,31 @@ def live(tmp_path_factory: pytest.TempPathFactory, checkpoints: dict[str, Path])
     cwd = tmp_path_factory.mktemp("server-cwd")
     (cwd / TARGET).write_bytes(video_file("mp4", frames(4, 16, 16)))
     video_model = {"video": models_table(checkpoints, max_delay_ms=0)["video"]}
-    config = write_config(cwd / "serve.toml", {"server": {"device": "cpu", "max_concurrent_decodes": 1},
-                                               "models": video_model})
+    config = write_config(
+        cwd / "serve.toml", {"server": {"device": "cpu", "max_concurrent_decodes": 1}, "models": video_model}
+    )
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     log = (cwd / "server.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--config", str(config), "--preload", "video",
-                             "--port", str(port), "--log-level", "warning"], cwd=cwd, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--config",
+            str(config),
+            "--preload",
+            "video",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=cwd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, timeout_s=90, exited=lambda: None if proc.poll() is None else (cwd / "server.log").read_text())

@@ -7,6 +7,7 @@ Deterministic (derandomized) and sized to run in seconds; PERCEIVER_FUZZ_EXAMPLE
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -24,10 +25,10 @@ from PIL import Image
 
 from server import media
 from server.errors import ServeError
-from server.limits import AudioLimits, ImageLimits, VideoLimits
-from server.http.schemas import ClassifyImageRequest, FillMaskRequest
-from server.media.image import decode_image
 from server.http.bodies import decode_base64, parse_json
+from server.http.schemas import ClassifyImageRequest, FillMaskRequest
+from server.limits import AudioLimits, ImageLimits, VideoLimits
+from server.media.image import decode_image
 from server.v2.binary import NUMPY, decode_binary, decode_json
 from server.v2.messages import read_request
 from tests.server.crafted import npy_file, peak_rss_growth, video_file, wav_claiming
@@ -41,17 +42,15 @@ DATATYPES = [*NUMPY, "BYTES"]
 
 
 def fuzz(examples: int = EXAMPLES) -> Callable[[Any], Any]:
-    return hypothesis_settings(max_examples=examples, derandomize=True, database=None, deadline=None,
-                               suppress_health_check=list(HealthCheck))
+    return hypothesis_settings(
+        max_examples=examples, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck)
+    )
 
 
 def only_serve_errors(call: Callable[[], Any]) -> None:
     """call() returns or raises ServeError, within MEMORY_BOUND of peak growth."""
-    with peak_rss_growth() as growth:
-        try:
-            call()
-        except ServeError:
-            pass
+    with peak_rss_growth() as growth, contextlib.suppress(ServeError):
+        call()
     assert growth[0] < MEMORY_BOUND, f"the call grew the process by {growth[0] / 2**20:.0f} MB"
 
 
@@ -85,15 +84,23 @@ def _image(fmt: str) -> bytes:
 
 @cache
 def video_seeds() -> dict[str, bytes]:
-    return {"npy": npy_file(_frames()), "npz": _npz(False), "npz-deflate": _npz(True),
-            **{fmt: video_file(fmt, _frames()) for fmt in ("mp4", "webm", "avi")}}
+    return {
+        "npy": npy_file(_frames()),
+        "npz": _npz(False),
+        "npz-deflate": _npz(True),
+        **{fmt: video_file(fmt, _frames()) for fmt in ("mp4", "webm", "avi")},
+    }
 
 
 @cache
 def audio_seeds() -> dict[str, bytes]:
-    return {"wav": _sound("WAV", "PCM_16", 2), "wav-float": _sound("WAV", "FLOAT"), "wav-extensible":
-            wav_claiming(22_050, 2, frames=512, extensible=True), "flac": _sound("FLAC", channels=2),
-            "ogg": _sound("OGG")}
+    return {
+        "wav": _sound("WAV", "PCM_16", 2),
+        "wav-float": _sound("WAV", "FLOAT"),
+        "wav-extensible": wav_claiming(22_050, 2, frames=512, extensible=True),
+        "flac": _sound("FLAC", channels=2),
+        "ogg": _sound("OGG"),
+    }
 
 
 @cache
@@ -156,11 +163,17 @@ def test_decode_image_raises_only_serve_errors(data: bytes) -> None:
 
 DIMS = st.integers(0, 4) | st.sampled_from([2**16, 2**31 - 1, 2**31])
 SHAPES = st.lists(DIMS, max_size=8)
-NUMBERS = (st.integers(-2**70, 2**70) | st.sampled_from([2**63, 2**64, -2**63 - 1, 10**400, -10**400])
-           | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([3.5e38, -3.5e38, 65520.0, 1e308]))
-JSON_VALUES = st.recursive(NUMBERS | st.booleans() | st.text(max_size=4) | st.none(),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner,
-                                                                                      max_size=2), max_leaves=12)
+NUMBERS = (
+    st.integers(-(2**70), 2**70)
+    | st.sampled_from([2**63, 2**64, -(2**63) - 1, 10**400, -(10**400)])
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([3.5e38, -3.5e38, 65520.0, 1e308])
+)
+JSON_VALUES = st.recursive(
+    NUMBERS | st.booleans() | st.text(max_size=4) | st.none(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
+    max_leaves=12,
+)
 
 
 @fuzz()
@@ -177,8 +190,9 @@ def test_decode_json_raises_only_serve_errors(datatype: str, shape: list[int], d
 
 @fuzz()
 @given(datatype=st.sampled_from([d for d in DATATYPES if d != "BYTES"]), count=st.integers(1, 4), data=st.data())
-def test_decode_json_matching_shapes_refuse_only_values_that_do_not_fit(datatype: str, count: int,
-                                                                        data: st.DataObject) -> None:
+def test_decode_json_matching_shapes_refuse_only_values_that_do_not_fit(
+    datatype: str, count: int, data: st.DataObject
+) -> None:
     """With a shape that matches, a ServeError only ever means a value outside the datatype (and the value
     decodes to itself otherwise)."""
     values = data.draw(st.lists(NUMBERS | st.booleans(), min_size=count, max_size=count))
@@ -196,8 +210,11 @@ def bodies(draw: st.DrawFn) -> tuple[bytes, str | None]:
     """A /v2 request body (JSON, then binary tensors) with its header length, either mostly right or anything."""
     inputs = []
     for i in range(draw(st.integers(0, 3))):
-        spec: dict[str, Any] = {"name": draw(st.sampled_from([f"in{i}", "in0"])),
-                                "datatype": draw(st.sampled_from([*DATATYPES, "FP8", 3])), "shape": draw(SHAPES)}
+        spec: dict[str, Any] = {
+            "name": draw(st.sampled_from([f"in{i}", "in0"])),
+            "datatype": draw(st.sampled_from([*DATATYPES, "FP8", 3])),
+            "shape": draw(SHAPES),
+        }
         if draw(st.booleans()):
             spec["parameters"] = {"binary_data_size": draw(st.integers(0, 80) | st.sampled_from([2**62, -1]))}
         if draw(st.booleans()):
@@ -225,16 +242,23 @@ def test_read_request_raises_only_serve_errors(body: tuple[bytes, str | None]) -
 
 
 @fuzz()
-@given(value=st.text(max_size=40) | st.binary(max_size=40),
-       prefix=st.sampled_from(["", "data:", "data:image/png;base64,"]))
+@given(
+    value=st.text(max_size=40) | st.binary(max_size=40), prefix=st.sampled_from(["", "data:", "data:image/png;base64,"])
+)
 def test_decode_base64_raises_only_serve_errors(value: str | bytes, prefix: str) -> None:
     joined = prefix + value if isinstance(value, str) else prefix.encode() + value
     only_serve_errors(lambda: decode_base64(joined, field="inputs"))
 
 
 @fuzz()
-@given(body=mutated({"fill-mask": b'{"inputs": ["a [MASK] b", "c"], "parameters": {"top_k": 3}}',
-                     "image": b'{"inputs": "aGVsbG8=", "parameters": {"top_k": 2, "function_to_apply": "softmax"}}'}),
-       model=st.sampled_from([FillMaskRequest, ClassifyImageRequest]))
+@given(
+    body=mutated(
+        {
+            "fill-mask": b'{"inputs": ["a [MASK] b", "c"], "parameters": {"top_k": 3}}',
+            "image": b'{"inputs": "aGVsbG8=", "parameters": {"top_k": 2, "function_to_apply": "softmax"}}',
+        }
+    ),
+    model=st.sampled_from([FillMaskRequest, ClassifyImageRequest]),
+)
 def test_parse_json_raises_only_serve_errors(body: bytes, model: type[Any]) -> None:
     only_serve_errors(lambda: parse_json(model, body))

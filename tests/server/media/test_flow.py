@@ -39,12 +39,15 @@ def test_flo_header_bytes_and_round_trip() -> None:
     assert back.dtype == np.float32 and np.array_equal(back, flow)
 
 
-@pytest.mark.parametrize("data, match", [
-    (b"PIEH", "header"),
-    (b"PIEX" + struct.pack("<ii", 1, 1) + b"\0" * 8, "magic"),
-    (b"PIEH" + struct.pack("<ii", 2, 2) + b"\0" * 8, "2x2"),
-    (b"PIEH" + struct.pack("<ii", -1, 2) + b"", "-1x2"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"PIEH", "header"),
+        (b"PIEX" + struct.pack("<ii", 1, 1) + b"\0" * 8, "magic"),
+        (b"PIEH" + struct.pack("<ii", 2, 2) + b"\0" * 8, "2x2"),
+        (b"PIEH" + struct.pack("<ii", -1, 2) + b"", "-1x2"),
+    ],
+)
 def test_read_flo_refuses_malformed_files(data: bytes, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         read_flo(data)
@@ -65,8 +68,14 @@ def test_colour_wheel_is_the_55_colour_middlebury_wheel() -> None:
     wheel = colour_wheel()
     assert wheel.shape == (55, 3)
     # Segment starts: red, yellow, green, cyan, blue, magenta (RY 15, YG 6, GC 4, CB 11, BM 13, MR 6).
-    for index, colour in [(0, (255, 0, 0)), (15, (255, 255, 0)), (21, (0, 255, 0)), (25, (0, 255, 255)),
-                          (36, (0, 0, 255)), (49, (255, 0, 255))]:
+    for index, colour in [
+        (0, (255, 0, 0)),
+        (15, (255, 255, 0)),
+        (21, (0, 255, 0)),
+        (25, (0, 255, 255)),
+        (36, (0, 0, 255)),
+        (49, (255, 0, 255)),
+    ]:
         assert tuple(wheel[index]) == colour
     assert tuple(wheel[1]) == (255, 17, 0)  # floor(255 * 1 / 15)
     assert tuple(wheel[54]) == (255, 0, 43)  # 255 - floor(255 * 5 / 6)
@@ -95,11 +104,12 @@ def flow_vis_reference(flow: np.ndarray) -> np.ndarray:
     """Transcribed from flow_vis (Tom Runia's port of the Middlebury C++/Matlab code): flow_to_color."""
     wheel = np.zeros((55, 3))
     col = 0
-    for count, (held, ramped, rising) in zip((15, 6, 4, 11, 13, 6),
-                                             ((0, 1, 1), (1, 0, 0), (1, 2, 1), (2, 1, 0), (2, 0, 1), (0, 2, 0))):
-        wheel[col:col + count, held] = 255
+    for count, (held, ramped, rising) in zip(
+        (15, 6, 4, 11, 13, 6), ((0, 1, 1), (1, 0, 0), (1, 2, 1), (2, 1, 0), (2, 0, 1), (0, 2, 0)), strict=True
+    ):
+        wheel[col : col + count, held] = 255
         ramp = np.floor(255 * np.arange(count) / count)
-        wheel[col:col + count, ramped] = ramp if rising else 255 - ramp
+        wheel[col : col + count, ramped] = ramp if rising else 255 - ramp
         col += count
     u, v = flow[..., 0], flow[..., 1]
     rad_max = np.max(np.sqrt(np.square(u) + np.square(v)))
@@ -134,20 +144,23 @@ def test_png_normalises_by_the_largest_speed_and_survives_zero_flow() -> None:
     assert (flow_to_color(np.zeros((2, 3, 2), np.float32)) == 255).all()
 
 
-@pytest.mark.parametrize("fmt, accept, expected", [
-    (None, None, FlowFormat.NPY),
-    (None, "*/*", FlowFormat.NPY),
-    (None, "application/x-npy", FlowFormat.NPY),
-    (None, "application/x-flo", FlowFormat.FLO),
-    (None, "image/png", FlowFormat.PNG),
-    (None, "image/*", FlowFormat.PNG),
-    (None, "application/json", FlowFormat.JSON),
-    (None, "text/html, application/json;q=0.9, */*;q=0.1", FlowFormat.JSON),
-    (None, "image/png;q=0.5, application/json", FlowFormat.JSON),
-    (None, "image/png;q=0, */*", FlowFormat.NPY),  # explicitly refused, most specific range wins
-    (None, "text/csv", FlowFormat.NPY),  # nothing acceptable: the header is disregarded
-    (None, "garbage, ;;, image/png;q=nope", FlowFormat.NPY),
-    (FlowFormat.FLO, "image/png", FlowFormat.FLO),  # ?format= wins
-])
+@pytest.mark.parametrize(
+    "fmt, accept, expected",
+    [
+        (None, None, FlowFormat.NPY),
+        (None, "*/*", FlowFormat.NPY),
+        (None, "application/x-npy", FlowFormat.NPY),
+        (None, "application/x-flo", FlowFormat.FLO),
+        (None, "image/png", FlowFormat.PNG),
+        (None, "image/*", FlowFormat.PNG),
+        (None, "application/json", FlowFormat.JSON),
+        (None, "text/html, application/json;q=0.9, */*;q=0.1", FlowFormat.JSON),
+        (None, "image/png;q=0.5, application/json", FlowFormat.JSON),
+        (None, "image/png;q=0, */*", FlowFormat.NPY),  # explicitly refused, most specific range wins
+        (None, "text/csv", FlowFormat.NPY),  # nothing acceptable: the header is disregarded
+        (None, "garbage, ;;, image/png;q=nope", FlowFormat.NPY),
+        (FlowFormat.FLO, "image/png", FlowFormat.FLO),  # ?format= wins
+    ],
+)
 def test_negotiation(fmt: FlowFormat | None, accept: str | None, expected: FlowFormat) -> None:
     assert negotiate(fmt, accept) is expected

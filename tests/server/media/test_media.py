@@ -109,12 +109,15 @@ def test_only_the_span_asked_for_is_decoded_and_it_matches_the_whole(rate):
     np.testing.assert_allclose(span, whole[:960], atol=1e-6)
 
 
-@pytest.mark.parametrize("data, code", [
-    (b"", ErrorCode.INVALID_INPUT),
-    (b"not audio at all" * 10, ErrorCode.UNSUPPORTED_MEDIA_TYPE),
-    (sound(np.zeros(100, np.float32), 48_000, "FLAC")[:40], ErrorCode.UNSUPPORTED_MEDIA_TYPE),
-    (sound(np.array([0.0, np.nan, 0.1], np.float32), 48_000, "WAV", "FLOAT"), ErrorCode.INVALID_INPUT),
-])
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (b"", ErrorCode.INVALID_INPUT),
+        (b"not audio at all" * 10, ErrorCode.UNSUPPORTED_MEDIA_TYPE),
+        (sound(np.zeros(100, np.float32), 48_000, "FLAC")[:40], ErrorCode.UNSUPPORTED_MEDIA_TYPE),
+        (sound(np.array([0.0, np.nan, 0.1], np.float32), 48_000, "WAV", "FLOAT"), ErrorCode.INVALID_INPUT),
+    ],
+)
 def test_bad_audio_is_refused(data, code):
     assert code_of(media.decode_audio, data, sample_rate=48_000, max_samples=100) is code
 
@@ -173,12 +176,15 @@ def test_pickled_arrays_are_refused_without_unpickling(monkeypatch):
     assert code_of(media.decode_video, buffer.getvalue(), size=(2, 2)) is ErrorCode.INVALID_INPUT
 
 
-@pytest.mark.parametrize("array", [
-    np.zeros((2, 8, 8), np.uint8),  # no channel axis
-    np.zeros((2, 8, 8, 4), np.uint8),  # RGBA
-    np.zeros((2, 8, 8, 3), np.float32),  # not uint8
-    np.zeros((0, 8, 8, 3), np.uint8),  # no frames
-])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros((2, 8, 8), np.uint8),  # no channel axis
+        np.zeros((2, 8, 8, 4), np.uint8),  # RGBA
+        np.zeros((2, 8, 8, 3), np.float32),  # not uint8
+        np.zeros((0, 8, 8, 3), np.uint8),  # no frames
+    ],
+)
 def test_ill_shaped_arrays_are_refused(array):
     assert code_of(media.decode_video, npy(array), size=(8, 8)) is ErrorCode.INVALID_INPUT
 
@@ -190,13 +196,16 @@ def test_limits_are_checked_from_the_header_before_the_data_is_read():
     assert code_of(media.decode_video, many, size=(2, 2)) is ErrorCode.PAYLOAD_TOO_LARGE
 
 
-@pytest.mark.parametrize("data, code", [
-    (b"", ErrorCode.INVALID_INPUT),
-    (npy(np.zeros((2, 8, 8, 3), np.uint8))[:-50], ErrorCode.INVALID_INPUT),  # truncated .npy
-    (npz(video=np.zeros((2, 8, 8, 3), np.uint8))[:-30], ErrorCode.INVALID_INPUT),  # truncated .npz
-    (b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64, ErrorCode.UNSUPPORTED_MEDIA_TYPE),  # an mp4 header, no content
-    (b"neither an array nor a video" * 4, ErrorCode.UNSUPPORTED_MEDIA_TYPE),
-])
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (b"", ErrorCode.INVALID_INPUT),
+        (npy(np.zeros((2, 8, 8, 3), np.uint8))[:-50], ErrorCode.INVALID_INPUT),  # truncated .npy
+        (npz(video=np.zeros((2, 8, 8, 3), np.uint8))[:-30], ErrorCode.INVALID_INPUT),  # truncated .npz
+        (b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64, ErrorCode.UNSUPPORTED_MEDIA_TYPE),  # an mp4 header, no content
+        (b"neither an array nor a video" * 4, ErrorCode.UNSUPPORTED_MEDIA_TYPE),
+    ],
+)
 def test_corrupt_video_is_refused(data, code):
     assert code_of(media.decode_video, data, size=(8, 8)) is code
 
@@ -227,8 +236,10 @@ def test_without_pyav_containers_answer_415(monkeypatch):
         media.decode_video(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64, size=(8, 8))
     assert info.value.code is ErrorCode.UNSUPPORTED_MEDIA_TYPE and "PyAV" in info.value.message
     assert not media.pyav_available()
-    assert code_of(media.write_mp4, np.zeros((1, 8, 8, 3), np.uint8), None, fps=Fraction(25),
-                   sample_rate=48_000) is ErrorCode.UNSUPPORTED_MEDIA_TYPE
+    assert (
+        code_of(media.write_mp4, np.zeros((1, 8, 8, 3), np.uint8), None, fps=Fraction(25), sample_rate=48_000)
+        is ErrorCode.UNSUPPORTED_MEDIA_TYPE
+    )
     frames = np.zeros((1, 8, 8, 3), np.uint8)
     assert np.array_equal(media.decode_video(npy(frames), size=(8, 8)), frames)  # arrays need no PyAV
 
@@ -251,14 +262,18 @@ def _zip_with(method: int, flags: int = 0, body: bytes | None = None) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("data, status", [
-    (_zip_with(99), 415),  # AES / unknown method: zipfile raised NotImplementedError
-    (_zip_with(zipfile.ZIP_BZIP2), 415),  # a method whose reads are not bounded
-    (_zip_with(zipfile.ZIP_LZMA), 415),
-    (_zip_with(zipfile.ZIP_DEFLATED, flags=0x1), 415),  # encrypted: zipfile raised RuntimeError
-    (_zip_with(zipfile.ZIP_DEFLATED, body=b"\xff" * 40), 422),  # a broken deflate stream: zlib.error
-    (_zip_with(zipfile.ZIP_DEFLATED, body=b"\x03\x00"), 422),  # a stream that ends at once
-], ids=["method-99", "bzip2", "lzma", "encrypted", "broken-deflate", "empty-deflate"])
+@pytest.mark.parametrize(
+    "data, status",
+    [
+        (_zip_with(99), 415),  # AES / unknown method: zipfile raised NotImplementedError
+        (_zip_with(zipfile.ZIP_BZIP2), 415),  # a method whose reads are not bounded
+        (_zip_with(zipfile.ZIP_LZMA), 415),
+        (_zip_with(zipfile.ZIP_DEFLATED, flags=0x1), 415),  # encrypted: zipfile raised RuntimeError
+        (_zip_with(zipfile.ZIP_DEFLATED, body=b"\xff" * 40), 422),  # a broken deflate stream: zlib.error
+        (_zip_with(zipfile.ZIP_DEFLATED, body=b"\x03\x00"), 422),  # a stream that ends at once
+    ],
+    ids=["method-99", "bzip2", "lzma", "encrypted", "broken-deflate", "empty-deflate"],
+)
 def test_npz_archives_with_other_methods_or_broken_streams(data: bytes, status: int) -> None:
     with pytest.raises(ServeError) as info:
         media.decode_video(data, size=(16, 16))
@@ -270,20 +285,35 @@ def _npy_with_header(header: bytes) -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
 
 
-@pytest.mark.parametrize("header", [
-    b"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 2, 2, 3),",  # SyntaxError
-    b"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 2, 2, 3)} + 1",  # not a literal
-    b"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 2, 2, 3), 'shape': 7}",
-    b"{'descr': 7, 'fortran_order': False, 'shape': (1, 2, 2, 3)}",  # TypeError in numpy
-    b"{'descr': '|u1', 'fortran_order': False, 'shape': " + b"(" * 3000 + b")" * 3000 + b"}",  # deep nesting
-    b"{'descr': [('a', '|u1', (2**40,))], 'fortran_order': False, 'shape': (1, 2, 2, 3)}",  # a huge sub-array
-    b"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 2, 2, 3.5)}",
-    b"{'descr': '|u1', 'fortran_order': False, 'shape': (10**400, 2, 2, 3)}",
-    b"{'descr': '|u1', 'fortran_order': False, 'shape': (-1, 2, 2, 3)}",
-    b"{'descr': '\xff\xfe', 'fortran_order': False, 'shape': (1, 2, 2, 3)}",  # not UTF-8
-    b"{'descr': '|u1', 'fortran_order': 'yes', 'shape': (1, 2, 2, 3)}",
-], ids=["unclosed", "expression", "duplicate-key", "descr-int", "deep", "subarray", "float-dim", "huge-dim",
-        "negative-dim", "not-utf8", "fortran-str"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 2, 2, 3),",  # SyntaxError
+        b"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 2, 2, 3)} + 1",  # not a literal
+        b"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 2, 2, 3), 'shape': 7}",
+        b"{'descr': 7, 'fortran_order': False, 'shape': (1, 2, 2, 3)}",  # TypeError in numpy
+        b"{'descr': '|u1', 'fortran_order': False, 'shape': " + b"(" * 3000 + b")" * 3000 + b"}",  # deep nesting
+        b"{'descr': [('a', '|u1', (2**40,))], 'fortran_order': False, 'shape': (1, 2, 2, 3)}",  # a huge sub-array
+        b"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 2, 2, 3.5)}",
+        b"{'descr': '|u1', 'fortran_order': False, 'shape': (10**400, 2, 2, 3)}",
+        b"{'descr': '|u1', 'fortran_order': False, 'shape': (-1, 2, 2, 3)}",
+        b"{'descr': '\xff\xfe', 'fortran_order': False, 'shape': (1, 2, 2, 3)}",  # not UTF-8
+        b"{'descr': '|u1', 'fortran_order': 'yes', 'shape': (1, 2, 2, 3)}",
+    ],
+    ids=[
+        "unclosed",
+        "expression",
+        "duplicate-key",
+        "descr-int",
+        "deep",
+        "subarray",
+        "float-dim",
+        "huge-dim",
+        "negative-dim",
+        "not-utf8",
+        "fortran-str",
+    ],
+)
 def test_npy_headers_that_do_not_parse_are_422(header: bytes) -> None:
     with pytest.raises(ServeError) as info:
         media.decode_video(_npy_with_header(header) + bytes(12), size=(2, 2))

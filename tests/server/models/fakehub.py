@@ -19,10 +19,10 @@ def fake_hub(repos: dict[str, dict[str, bytes]]) -> Iterator[tuple[str, list[str
     requested: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_HEAD(self) -> None:
             self._answer(body=False)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._answer(body=True)
 
         def _answer(self, *, body: bool) -> None:

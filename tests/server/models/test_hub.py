@@ -31,8 +31,13 @@ def test_offline_and_not_cached_fails_fast_with_the_fix() -> None:
     assert time.monotonic() - started < 5
     error = info.value
     assert error.code is ErrorCode.MODEL_UNAVAILABLE and error.status == 503
-    for needle in ("'lm'", "deepmind/language-perceiver-not-cached", "perceiver-serve download lm",
-                   "HF_HUB_OFFLINE", "local folder"):
+    for needle in (
+        "'lm'",
+        "deepmind/language-perceiver-not-cached",
+        "perceiver-serve download lm",
+        "HF_HUB_OFFLINE",
+        "local folder",
+    ):
         assert needle in error.message
 
 
@@ -76,8 +81,9 @@ def sharded(folder: Path, shards: int = 3) -> dict[str, bytes]:
     return files
 
 
-def test_a_sharded_hub_checkpoint_loads_from_the_cache(checkpoints: dict[str, Path], tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sharded_hub_checkpoint_loads_from_the_cache(
+    checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One resolver (model_core's): the index and every shard are found in the cache, offline."""
     import shutil
 
@@ -100,8 +106,9 @@ def test_a_sharded_hub_checkpoint_loads_from_the_cache(checkpoints: dict[str, Pa
         assert torch.equal(a, b), name
 
 
-def test_a_sharded_checkpoint_downloads_with_every_shard(checkpoints: dict[str, Path], tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sharded_checkpoint_downloads_with_every_shard(
+    checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Online, the server fetches what model_core's resolver fetches: the index, then every shard it names."""
     import shutil
 
@@ -119,7 +126,9 @@ def test_a_sharded_checkpoint_downloads_with_every_shard(checkpoints: dict[str, 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     with fake_hub({"org/sharded-mlm": files}) as (endpoint, requested):
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        )
         loaded = load_model(spec("org/sharded-mlm"), Settings())
     assert loaded.folder.name == "0123456789abcdef0123456789abcdef01234567"
     assert set(files) <= {p.name for p in loaded.folder.iterdir()}

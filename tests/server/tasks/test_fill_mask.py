@@ -5,15 +5,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.errors import ErrorCode, ServeError
 from server.engine.loading import load_model
+from server.errors import ErrorCode, ServeError
 from server.settings import ModelSpec, Settings, Task
 from server.tasks.fill_mask import FillMaskRunner
 
 # 33..64 tokens each: one length bucket (64), different lengths and mask counts.
-TEXTS = ["Hello [MASK]orld, how are you doing today?", "The capital of France is[MASK][MASK][MASK][MASK][MASK][MASK].",
-         "[MASK] is the first byte of this long sentence", "a[MASK]b[MASK][MASK]c and then some more text here",
-         "ünïcode [MASK] text, with a few more words in it"]
+TEXTS = [
+    "Hello [MASK]orld, how are you doing today?",
+    "The capital of France is[MASK][MASK][MASK][MASK][MASK][MASK].",
+    "[MASK] is the first byte of this long sentence",
+    "a[MASK]b[MASK][MASK]c and then some more text here",
+    "ünïcode [MASK] text, with a few more words in it",
+]
 
 
 MASKS = 256  # max_masks_per_text
@@ -70,7 +74,7 @@ def test_response_shape(runner: FillMaskRunner) -> None:
     assert per_mask[2][0]["run"] == second_run and (second_run["start"], second_run["end"]) == (8, 20)
     assert len(first_run["fill"]) == 1 and per_mask[0][0]["token_str"] in first_run["fill"]
     text = "a[MASK]b[MASK][MASK]c"  # a run's filled text, from its offsets
-    assert text[: second_run["start"]] + "##" + text[second_run["end"]:] == "a[MASK]b##c"
+    assert text[: second_run["start"]] + "##" + text[second_run["end"] :] == "a[MASK]b##c"
     assert per_mask[1][0]["sequence"].count("[MASK]") == 2  # only this mask is filled
 
 
@@ -85,13 +89,16 @@ def test_token_ids_and_logits(runner: FillMaskRunner) -> None:
     assert top.indices.tolist() == scores.tokens and torch.allclose(top.values, torch.tensor(scores.scores))
 
 
-@pytest.mark.parametrize("ids, code", [
-    ([4, 70, 5], ErrorCode.INVALID_INPUT),  # no [MASK] (id 3)
-    ([4, 3, 262, 5], ErrorCode.INVALID_INPUT),  # outside the vocabulary
-    ([4, 3, -1, 5], ErrorCode.INVALID_INPUT),
-    ([], ErrorCode.INVALID_INPUT),
-    ([4, 3, *[70] * 300, 5], ErrorCode.PAYLOAD_TOO_LARGE),
-])
+@pytest.mark.parametrize(
+    "ids, code",
+    [
+        ([4, 70, 5], ErrorCode.INVALID_INPUT),  # no [MASK] (id 3)
+        ([4, 3, 262, 5], ErrorCode.INVALID_INPUT),  # outside the vocabulary
+        ([4, 3, -1, 5], ErrorCode.INVALID_INPUT),
+        ([], ErrorCode.INVALID_INPUT),
+        ([4, 3, *[70] * 300, 5], ErrorCode.PAYLOAD_TOO_LARGE),
+    ],
+)
 def test_bad_token_ids_are_refused(runner: FillMaskRunner, ids: list[int], code: ErrorCode) -> None:
     with pytest.raises(ServeError) as info:
         runner.prepare_ids(ids, max_masks=MASKS)

@@ -22,7 +22,7 @@ def runner(checkpoints: dict[str, Path]) -> FillMaskRunner:
 
 def expected(text: str, j: int, fill: bytes) -> str:
     parts = text.split(MASK)
-    out = MASK.join(parts[: j + 1]).encode() + fill + MASK.join(parts[j + 1:]).encode()
+    out = MASK.join(parts[: j + 1]).encode() + fill + MASK.join(parts[j + 1 :]).encode()
     return out.decode("utf-8", errors="replace")
 
 

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 from model_core.image_processing import preprocess_images
-from server.errors import ErrorCode, ServeError
 from server.engine.loading import load_model
-from server.settings import ModelSpec, Settings, Task
+from server.errors import ErrorCode, ServeError
 from server.limits import DEFAULT_LIMITS
 from server.media.image import decode_image
+from server.settings import ModelSpec, Settings, Task
 from server.tasks.image_classification import ImageClassificationRunner
 
 
@@ -30,18 +30,22 @@ def runner(checkpoints: dict[str, Path]) -> ImageClassificationRunner:
     return load_model(spec, Settings()).runner
 
 
-@pytest.mark.parametrize("mode, fmt", [("RGB", "PNG"), ("L", "PNG"), ("RGBA", "PNG"), ("RGB", "JPEG"),
-                                       ("P", "GIF"), ("RGB", "WEBP")])
+@pytest.mark.parametrize(
+    "mode, fmt", [("RGB", "PNG"), ("L", "PNG"), ("RGBA", "PNG"), ("RGB", "JPEG"), ("P", "GIF"), ("RGB", "WEBP")]
+)
 def test_decode_any_pillow_format_to_rgb(mode: str, fmt: str) -> None:
     image = decode_image(png(mode=mode, fmt=fmt))
     assert image.mode == "RGB" and image.size == (64, 48)
 
 
-@pytest.mark.parametrize("data, code", [
-    (b"", ErrorCode.INVALID_INPUT),
-    (b"definitely not an image", ErrorCode.UNSUPPORTED_MEDIA_TYPE),
-    (png()[:60], ErrorCode.INVALID_INPUT),  # truncated
-])
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (b"", ErrorCode.INVALID_INPUT),
+        (b"definitely not an image", ErrorCode.UNSUPPORTED_MEDIA_TYPE),
+        (png()[:60], ErrorCode.INVALID_INPUT),  # truncated
+    ],
+)
 def test_undecodable_input_is_refused(data: bytes, code: ErrorCode) -> None:
     with pytest.raises(ServeError) as info:
         decode_image(data)
@@ -71,11 +75,14 @@ def test_pixel_values_and_logits(runner: ImageClassificationRunner) -> None:
     assert [label for label, _ in ranked] == [runner.labels.names[i] for i in first.argsort(descending=True)]
 
 
-@pytest.mark.parametrize("pixels, says", [
-    (torch.zeros(3, 112, 112), "[3, 224, 224]"),
-    (torch.zeros(1, 224, 224), "[3, 224, 224]"),
-    (torch.full((3, 224, 224), float("nan")), "NaN"),
-])
+@pytest.mark.parametrize(
+    "pixels, says",
+    [
+        (torch.zeros(3, 112, 112), "[3, 224, 224]"),
+        (torch.zeros(1, 224, 224), "[3, 224, 224]"),
+        (torch.full((3, 224, 224), float("nan")), "NaN"),
+    ],
+)
 def test_bad_pixel_values_are_refused(runner: ImageClassificationRunner, pixels: torch.Tensor, says: str) -> None:
     with pytest.raises(ServeError) as info:
         runner.prepare_pixels(pixels)
@@ -83,12 +90,14 @@ def test_bad_pixel_values_are_refused(runner: ImageClassificationRunner, pixels:
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "LA", "I;16"])
-def test_a_file_is_cropped_before_conversion_with_the_same_pixels(runner: ImageClassificationRunner,
-                                                                  mode: str) -> None:
+def test_a_file_is_cropped_before_conversion_with_the_same_pixels(runner: ImageClassificationRunner, mode: str) -> None:
     """prepare_file crops in the file's own mode, then converts: the pixels equal decode_image then prepare."""
     rng = np.random.default_rng(3)
-    image = Image.fromarray(rng.integers(0, 256, (61, 97, 3), dtype=np.uint8)).convert(mode) if mode != "I;16" \
+    image = (
+        Image.fromarray(rng.integers(0, 256, (61, 97, 3), dtype=np.uint8)).convert(mode)
+        if mode != "I;16"
         else Image.fromarray(rng.integers(0, 65535, (61, 97), dtype=np.uint16))
+    )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     data = buffer.getvalue()

@@ -42,13 +42,18 @@ def encode(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
 
 
 def upload(first: np.ndarray, second: np.ndarray) -> dict:
-    return {"files": {"frame1": ("a.png", encode(first), "image/png"),
-                      "frame2": ("b.png", encode(second), "image/png")}}
+    return {
+        "files": {"frame1": ("a.png", encode(first), "image/png"), "frame2": ("b.png", encode(second), "image/png")}
+    }
 
 
 def as_json(first: np.ndarray, second: np.ndarray) -> dict:
-    return {"json": {"frame1": base64.b64encode(encode(first)).decode(),
-                     "frame2": base64.b64encode(encode(second)).decode()}}
+    return {
+        "json": {
+            "frame1": base64.b64encode(encode(first)).decode(),
+            "frame2": base64.b64encode(encode(second)).decode(),
+        }
+    }
 
 
 def npy(response: httpx.Response) -> np.ndarray:
@@ -112,14 +117,23 @@ async def test_frame_of_one_tile_is_one_model_call(client: httpx.AsyncClient, mo
     assert not np.array_equal(flow[..., 0], flow[..., 1])
 
 
-async def test_small_frames_are_upscaled_and_the_flow_scaled_back(client: httpx.AsyncClient,
-                                                                  model: torch.nn.Module) -> None:
+async def test_small_frames_are_upscaled_and_the_flow_scaled_back(
+    client: httpx.AsyncClient, model: torch.nn.Module
+) -> None:
     first, second = frames(24, 32, seed=2)  # x2 on both axes covers exactly one 48x64 tile
     flow = npy(await client.post("/optical-flow", **upload(first, second)))
     big = [np.asarray(Image.fromarray(f).resize((64, 48), Image.Resampling.BILINEAR)) for f in (first, second)]
     at_tile = direct(model, *big)  # (48, 64, 2) in pixels of the upscaled frames
-    expected = np.stack([np.asarray(Image.fromarray(at_tile[..., c]).resize((32, 24), Image.Resampling.BILINEAR))
-                         for c in range(2)], axis=-1) / 2
+    expected = (
+        np.stack(
+            [
+                np.asarray(Image.fromarray(at_tile[..., c]).resize((32, 24), Image.Resampling.BILINEAR))
+                for c in range(2)
+            ],
+            axis=-1,
+        )
+        / 2
+    )
     assert flow.shape == (24, 32, 2)
     np.testing.assert_allclose(flow, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     odd = npy(await client.post("/optical-flow", **upload(*frames(21, 40, seed=3))))
@@ -133,8 +147,12 @@ async def test_multipart_json_and_data_urls_agree(client: httpx.AsyncClient) -> 
     payload = as_json(first, second)["json"]
     data_urls = {k: f"data:image/png;base64,{v}" for k, v in payload.items()}
     by_data_url = npy(await client.post("/optical-flow", json=data_urls))
-    jpeg = npy(await client.post("/optical-flow", files={"frame1": ("a.jpg", encode(first, "JPEG")),
-                                                         "frame2": ("b.webp", encode(second, "WEBP"))}))
+    jpeg = npy(
+        await client.post(
+            "/optical-flow",
+            files={"frame1": ("a.jpg", encode(first, "JPEG")), "frame2": ("b.webp", encode(second, "WEBP"))},
+        )
+    )
     assert np.array_equal(by_upload, by_json) and np.array_equal(by_upload, by_data_url)
     assert jpeg.shape == by_upload.shape
 
@@ -159,21 +177,24 @@ async def test_every_output_format(client: httpx.AsyncClient) -> None:
     assert image.format == "PNG" and image.mode == "RGB" and image.size == (70, 50)
 
 
-@pytest.mark.parametrize("accept, query, media_type", [
-    ("image/png", "", "image/png"),
-    ("application/json", "", "application/json"),
-    ("application/x-flo", "", "application/x-flo"),
-    ("text/html, */*;q=0.8", "", "application/x-npy"),
-    ("image/png", "?format=flo", "application/x-flo"),
-])
-async def test_accept_header_picks_the_format(client: httpx.AsyncClient, accept: str, query: str,
-                                              media_type: str) -> None:
+@pytest.mark.parametrize(
+    "accept, query, media_type",
+    [
+        ("image/png", "", "image/png"),
+        ("application/json", "", "application/json"),
+        ("application/x-flo", "", "application/x-flo"),
+        ("text/html, */*;q=0.8", "", "application/x-npy"),
+        ("image/png", "?format=flo", "application/x-flo"),
+    ],
+)
+async def test_accept_header_picks_the_format(
+    client: httpx.AsyncClient, accept: str, query: str, media_type: str
+) -> None:
     response = await client.post(f"/optical-flow{query}", headers={"Accept": accept}, **upload(*frames(48, 64)))
     assert response.status_code == 200 and response.headers["content-type"] == media_type
 
 
-async def test_answer_is_the_same_alone_and_batched_with_other_requests(
-        make_settings: Callable[..., Settings]) -> None:
+async def test_answer_is_the_same_alone_and_batched_with_other_requests(make_settings: Callable[..., Settings]) -> None:
     pairs = [frames(60 + 10 * i, 70 + 20 * i, seed=10 + i) for i in range(4)]  # the first is cut in 2 x 2 tiles
     async with open_client(build_app(make_settings(max_delay_ms=200))) as client:
         alone = await client.post("/optical-flow", **upload(*pairs[0]))
@@ -185,27 +206,69 @@ async def test_answer_is_the_same_alone_and_batched_with_other_requests(
     assert [t.shape[:2] for t in together] == [p[0].shape[:2] for p in pairs]
 
 
-@pytest.mark.parametrize("request_kwargs, status, code, words", [
-    ({"files": {"frame1": ("a.png", encode(frames(40, 60)[0])), "frame2": ("b.png", encode(frames(41, 60)[1]))}},
-     422, "invalid_input", "same size"),
-    ({"files": {"frame1": ("a.png", encode(frames(40, 60)[0])), "frame2": ("b.png", b"not an image")}},
-     415, "unsupported_media_type", "frame2"),
-    ({"files": {"frame1": ("a.png", encode(frames(40, 60)[0])[:80]), "frame2": ("b.png", encode(frames(40, 60)[1]))}},
-     422, "invalid_input", "frame1"),
-    ({"files": {"frame1": ("a.png", encode(frames(40, 60)[0]))}}, 422, "invalid_input", "frame2"),
-    ({"json": {"frame1": "%%%", "frame2": "AAAA"}}, 422, "invalid_input", "frame1 is not valid base64"),
-    ({"json": {"frame1": "AAAA"}}, 422, "invalid_input", "frame2"),
-    ({"json": {"frame1": "AAAA", "frame2": "AAAA", "fps": 30}}, 422, "invalid_input", "fps"),
-    ({"content": encode(frames(40, 60)[0]), "headers": {"Content-Type": "image/png"}}, 415,
-     "unsupported_media_type", "frame1"),
-    ({"files": {"frame1": ("a.png", encode(np.zeros((2, 4100, 3), np.uint8))),
-                "frame2": ("b.png", encode(np.zeros((2, 4100, 3), np.uint8)))}}, 413, "payload_too_large", "4096"),
-    ({"files": {"frame1": ("a.png", encode(np.zeros((10, 1000, 3), np.uint8))),
-                "frame2": ("b.png", encode(np.zeros((10, 1000, 3), np.uint8)))}}, 413, "payload_too_large",
-     "elongated"),
-])
-async def test_bad_requests_are_4xx_with_a_clear_message(client: httpx.AsyncClient, request_kwargs: dict,
-                                                         status: int, code: str, words: str) -> None:
+@pytest.mark.parametrize(
+    "request_kwargs, status, code, words",
+    [
+        (
+            {"files": {"frame1": ("a.png", encode(frames(40, 60)[0])), "frame2": ("b.png", encode(frames(41, 60)[1]))}},
+            422,
+            "invalid_input",
+            "same size",
+        ),
+        (
+            {"files": {"frame1": ("a.png", encode(frames(40, 60)[0])), "frame2": ("b.png", b"not an image")}},
+            415,
+            "unsupported_media_type",
+            "frame2",
+        ),
+        (
+            {
+                "files": {
+                    "frame1": ("a.png", encode(frames(40, 60)[0])[:80]),
+                    "frame2": ("b.png", encode(frames(40, 60)[1])),
+                }
+            },
+            422,
+            "invalid_input",
+            "frame1",
+        ),
+        ({"files": {"frame1": ("a.png", encode(frames(40, 60)[0]))}}, 422, "invalid_input", "frame2"),
+        ({"json": {"frame1": "%%%", "frame2": "AAAA"}}, 422, "invalid_input", "frame1 is not valid base64"),
+        ({"json": {"frame1": "AAAA"}}, 422, "invalid_input", "frame2"),
+        ({"json": {"frame1": "AAAA", "frame2": "AAAA", "fps": 30}}, 422, "invalid_input", "fps"),
+        (
+            {"content": encode(frames(40, 60)[0]), "headers": {"Content-Type": "image/png"}},
+            415,
+            "unsupported_media_type",
+            "frame1",
+        ),
+        (
+            {
+                "files": {
+                    "frame1": ("a.png", encode(np.zeros((2, 4100, 3), np.uint8))),
+                    "frame2": ("b.png", encode(np.zeros((2, 4100, 3), np.uint8))),
+                }
+            },
+            413,
+            "payload_too_large",
+            "4096",
+        ),
+        (
+            {
+                "files": {
+                    "frame1": ("a.png", encode(np.zeros((10, 1000, 3), np.uint8))),
+                    "frame2": ("b.png", encode(np.zeros((10, 1000, 3), np.uint8))),
+                }
+            },
+            413,
+            "payload_too_large",
+            "elongated",
+        ),
+    ],
+)
+async def test_bad_requests_are_4xx_with_a_clear_message(
+    client: httpx.AsyncClient, request_kwargs: dict, status: int, code: str, words: str
+) -> None:
     response = await client.post("/optical-flow", **request_kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -222,6 +285,10 @@ async def test_unknown_format_and_model(client: httpx.AsyncClient) -> None:
 async def test_openapi_describes_the_route(client: httpx.AsyncClient) -> None:
     route = (await client.get("/openapi.json")).json()["paths"]["/optical-flow"]["post"]
     assert set(route["requestBody"]["content"]) == {"multipart/form-data", "application/json"}
-    assert set(route["responses"]["200"]["content"]) == {"application/x-npy", "application/x-flo", "image/png",
-                                                         "application/json"}
+    assert set(route["responses"]["200"]["content"]) == {
+        "application/x-npy",
+        "application/x-flo",
+        "image/png",
+        "application/json",
+    }
     assert {"413", "415", "422"} <= set(route["responses"])

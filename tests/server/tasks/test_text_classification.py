@@ -35,7 +35,7 @@ def test_output_is_identical_alone_and_in_a_batch(runner: TextClassificationRunn
     texts = ["short one", "a slightly longer sentence", "é" * 6, "x"]
     items = [runner.prepare(t) for t in texts]
     together, alone = run(runner, items), [run(runner, [i])[0] for i in items]
-    answer = lambda logits: runner.respond(logits, top_k=None, function=None)  # noqa: E731
+    answer = lambda logits: runner.respond(logits, top_k=None, function=None)
     assert [answer(x) for x in together] == [answer(x) for x in alone]
 
 

@@ -63,8 +63,11 @@ def test_bf16_is_raw_bfloat16_as_ml_dtypes_reads_it() -> None:
     tensor = Tensor.from_torch("y", values, "BF16")
     decoded = np.frombuffer(encode_binary(tensor), dtype=ml_dtypes.bfloat16).reshape(2, 4)
     np.testing.assert_array_equal(decoded.astype(np.float32), values.to(torch.bfloat16).float().numpy())
-    assert encode_json(tensor) == decoded.astype(np.float32).reshape(-1).tolist() == [
-        1.0, -2.5, 3.140625, 0.00099945068359375, 65536.0, -0.0, 0.10009765625, 7.0]
+    assert (
+        encode_json(tensor)
+        == decoded.astype(np.float32).reshape(-1).tolist()
+        == [1.0, -2.5, 3.140625, 0.00099945068359375, 65536.0, -0.0, 0.10009765625, 7.0]
+    )
     assert torch.equal(tensor.to_torch(), values.to(torch.bfloat16))
 
 
@@ -88,27 +91,33 @@ def test_json_data_flat_or_nested() -> None:
     assert pixels.array.dtype == np.float32 and pixels.array.tolist() == [[0.5, -1.25]]
 
 
-@pytest.mark.parametrize("datatype, shape, data, says", [
-    ("INT64", [3], [1, 2], "has 3 elements"),
-    ("INT64", [2], [1, 2.5], "integers"),
-    ("INT8", [1], [300], "range"),
-    ("FP32", [1], ["1.0"], "numbers"),
-    ("FP32", [1], [True], "numbers"),
-    ("BOOL", [1], [1], "true/false"),
-    ("BYTES", [1], [3], "strings"),
-])
+@pytest.mark.parametrize(
+    "datatype, shape, data, says",
+    [
+        ("INT64", [3], [1, 2], "has 3 elements"),
+        ("INT64", [2], [1, 2.5], "integers"),
+        ("INT8", [1], [300], "range"),
+        ("FP32", [1], ["1.0"], "numbers"),
+        ("FP32", [1], [True], "numbers"),
+        ("BOOL", [1], [1], "true/false"),
+        ("BYTES", [1], [3], "strings"),
+    ],
+)
 def test_json_data_that_does_not_fit_is_refused(datatype: str, shape: list[int], data: list, says: str) -> None:
     with pytest.raises(ServeError) as info:
         decode_json("x", datatype, shape, data)
     assert info.value.code is ErrorCode.BAD_REQUEST and says in info.value.message
 
 
-@pytest.mark.parametrize("count, raw, says", [
-    (3, b"\x01\x00\x00\x00a" + b"\x00\x00\x00\x00" + b"\x05\x00\x00", "ends inside element 2"),
-    (2, b"\x01\x00\x00\x00a\x05\x00\x00\x00ab", "past the end"),
-    (2, b"\x01\x00\x00\x00a\x01\x00\x00\x00bEXTRA", "bytes left"),
-    (2**30, bytes(8), "cannot hold"),  # refused before anything of that size is allocated
-])
+@pytest.mark.parametrize(
+    "count, raw, says",
+    [
+        (3, b"\x01\x00\x00\x00a" + b"\x00\x00\x00\x00" + b"\x05\x00\x00", "ends inside element 2"),
+        (2, b"\x01\x00\x00\x00a\x05\x00\x00\x00ab", "past the end"),
+        (2, b"\x01\x00\x00\x00a\x01\x00\x00\x00bEXTRA", "bytes left"),
+        (2**30, bytes(8), "cannot hold"),  # refused before anything of that size is allocated
+    ],
+)
 def test_malformed_bytes_tensors_are_refused(count: int, raw: bytes, says: str) -> None:
     with pytest.raises(ServeError) as info:
         decode_binary("x", "BYTES", [count], memoryview(raw))
@@ -148,9 +157,22 @@ def test_decompress_gzip_and_deflate_within_the_limit() -> None:
 
 
 def test_v2_values_outside_every_datatype_are_400() -> None:
-    cases = [("FP32", [3.5e38]), ("FP32", [10**39]), ("FP32", [10**400]), ("FP16", [65520.0]), ("BF16", [1e39]),
-             ("FP64", [10**400]), ("FP64", [float("inf")]), ("FP32", [float("nan")]), ("INT8", [128]),
-             ("UINT8", [-1]), ("INT64", [2**63]), ("UINT64", [2**64]), ("INT32", [-(2**31) - 1]), ("UINT16", [2**16])]
+    cases = [
+        ("FP32", [3.5e38]),
+        ("FP32", [10**39]),
+        ("FP32", [10**400]),
+        ("FP16", [65520.0]),
+        ("BF16", [1e39]),
+        ("FP64", [10**400]),
+        ("FP64", [float("inf")]),
+        ("FP32", [float("nan")]),
+        ("INT8", [128]),
+        ("UINT8", [-1]),
+        ("INT64", [2**63]),
+        ("UINT64", [2**64]),
+        ("INT32", [-(2**31) - 1]),
+        ("UINT16", [2**16]),
+    ]
     for datatype, values in cases:
         with pytest.raises(ServeError) as info:
             decode_json("x", datatype, [1], values)
@@ -158,12 +180,22 @@ def test_v2_values_outside_every_datatype_are_400() -> None:
     assert decode_json("x", "FP32", [1], [3.4028234e38]).array.tolist() == [np.finfo(np.float32).max]
 
 
-@pytest.mark.parametrize("shape", [[0, 2**31, 2**31, 2**31], [2**31, 2**31, 0], [2**16, 2**16, 2**16, 0],
-                                   [2**31, 2**31], [0, 0, 2**31, 2**31, 2**31, 2**31, 2**31, 2**31]])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        [0, 2**31, 2**31, 2**31],
+        [2**31, 2**31, 0],
+        [2**16, 2**16, 2**16, 0],
+        [2**31, 2**31],
+        [0, 0, 2**31, 2**31, 2**31, 2**31, 2**31, 2**31],
+    ],
+)
 def test_v2_shapes_past_the_element_limit_are_400_whatever_the_data(shape: list[int]) -> None:
     for datatype in ("FP32", "BYTES", "BOOL"):
-        for call in (lambda: decode_binary("x", datatype, shape, memoryview(b"")),
-                     lambda: decode_json("x", datatype, shape, [])):
+        for call in (
+            lambda: decode_binary("x", datatype, shape, memoryview(b"")),
+            lambda: decode_json("x", datatype, shape, []),
+        ):
             with pytest.raises(ServeError) as info:
                 call()
             assert info.value.status == 400 and "elements" in info.value.message
@@ -180,12 +212,25 @@ def test_huge_json_integers_in_float_tensors_are_400(datatype: str) -> None:
 @pytest.mark.anyio
 async def test_v2_infer_answers_overflows_as_protocol_errors(make_settings: Callable[..., Settings]) -> None:
     """Through the route: 400 in the protocol's {"error": message} shape, for JSON data and binary shapes."""
-    def infer_json(datatype: str, shape: list[int], data_literal: str) -> bytes:
-        return (f'{{"inputs": [{{"name": "pixel_values", "datatype": "{datatype}", "shape": {json.dumps(shape)}, '
-                f'"data": {data_literal}}}]}}').encode()
 
-    binary_head = json.dumps({"inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": [0, 2**31, 2**31],
-                                          "parameters": {"binary_data_size": 0}}]}).encode()
+    def infer_json(datatype: str, shape: list[int], data_literal: str) -> bytes:
+        return (
+            f'{{"inputs": [{{"name": "pixel_values", "datatype": "{datatype}", "shape": {json.dumps(shape)}, '
+            f'"data": {data_literal}}}]}}'
+        ).encode()
+
+    binary_head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixel_values",
+                    "datatype": "FP32",
+                    "shape": [0, 2**31, 2**31],
+                    "parameters": {"binary_data_size": 0},
+                }
+            ]
+        }
+    ).encode()
     requests = [
         ({"content": infer_json("FP32", [1], "[1e39]")}, "range"),
         ({"content": infer_json("FP32", [1], "[" + "9" * 400 + "]")}, "range"),

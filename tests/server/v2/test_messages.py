@@ -16,18 +16,28 @@ from server.v2.binary import Tensor
 from server.v2.messages import read_request, write_response
 
 
-def triton_body(inputs: list[InferInput], outputs: list[InferRequestedOutput] | None = None,
-                **parameters: object) -> tuple[bytes, str | None]:
-    body, json_size = _get_inference_request(inputs=inputs, request_id="req-1", outputs=outputs, sequence_id=0,
-                                             sequence_start=False, sequence_end=False, priority=0, timeout=None,
-                                             custom_parameters=parameters or None)
+def triton_body(
+    inputs: list[InferInput], outputs: list[InferRequestedOutput] | None = None, **parameters: object
+) -> tuple[bytes, str | None]:
+    body, json_size = _get_inference_request(
+        inputs=inputs,
+        request_id="req-1",
+        outputs=outputs,
+        sequence_id=0,
+        sequence_start=False,
+        sequence_end=False,
+        priority=0,
+        timeout=None,
+        custom_parameters=parameters or None,
+    )
     return body, None if json_size is None else str(json_size)
 
 
 def test_binary_and_json_inputs_from_tritonclient() -> None:
     ids = InferInput("input_ids", [2, 3], "INT64").set_data_from_numpy(np.arange(6).reshape(2, 3))
-    mask = InferInput("attention_mask", [2, 3], "INT64").set_data_from_numpy(np.ones((2, 3), np.int64),
-                                                                               binary_data=False)
+    mask = InferInput("attention_mask", [2, 3], "INT64").set_data_from_numpy(
+        np.ones((2, 3), np.int64), binary_data=False
+    )
     text = InferInput("text", [2], "BYTES").set_data_from_numpy(np.array([b"a\x00b", "é".encode()], dtype=object))
     body, length = triton_body([ids, mask, text], [InferRequestedOutput("logits", class_count=2)], top_k=3)
     request, inputs = read_request(body, length)
@@ -41,20 +51,29 @@ def test_binary_and_json_inputs_from_tritonclient() -> None:
 X = b'{"name": "x", "shape": [1], "datatype": "FP32", '
 
 
-@pytest.mark.parametrize("head, tail, says", [
-    (b"{not json", None, "invalid inference request"),
-    (b'{"inputs": []}', None, "inputs"),
-    (b'{"inputs": [' + X + b'"parameters": {}}]}', None, "has no data"),
-    (b'{"inputs": [' + X + b'"data": [1], "parameters": {"binary_data_size": 4}}]}', bytes(4),
-     "both data and binary_data_size"),
-    (b'{"inputs": [' + X + b'"parameters": {"binary_data_size": 4}}]}', bytes(2), "runs past the end"),
-    (b'{"inputs": [' + X + b'"data": [1]}]}', b"tail", "4 bytes follow"),
-    (b'{"inputs": [' + X + b'"data": [1]}, ' + X + b'"data": [2]}]}', None, "given twice"),
-    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP8", "data": [1]}]}', None, "datatype"),
-    (b'{"inputs": [' + X + b'"data": [1]}], "parameters": {"priority": 1}}', None, "parameters.priority"),
-    (b'{"inputs": [' + X + b'"data": [1], "parameters": {"shared_memory_region": "r"}}]}', None,
-     "shared_memory_region"),
-])
+@pytest.mark.parametrize(
+    "head, tail, says",
+    [
+        (b"{not json", None, "invalid inference request"),
+        (b'{"inputs": []}', None, "inputs"),
+        (b'{"inputs": [' + X + b'"parameters": {}}]}', None, "has no data"),
+        (
+            b'{"inputs": [' + X + b'"data": [1], "parameters": {"binary_data_size": 4}}]}',
+            bytes(4),
+            "both data and binary_data_size",
+        ),
+        (b'{"inputs": [' + X + b'"parameters": {"binary_data_size": 4}}]}', bytes(2), "runs past the end"),
+        (b'{"inputs": [' + X + b'"data": [1]}]}', b"tail", "4 bytes follow"),
+        (b'{"inputs": [' + X + b'"data": [1]}, ' + X + b'"data": [2]}]}', None, "given twice"),
+        (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP8", "data": [1]}]}', None, "datatype"),
+        (b'{"inputs": [' + X + b'"data": [1]}], "parameters": {"priority": 1}}', None, "parameters.priority"),
+        (
+            b'{"inputs": [' + X + b'"data": [1], "parameters": {"shared_memory_region": "r"}}]}',
+            None,
+            "shared_memory_region",
+        ),
+    ],
+)
 def test_malformed_requests_are_400_and_say_why(head: bytes, tail: bytes | None, says: str) -> None:
     length = None if tail is None else str(len(head))
     with pytest.raises(ServeError) as info:
@@ -64,10 +83,12 @@ def test_malformed_requests_are_400_and_say_why(head: bytes, tail: bytes | None,
 
 def test_responses_read_back_by_tritonclient() -> None:
     logits = torch.tensor([[0.5, -1.0, 2.25]])
-    outputs = [(Tensor.from_torch("logits", logits, "BF16"), True),
-               (Tensor.from_strings("labels", ["0.9:2:cat", "0.1:0:dog"], [1, 2]), True),
-               (Tensor.from_torch("scores", logits, "FP16"), False),
-               (Tensor.from_torch("ids", torch.tensor([[7, -1]]), "INT64"), True)]
+    outputs = [
+        (Tensor.from_torch("logits", logits, "BF16"), True),
+        (Tensor.from_strings("labels", ["0.9:2:cat", "0.1:0:dog"], [1, 2]), True),
+        (Tensor.from_torch("scores", logits, "FP16"), False),
+        (Tensor.from_torch("ids", torch.tensor([[7, -1]]), "INT64"), True),
+    ]
     body, length = write_response("conv", "1", "req-9", outputs)
     result = InferResult.from_response_body(body, header_length=length)
     assert result.get_response()["id"] == "req-9" and result.get_response()["model_name"] == "conv"
@@ -81,5 +102,8 @@ def test_responses_read_back_by_tritonclient() -> None:
 def test_json_only_response_has_no_header_length() -> None:
     body, length = write_response("m", "1", None, [(Tensor.from_torch("y", torch.tensor([1.5]), "FP32"), False)])
     assert length is None
-    assert json.loads(body) == {"model_name": "m", "model_version": "1",
-                                "outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [1.5]}]}
+    assert json.loads(body) == {
+        "model_name": "m",
+        "model_version": "1",
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [1.5]}],
+    }

@@ -25,14 +25,17 @@ def png(seed: int = 0) -> bytes:
 
 def text_input(texts: list[str], *, binary: bool = True) -> triton.InferInput:
     return triton.InferInput("text", [len(texts)], "BYTES").set_data_from_numpy(
-        np.array([t.encode() for t in texts], dtype=object), binary_data=binary)
+        np.array([t.encode() for t in texts], dtype=object), binary_data=binary
+    )
 
 
 @pytest.fixture(scope="module")
-def client(spawn_server: Callable[..., str], models_for, toml_writer,
-           tmp_path_factory) -> Iterator[triton.InferenceServerClient]:
-    config = toml_writer(tmp_path_factory.mktemp("config") / "serve.toml",
-                         {"server": {"device": "cpu"}, "models": models_for()})
+def client(
+    spawn_server: Callable[..., str], models_for, toml_writer, tmp_path_factory
+) -> Iterator[triton.InferenceServerClient]:
+    config = toml_writer(
+        tmp_path_factory.mktemp("config") / "serve.toml", {"server": {"device": "cpu"}, "models": models_for()}
+    )
     base = spawn_server("--config", str(config), "--preload", "mlm", "conv", "--log-level", "warning")
     client = triton.InferenceServerClient(url=base.removeprefix("http://"), network_timeout=60)
     yield client
@@ -54,8 +57,12 @@ def test_fill_mask_binary_and_json(client: triton.InferenceServerClient) -> None
     binary = client.infer("mlm", [text_input(texts)], request_id="r1", parameters={"top_k": 4})
     assert binary.get_response()["id"] == "r1"
     names = ["mask_positions", "token_ids", "scores", "tokens"]
-    json_only = client.infer("mlm", [text_input(texts, binary=False)], parameters={"top_k": 4},
-                             outputs=[triton.InferRequestedOutput(n, binary_data=False) for n in names])
+    json_only = client.infer(
+        "mlm",
+        [text_input(texts, binary=False)],
+        parameters={"top_k": 4},
+        outputs=[triton.InferRequestedOutput(n, binary_data=False) for n in names],
+    )
     assert binary.as_numpy("mask_positions").tolist() == [[7, -1], [2, 3]]
     assert binary.as_numpy("tokens").shape == (2, 2, 4) and binary.as_numpy("scores").dtype == np.float32
     for name in names[:3]:
@@ -65,23 +72,34 @@ def test_fill_mask_binary_and_json(client: triton.InferenceServerClient) -> None
     np.testing.assert_allclose(binary.as_numpy("scores"), np.sort(binary.as_numpy("scores"), axis=-1)[..., ::-1])
 
     ids = np.array([[4, *(b + 6 for b in b"Hello "), 3, *(b + 6 for b in b"orld"), 5]], dtype=np.int64)
-    by_ids = client.infer("mlm", [triton.InferInput("input_ids", list(ids.shape), "INT64").set_data_from_numpy(ids)],
-                          outputs=[triton.InferRequestedOutput("token_ids")], parameters={"top_k": 4})
+    by_ids = client.infer(
+        "mlm",
+        [triton.InferInput("input_ids", list(ids.shape), "INT64").set_data_from_numpy(ids)],
+        outputs=[triton.InferRequestedOutput("token_ids")],
+        parameters={"top_k": 4},
+    )
     assert by_ids.as_numpy("token_ids").tolist()[0][0] == binary.as_numpy("token_ids").tolist()[0][0]
 
 
 def test_image_classification_binary_json_and_classification(client: triton.InferenceServerClient) -> None:
     data = png()
     image = triton.InferInput("image", [1, 1], "BYTES").set_data_from_numpy(np.array([[data]], dtype=object))
-    by_file = client.infer("conv", [image], outputs=[triton.InferRequestedOutput("logits"),
-                                                     triton.InferRequestedOutput("labels")])
+    by_file = client.infer(
+        "conv", [image], outputs=[triton.InferRequestedOutput("logits"), triton.InferRequestedOutput("labels")]
+    )
     logits = by_file.as_numpy("logits")
     assert logits.shape == (1, 4) and logits.dtype == np.float32
     pixels = preprocess_images([Image.open(io.BytesIO(data))]).numpy()
     for binary in (True, False):
-        by_pixels = client.infer("conv", [triton.InferInput("pixel_values", list(pixels.shape), "FP32")
-                                          .set_data_from_numpy(pixels, binary_data=binary)],
-                                 outputs=[triton.InferRequestedOutput("logits", binary_data=binary)])
+        by_pixels = client.infer(
+            "conv",
+            [
+                triton.InferInput("pixel_values", list(pixels.shape), "FP32").set_data_from_numpy(
+                    pixels, binary_data=binary
+                )
+            ],
+            outputs=[triton.InferRequestedOutput("logits", binary_data=binary)],
+        )
         np.testing.assert_array_equal(by_pixels.as_numpy("logits"), logits)
 
     top = client.infer("conv", [image], outputs=[triton.InferRequestedOutput("logits", class_count=2)])
@@ -115,6 +133,10 @@ def test_errors_raise_with_the_server_message(client: triton.InferenceServerClie
 
 def test_compressed_requests(client: triton.InferenceServerClient) -> None:
     for algorithm in ("gzip", "deflate"):
-        result = client.infer("mlm", [text_input(["Hello [MASK]orld"])], request_compression_algorithm=algorithm,
-                              outputs=[triton.InferRequestedOutput("mask_positions")])
+        result = client.infer(
+            "mlm",
+            [text_input(["Hello [MASK]orld"])],
+            request_compression_algorithm=algorithm,
+            outputs=[triton.InferRequestedOutput("mask_positions")],
+        )
         assert result.as_numpy("mask_positions").tolist() == [[7]]
