@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server.engine.jobs import JobLimits, JobStore
+from server.engine.jobs import JobStore
 from server.engine.lifecycle import Lifecycle
 from server.engine.loading import load_model
 from server.engine.metrics import Metrics
@@ -19,6 +19,7 @@ from server.http.admission import AdmissionMiddleware
 from server.http.auth import AuthMiddleware, configured_keys, document_auth, public_paths
 from server.http.middleware import RequestMiddleware
 from server.http.offload import Offload
+from server.limits import Limits
 from server.routers import SERVICE_ROUTERS, TASK_ROUTERS, models
 from server.settings import Settings
 from server.v2 import router as v2
@@ -31,7 +32,7 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
     registry = Registry(settings=settings, metrics=metrics, loader=loader)
     lifecycle = Lifecycle(registry=registry, preload=settings.server.preload, retry_s=settings.server.load_retry_s)
     api_keys = configured_keys(settings.server)  # SettingsError for an unreadable or malformed key file
-    job_store = JobStore(JobLimits.of(settings.server))
+    job_store = JobStore(Limits.of(settings.server).jobs)
     offload = Offload()
 
     @asynccontextmanager

@@ -124,8 +124,8 @@ def serve(argv: Sequence[str]) -> int:
 
 def _run(settings: Settings) -> None:
     from server.app import build_app
-    from server.http.connection_table import ConnectionLimits
     from server.http.connections import protocol_class
+    from server.limits import Limits
 
     app = build_app(settings)
     # What is alive now lives as long as the process: out of every later collection, whose full passes would
@@ -141,7 +141,7 @@ def _run(settings: Settings) -> None:
         host=server.host,
         port=server.port,
         log_level=server.log_level,
-        http=protocol_class(ConnectionLimits.of(server)),
+        http=protocol_class(Limits.of(server).connections),
         ws="none",
         timeout_keep_alive=server.keep_alive_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=int(server.request_timeout_cap_s) + 5,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 
@@ -14,38 +15,23 @@ from server.engine.serving import InferenceService
 from server.settings import Settings
 
 
-# The accessors are `async def` though they never await: FastAPI runs a plain `def` dependency in its
-# threadpool, a thread hop (and a GIL hand-off with the model threads) on every request.
-async def _service(request: Request) -> InferenceService:
-    return request.app.state.service
+def _state(attribute: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency returning `app.state.<attribute>`. It is `async def` though it never awaits: FastAPI runs a
+    plain `def` dependency in its threadpool, a thread hop (and a GIL hand-off with the model threads) on every
+    request."""
+
+    async def from_state(request: Request) -> Any:
+        return getattr(request.app.state, attribute)
+
+    return from_state
 
 
-async def _registry(request: Request) -> Registry:
-    return request.app.state.registry
-
-
-async def _metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
-
-
-async def _lifecycle(request: Request) -> Lifecycle:
-    return request.app.state.lifecycle
-
-
-async def _jobs(request: Request) -> JobStore:
-    return request.app.state.jobs
-
-
-async def _settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-ServiceDep = Annotated[InferenceService, Depends(_service)]
-JobsDep = Annotated[JobStore, Depends(_jobs)]
-RegistryDep = Annotated[Registry, Depends(_registry)]
-MetricsDep = Annotated[Metrics, Depends(_metrics)]
-LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]
-SettingsDep = Annotated[Settings, Depends(_settings)]
+ServiceDep = Annotated[InferenceService, Depends(_state("service"))]
+JobsDep = Annotated[JobStore, Depends(_state("jobs"))]
+RegistryDep = Annotated[Registry, Depends(_state("registry"))]
+MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
+LifecycleDep = Annotated[Lifecycle, Depends(_state("lifecycle"))]
+SettingsDep = Annotated[Settings, Depends(_state("settings"))]
 ModelParam = Annotated[
     str | None,
     Query(

@@ -40,6 +40,17 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal_error"
 
 
+# What routes may answer, for their OpenAPI `responses=` (server.errors.responses, server.v2.errors.v2_responses).
+SERVING = (
+    ErrorCode.UNKNOWN_MODEL,
+    ErrorCode.NO_MODEL_FOR_TASK,
+    ErrorCode.OVERLOADED,
+    ErrorCode.MODEL_UNAVAILABLE,
+    ErrorCode.TIMEOUT,
+)  # any route that runs a model
+TEXT_INPUT = (ErrorCode.INVALID_INPUT, ErrorCode.PAYLOAD_TOO_LARGE)
+FILE_INPUT = (ErrorCode.BAD_REQUEST, *TEXT_INPUT, ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+
 STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_REQUEST: 400,
     ErrorCode.UNAUTHORIZED: 401,

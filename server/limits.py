@@ -42,6 +42,27 @@ class AudioLimits:
 
 
 @dataclass(frozen=True)
+class JobLimits:
+    """Background jobs (`[server]` job settings; the defaults are theirs)."""
+
+    max_running: int = 2  # jobs whose work runs at once (their units still share the model's queue)
+    max_queued: int = 16  # accepted jobs waiting for a running slot
+    result_ttl_s: float = 900.0  # a finished job (and its result) is kept this long
+    max_result_bytes: int = 512 * 2**20  # results kept, all jobs together
+    unit_timeout_s: float = 600.0  # a unit of a job's work may wait this long in the model's queue
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What the connection guard (server.http.connections) holds connections to."""
+
+    max_connections: int
+    header_timeout_s: float
+    body_timeout_s: float
+    max_header_bytes: int
+
+
+@dataclass(frozen=True)
 class Limits:
     max_body_bytes: int
     max_inputs: int
@@ -54,6 +75,8 @@ class Limits:
     image: ImageLimits
     video: VideoLimits
     audio: AudioLimits
+    jobs: JobLimits
+    connections: ConnectionLimits
 
     @classmethod
     def of(cls, server: ServerSettings) -> Limits:
@@ -78,6 +101,19 @@ class Limits:
                 server.max_audio_sample_rate,
                 server.max_audio_channels,
                 tuple(server.audio_formats),
+            ),
+            jobs=JobLimits(
+                max_running=server.max_running_jobs,
+                max_queued=server.max_queued_jobs,
+                result_ttl_s=server.job_result_ttl_s,
+                max_result_bytes=int(server.max_job_results_mb * 2**20),
+                unit_timeout_s=server.job_unit_timeout_s,
+            ),
+            connections=ConnectionLimits(
+                max_connections=server.max_connections,
+                header_timeout_s=server.header_timeout_s,
+                body_timeout_s=server.body_timeout_s,
+                max_header_bytes=server.max_header_kb * 1024,
             ),
         )
 

@@ -240,28 +240,13 @@ class Batcher:
                 torch.cuda.empty_cache()
             if len(items) == 1:
                 log.warning("batcher %s: out of memory on a single request", self.name)
-                return [
-                    ServeError(
-                        ErrorCode.OUT_OF_MEMORY,
-                        (
-                            f"model {self.name!r} ran out of memory on this request alone; send a smaller input "
-                            "or retry later"
-                        ),
-                        retry_after=5,
-                    )
-                ]
+                alone = "ran out of memory on this request alone; send a smaller input or retry later"
+                return [ServeError(ErrorCode.OUT_OF_MEMORY, f"model {self.name!r} {alone}", retry_after=5)]
             log.warning("batcher %s: out of memory at batch size %d, splitting", self.name, len(items))
         except Exception as exc:
             if len(items) == 1:
                 log.exception("batcher %s: inference failed", self.name)
-                return [
-                    ServeError(
-                        ErrorCode.INTERNAL,
-                        (
-                            f"model {self.name!r} failed on this request ({type(exc).__name__}); the server log has "
-                            "the details"
-                        ),
-                    )
-                ]
+                alone = f"failed on this request ({type(exc).__name__}); the server log has the details"
+                return [ServeError(ErrorCode.INTERNAL, f"model {self.name!r} {alone}")]
         half = len(items) // 2
         return self._bisect(items[:half]) + self._bisect(items[half:])

@@ -19,7 +19,8 @@ from enum import StrEnum
 
 from server.engine.serving import Call, InferenceService
 from server.errors import ErrorCode, ServeError
-from server.settings import ModelSpec, ServerSettings
+from server.limits import JobLimits
+from server.settings import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -29,27 +30,6 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class JobLimits:
-    """The `[server]` job settings; the defaults are theirs."""
-
-    max_running: int = 2  # jobs whose work runs at once (their units still share the model's queue)
-    max_queued: int = 16  # accepted jobs waiting for a running slot
-    result_ttl_s: float = 900.0  # a finished job (and its result) is kept this long
-    max_result_bytes: int = 512 * 2**20  # results kept, all jobs together
-    unit_timeout_s: float = 600.0  # a unit of a job's work may wait this long in the model's queue
-
-    @classmethod
-    def of(cls, server: ServerSettings) -> JobLimits:
-        return cls(
-            max_running=server.max_running_jobs,
-            max_queued=server.max_queued_jobs,
-            result_ttl_s=server.job_result_ttl_s,
-            max_result_bytes=int(server.max_job_results_mb * 2**20),
-            unit_timeout_s=server.job_unit_timeout_s,
-        )
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,23 @@ FRAME_FIELDS = ("frame1", "frame2")
 _BINARY = {"type": "string", "format": "binary"}
 
 
+def _request_body(
+    *,
+    files: dict[str, Any],
+    json: type[BaseModel] | None = None,
+    raw: tuple[str, ...] = (),
+    required: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """A route's OpenAPI request body: raw media types, a multipart form of `files` (all required unless said),
+    and a JSON payload model."""
+    form = {"type": "object", "required": list(files if required is None else required), "properties": files}
+    content: dict[str, Any] = {media: {"schema": _BINARY} for media in raw}
+    content["multipart/form-data"] = {"schema": form}
+    if json is not None:
+        content["application/json"] = {"schema": json.model_json_schema()}
+    return {"requestBody": {"required": True, "content": content}}
+
+
 def _offload(request: Request) -> Offload:
     return request.app.state.offload
 
@@ -151,19 +168,11 @@ async def read_files(
 
 # ---------------------------------------------------------------------------------------- an image
 
-IMAGE_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "image/*": {"schema": _BINARY},
-            "application/octet-stream": {"schema": _BINARY},
-            "multipart/form-data": {
-                "schema": {"type": "object", "required": ["file"], "properties": {"file": _BINARY}}
-            },
-            "application/json": {"schema": ClassifyImageRequest.model_json_schema()},
-        },
-    }
-}
+IMAGE_BODY = _request_body(
+    files={"file": _BINARY},
+    json=ClassifyImageRequest,
+    raw=("image/*", "application/octet-stream"),
+)
 
 
 async def read_image(request: Request, *, top_k: int | None) -> tuple[bytes, ClassifyParameters]:
@@ -204,21 +213,7 @@ async def _image_part(request: Request) -> bytes:
 
 # ---------------------------------------------------------------------------------------- a frame pair
 
-FRAME_PAIR_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": list(FRAME_FIELDS),
-                    "properties": dict.fromkeys(FRAME_FIELDS, _BINARY),
-                }
-            },
-            "application/json": {"schema": FramePairRequest.model_json_schema()},
-        },
-    }
-}
+FRAME_PAIR_BODY = _request_body(files=dict.fromkeys(FRAME_FIELDS, _BINARY), json=FramePairRequest)
 
 
 async def read_frame_pair(request: Request) -> tuple[bytes, bytes]:
@@ -244,30 +239,16 @@ def _frames_from_json(payload: FramePairRequest) -> tuple[bytes, bytes]:
 
 # ---------------------------------------------------------------------------------------- a clip
 
-CLIP_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["video"],
-                    "properties": {
-                        "video": {
-                            **_BINARY,
-                            "description": ".npy/.npz uint8 frames (T x H x W x 3), or mp4/webm/avi (needs PyAV)",
-                        },
-                        "audio": {
-                            **_BINARY,
-                            "description": "WAV/FLAC/OGG, any rate (resampled to 48 kHz), mixed to mono; "
-                            "silence if absent",
-                        },
-                    },
-                }
-            }
+CLIP_BODY = _request_body(
+    files={
+        "video": {**_BINARY, "description": ".npy/.npz uint8 frames (T x H x W x 3), or mp4/webm/avi (needs PyAV)"},
+        "audio": {
+            **_BINARY,
+            "description": "WAV/FLAC/OGG, any rate (resampled to 48 kHz), mixed to mono; silence if absent",
         },
-    }
-}
+    },
+    required=("video",),
+)
 
 
 async def read_clip(request: Request) -> tuple[bytes, bytes | None]:

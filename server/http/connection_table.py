@@ -6,34 +6,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
-
-from server.settings import ServerSettings
 
 if TYPE_CHECKING:
     from server.http.connections import ConnectionGuard
 
 log = logging.getLogger(__name__)
 LOG_EVERY_S = 10.0  # cut connections are summed up in the log at most this often (a flood is one line)
-
-
-@dataclass(frozen=True)
-class ConnectionLimits:
-    max_connections: int
-    header_timeout_s: float
-    body_timeout_s: float
-    max_header_bytes: int
-
-    @classmethod
-    def of(cls, server: ServerSettings) -> ConnectionLimits:
-        return cls(
-            max_connections=server.max_connections,
-            header_timeout_s=server.header_timeout_s,
-            body_timeout_s=server.body_timeout_s,
-            max_header_bytes=server.max_header_kb * 1024,
-        )
 
 
 class Phase(Enum):

@@ -34,7 +34,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server.errors import ErrorCode, ServeError, error_response
-from server.http.connection_table import ConnectionLimits, ConnectionTable, Phase
+from server.http.connection_table import ConnectionTable, Phase
+from server.limits import ConnectionLimits
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 256 * 1024  # the most asyncio's socket transport reads at once
@@ -170,21 +171,13 @@ class ConnectionGuard(ABC):
         if self._done or self._phase() is not Phase.HEADERS:
             return
         self.table.note("header timeout")
-        self._answer(
-            ServeError(
-                ErrorCode.REQUEST_TIMEOUT,
-                f"the request headers were not complete within {self.limits.header_timeout_s:g}s",
-            )
-        )
+        late = f"the request headers were not complete within {self.limits.header_timeout_s:g}s"
+        self._answer(ServeError(ErrorCode.REQUEST_TIMEOUT, late))
 
     def _headers_too_large(self) -> None:
         self.table.note("headers too large")
-        self._answer(
-            ServeError(
-                ErrorCode.HEADERS_TOO_LARGE,
-                f"the request line and headers are over {self.limits.max_header_bytes // 1024} KiB",
-            )
-        )
+        large = f"the request line and headers are over {self.limits.max_header_bytes // 1024} KiB"
+        self._answer(ServeError(ErrorCode.HEADERS_TOO_LARGE, large))
 
     def _body_late(self) -> None:
         """The body is overdue: cut now if the answer has gone (the rest is not worth reading), else once it has

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from server.deps import JobsDep, ModelParam, ServiceDep, TopKParam
 from server.engine.jobs import JobResult, Progress
 from server.engine.serving import Call
-from server.errors import ErrorCode, responses
+from server.errors import FILE_INPUT, SERVING, responses
 from server.http.bodies import CLIP_BODY, read_clip
 from server.http.exchange import answer_headers, open_call
 from server.http.schemas import AutoencodeVideoResponse
@@ -22,17 +22,7 @@ from server.tasks.video_output import MEDIA_TYPES, Format, Wanted, parse_wanted,
 
 router = APIRouter(tags=["video"])
 JOB_KIND = "autoencode-video"
-ERRORS = responses(
-    ErrorCode.BAD_REQUEST,
-    ErrorCode.INVALID_INPUT,
-    ErrorCode.PAYLOAD_TOO_LARGE,
-    ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-    ErrorCode.UNKNOWN_MODEL,
-    ErrorCode.NO_MODEL_FOR_TASK,
-    ErrorCode.OVERLOADED,
-    ErrorCode.MODEL_UNAVAILABLE,
-    ErrorCode.TIMEOUT,
-)
+ERRORS = responses(*FILE_INPUT, *SERVING)
 OutputsParam = Annotated[str, Query(max_length=64, description="`labels`, `reconstruction`, or both, comma-separated")]
 FormatParam = Annotated[
     Format | None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from server.deps import ModelParam, ServiceDep, TopKParam
-from server.errors import ErrorCode, responses
+from server.errors import FILE_INPUT, SERVING, responses
 from server.http.bodies import IMAGE_BODY, read_image
 from server.http.exchange import json_answer, open_call
 from server.http.schemas import ClassifyImageResponse
@@ -15,16 +15,7 @@ from server.tasks.image_classification import ImageClassificationRunner
 from server.tasks.labels import DEFAULT_TOP_K, as_labels
 
 router = APIRouter(tags=["vision"])
-ERRORS = responses(
-    ErrorCode.BAD_REQUEST,
-    ErrorCode.INVALID_INPUT,
-    ErrorCode.PAYLOAD_TOO_LARGE,
-    ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-    ErrorCode.UNKNOWN_MODEL,
-    ErrorCode.OVERLOADED,
-    ErrorCode.MODEL_UNAVAILABLE,
-    ErrorCode.TIMEOUT,
-)
+ERRORS = responses(*FILE_INPUT, *SERVING)
 
 
 @router.post(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from server.deps import ModelParam, ServiceDep
-from server.errors import ErrorCode, prepare_each, responses
+from server.errors import SERVING, TEXT_INPUT, prepare_each, responses
 from server.http.bodies import JSONBodyRoute
 from server.http.exchange import json_answer, open_call
 from server.http.schemas import ClassifyTextRequest, ClassifyTextResponse
@@ -14,14 +14,7 @@ from server.tasks.labels import as_labels
 from server.tasks.text_classification import TextClassificationRunner
 
 router = APIRouter(tags=["text"], route_class=JSONBodyRoute)
-ERRORS = responses(
-    ErrorCode.INVALID_INPUT,
-    ErrorCode.PAYLOAD_TOO_LARGE,
-    ErrorCode.NO_MODEL_FOR_TASK,
-    ErrorCode.OVERLOADED,
-    ErrorCode.MODEL_UNAVAILABLE,
-    ErrorCode.TIMEOUT,
-)
+ERRORS = responses(*TEXT_INPUT, *SERVING)
 
 
 @router.post(

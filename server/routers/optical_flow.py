@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from server.deps import ModelParam, ServiceDep
-from server.errors import ErrorCode, responses
+from server.errors import FILE_INPUT, SERVING, responses
 from server.http.bodies import FRAME_PAIR_BODY, read_frame_pair
 from server.http.exchange import answer_headers, open_call
 from server.media.flow import FORMAT_VALUE_BYTES, MEDIA_TYPES, OPENAPI_CONTENT, FlowFormat, encode_flow, negotiate
@@ -16,17 +16,7 @@ from server.settings import Task
 from server.tasks.optical_flow import check_answer, decode_frame_pair, estimate_flow, flow_image_limits, probe_frames
 
 router = APIRouter(tags=["vision"])
-ERRORS = responses(
-    ErrorCode.BAD_REQUEST,
-    ErrorCode.INVALID_INPUT,
-    ErrorCode.PAYLOAD_TOO_LARGE,
-    ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-    ErrorCode.UNKNOWN_MODEL,
-    ErrorCode.NO_MODEL_FOR_TASK,
-    ErrorCode.OVERLOADED,
-    ErrorCode.MODEL_UNAVAILABLE,
-    ErrorCode.TIMEOUT,
-)
+ERRORS = responses(*FILE_INPUT, *SERVING)
 FormatParam = Annotated[
     FlowFormat | None, Query(alias="format", description="Output format; overrides the Accept header (default npy)")
 ]

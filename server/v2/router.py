@@ -3,12 +3,13 @@ extensions: tritonclient, KServe and perf_analyzer-style tools talk to every mod
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Request, Response
 
 from server.deps import LifecycleDep, RegistryDep, ServiceDep, SettingsDep
-from server.errors import ErrorCode
+from server.errors import FILE_INPUT, SERVING, ErrorCode
 from server.routers.health import DetailedDep, liveness_error, readiness_error
 from server.v2 import service as v2
 from server.v2.errors import V2Route, v2_responses
@@ -18,16 +19,8 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], route_cl
 NameParam = Annotated[str, Path(max_length=256, description="A configured model name or alias")]
 VersionParam = Annotated[str, Path(max_length=64, description=f"Every model has one version, {v2.VERSION!r}")]
 MODEL_ERRORS = v2_responses(ErrorCode.UNKNOWN_MODEL, ErrorCode.BAD_REQUEST)
-INFER_ERRORS = v2_responses(
-    ErrorCode.BAD_REQUEST,
-    ErrorCode.INVALID_INPUT,
-    ErrorCode.PAYLOAD_TOO_LARGE,
-    ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-    ErrorCode.UNKNOWN_MODEL,
-    ErrorCode.OVERLOADED,
-    ErrorCode.MODEL_UNAVAILABLE,
-    ErrorCode.TIMEOUT,
-)
+INFER_ERRORS = v2_responses(*FILE_INPUT, *SERVING)
+E = TypeVar("E", bound=Callable[..., Any])
 OK = {200: {"description": "True (the body is empty)"}}
 READY_RESPONSES = {**OK, **v2_responses(ErrorCode.UNKNOWN_MODEL, ErrorCode.MODEL_UNAVAILABLE)}
 
@@ -63,65 +56,70 @@ async def ready(lifecycle: LifecycleDep, detailed: DetailedDep) -> Response:
     return Response()
 
 
-@router.get(
-    "/models/{name}",
+def _twins(method: str, path: str, *, summary: str, **options: Any) -> tuple[Callable[[E], E], Callable[[E], E]]:
+    """The decorators of a model route at /models/{name}<path> and of its twin for one version."""
+    return (
+        router.api_route(f"/models/{{name}}{path}", methods=[method], summary=summary, **options),
+        router.api_route(
+            f"/models/{{name}}/versions/{{version}}{path}",
+            methods=[method],
+            summary=f"{summary} (one version)",
+            **options,
+        ),
+    )
+
+
+metadata, version_metadata = _twins(
+    "GET",
+    "",
     response_model=ModelMetadata,
     responses=MODEL_ERRORS,
     summary="Model metadata: its input and output tensors",
 )
-async def model_metadata(registry: RegistryDep, name: NameParam) -> ModelMetadata:
-    return v2.model_metadata(registry, name, None)
-
-
-@router.get(
-    "/models/{name}/versions/{version}",
-    response_model=ModelMetadata,
-    responses=MODEL_ERRORS,
-    summary="Model metadata of one version",
-)
-async def version_metadata(registry: RegistryDep, name: NameParam, version: VersionParam) -> ModelMetadata:
-    return v2.model_metadata(registry, name, version)
-
-
-@router.get(
-    "/models/{name}/ready",
+ready_route, version_ready_route = _twins(
+    "GET",
+    "/ready",
     response_class=Response,
     responses=READY_RESPONSES,
     summary="Model ready: 200 once loaded, 503 before (models load on first use or at preload)",
 )
-async def model_ready(registry: RegistryDep, name: NameParam) -> Response:
-    v2.check_ready(registry, name, None)
-    return Response()
-
-
-@router.get(
-    "/models/{name}/versions/{version}/ready",
-    response_class=Response,
-    responses=READY_RESPONSES,
-    summary="Model version ready",
-)
-async def version_ready(registry: RegistryDep, name: NameParam, version: VersionParam) -> Response:
-    v2.check_ready(registry, name, version)
-    return Response()
-
-
-@router.post(
-    "/models/{name}/infer",
+infer_route, version_infer_route = _twins(
+    "POST",
+    "/infer",
     response_model=InferenceResponse,
     responses=INFER_ERRORS,
     openapi_extra=INFER_BODY,
     summary="Inference on named tensors (JSON, or JSON + binary tensor data)",
 )
+
+
+@metadata
+async def model_metadata(registry: RegistryDep, name: NameParam) -> ModelMetadata:
+    return v2.model_metadata(registry, name, None)
+
+
+@version_metadata
+async def one_version_metadata(registry: RegistryDep, name: NameParam, version: VersionParam) -> ModelMetadata:
+    return v2.model_metadata(registry, name, version)
+
+
+@ready_route
+async def model_ready(registry: RegistryDep, name: NameParam) -> Response:
+    v2.check_ready(registry, name, None)
+    return Response()
+
+
+@version_ready_route
+async def version_ready(registry: RegistryDep, name: NameParam, version: VersionParam) -> Response:
+    v2.check_ready(registry, name, version)
+    return Response()
+
+
+@infer_route
 async def infer(request: Request, service: ServiceDep, name: NameParam) -> Response:
     return await v2.infer(request, service, name, None)
 
 
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    response_model=InferenceResponse,
-    responses=INFER_ERRORS,
-    openapi_extra=INFER_BODY,
-    summary="Inference on one model version",
-)
+@version_infer_route
 async def version_infer(request: Request, service: ServiceDep, name: NameParam, version: VersionParam) -> Response:
     return await v2.infer(request, service, name, version)

@@ -22,21 +22,9 @@ from server.media.image import probe_image
 from server.tasks.image_classification import ImageClassificationRunner
 from server.tasks.labels import DEFAULT_TOP_K
 from server.tasks.optical_flow import check_sizes, decode_frame_pair, estimate_flow, flow_image_limits
+from server.v2 import tensors as v2t
 from server.v2.binary import Tensor
 from server.v2.protocol import TensorMetadata
-from server.v2.tensors import (
-    Options,
-    Planned,
-    bad,
-    check,
-    check_answer,
-    choose,
-    classified,
-    each,
-    files,
-    meta,
-    plan_classifier,
-)
 
 T = TypeVar("T")
 
@@ -66,32 +54,32 @@ class ImageClassificationTensors:
 
     def inputs(self, runner: ImageClassificationRunner | None) -> list[TensorMetadata]:
         height, width = runner.pixel_size if runner else (None, None)
-        return [meta("image", "BYTES", None), meta("pixel_values", "FP32", None, 3, height, width)]
+        return [v2t.meta("image", "BYTES", None), v2t.meta("pixel_values", "FP32", None, 3, height, width)]
 
     def outputs(self, runner: ImageClassificationRunner | None) -> list[TensorMetadata]:
         classes = len(runner.labels) if runner else None
-        return [meta("logits", "FP32", None, classes), meta("labels", "BYTES", None, None)]
+        return [v2t.meta("logits", "FP32", None, classes), v2t.meta("labels", "BYTES", None, None)]
 
     def parse(self, inputs: Mapping[str, Tensor], limits: Limits) -> list[EncodedImage] | list[torch.Tensor]:
         """Image files with checked headers, or (3, H, W) pixel tensors."""
-        names = choose(inputs, (frozenset({"image"}), frozenset({"pixel_values"})), IMAGE_USAGE)
+        names = v2t.choose(inputs, (frozenset({"image"}), frozenset({"pixel_values"})), IMAGE_USAGE)
         if names == {"image"}:
-            return each("image", files(inputs["image"]), partial(_probed, limits=limits.image))
+            return v2t.each("image", v2t.files(inputs["image"]), partial(_probed, limits=limits.image))
         pixels = inputs["pixel_values"]
-        check(pixels, "FP32", (4,))
+        v2t.check(pixels, "FP32", (4,))
         return list(pixels.to_torch().unbind(0))
 
-    async def infer(self, call: Call, rows: Sequence[Any], options: Options) -> dict[str, Tensor]:
+    async def infer(self, call: Call, rows: Sequence[Any], options: v2t.Options) -> dict[str, Tensor]:
         runner = call.runner_as(ImageClassificationRunner)
-        plan = plan_classifier(call, len(rows), runner.labels, options, default_top_k=DEFAULT_TOP_K)
+        plan = v2t.plan_classifier(call, len(rows), runner.labels, options, default_top_k=DEFAULT_TOP_K)
         if isinstance(rows[0], torch.Tensor):
-            items = await run_in_threadpool(each, "pixel_values", rows, runner.prepare_pixels)
+            items = await run_in_threadpool(v2t.each, "pixel_values", rows, runner.prepare_pixels)
         else:  # one file at a time, each shrunk to the model's pixels as soon as it is decoded
             items = [
                 await call.decode(_row, "image", i, runner.prepare_file, row.data, call.limits.image)
                 for i, row in enumerate(rows)
             ]
-        return classified(torch.stack(await call.infer(items)), runner.labels, options, plan)  # logits (N, C)
+        return v2t.classified(torch.stack(await call.infer(items)), runner.labels, options, plan)  # logits (N, C)
 
     def classes(self, runner: ImageClassificationRunner, output: str) -> list[str] | None:
         return list(runner.labels.names) if output == "logits" else None
@@ -104,19 +92,19 @@ class OpticalFlowTensors:
     classifiable = frozenset[str]()
 
     def inputs(self, runner: Any | None) -> list[TensorMetadata]:
-        return [meta("frame1", "BYTES", None), meta("frame2", "BYTES", None)]
+        return [v2t.meta("frame1", "BYTES", None), v2t.meta("frame2", "BYTES", None)]
 
     def outputs(self, runner: Any | None) -> list[TensorMetadata]:
-        return [meta("flow", "FP32", None, None, None, 2)]
+        return [v2t.meta("flow", "FP32", None, None, None, 2)]
 
     def parse(self, inputs: Mapping[str, Tensor], limits: Limits) -> list[tuple[EncodedImage, EncodedImage]]:
         """Frame pairs whose headers are checked: one size for every frame, within the flow route's limits."""
-        choose(inputs, (frozenset({"frame1", "frame2"}),), "frame1 and frame2 (BYTES [N] or [N, 1], encoded files)")
-        first, second = files(inputs["frame1"]), files(inputs["frame2"])
+        v2t.choose(inputs, (frozenset({"frame1", "frame2"}),), "frame1 and frame2 (BYTES [N] or [N, 1], encoded files)")
+        first, second = v2t.files(inputs["frame1"]), v2t.files(inputs["frame2"])
         if len(first) != len(second):
-            raise bad(f"frame1 has {len(first)} rows, frame2 has {len(second)}; send one frame2 per frame1")
+            raise v2t.bad(f"frame1 has {len(first)} rows, frame2 has {len(second)}; send one frame2 per frame1")
         probe = partial(_probed, limits=flow_image_limits(limits))
-        pairs = list(zip(each("frame1", first, probe), each("frame2", second, probe), strict=True))
+        pairs = list(zip(v2t.each("frame1", first, probe), v2t.each("frame2", second, probe), strict=True))
         sizes = {frame.size for pair in pairs for frame in pair}
         if len(sizes) > 1:
             shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
@@ -128,9 +116,11 @@ class OpticalFlowTensors:
         check_sizes(pairs[0][0].size, pairs[0][1].size, limits.max_flow_side)
         return pairs
 
-    async def infer(self, call: Call, rows: Sequence[Any], options: Options) -> dict[str, Tensor]:
+    async def infer(self, call: Call, rows: Sequence[Any], options: v2t.Options) -> dict[str, Tensor]:
         width, height = rows[0][0].size
-        check_answer(call.limits, options, {"flow": Planned(options.float_datatype, [len(rows), height, width, 2])})
+        v2t.check_answer(
+            call.limits, options, {"flow": v2t.Planned(options.float_datatype, [len(rows), height, width, 2])}
+        )
         limits = flow_image_limits(call.limits)
 
         async def one(first: EncodedImage, second: EncodedImage) -> np.ndarray:
@@ -175,10 +165,10 @@ class VideoAutoencodingTensors:
         return []
 
     def parse(self, inputs: Mapping[str, Tensor], limits: Limits) -> list[Any]:
-        raise bad(REFUSAL)
+        raise v2t.bad(REFUSAL)
 
-    async def infer(self, call: Call, rows: Sequence[Any], options: Options) -> dict[str, Tensor]:
-        raise bad(REFUSAL)
+    async def infer(self, call: Call, rows: Sequence[Any], options: v2t.Options) -> dict[str, Tensor]:
+        raise v2t.bad(REFUSAL)
 
     def classes(self, runner: Any, output: str) -> list[str] | None:
         return None

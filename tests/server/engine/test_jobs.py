@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from server.app import build_app
-from server.engine.jobs import JobLimits, JobResult, JobStatus, JobStore, Progress
+from server.engine.jobs import JobResult, JobStatus, JobStore, Progress
 from server.errors import ErrorCode, ServeError
+from server.limits import JobLimits
 from server.settings import Settings
 from tests.server.support import open_client
 from tests.server.tasks.test_video_autoencoding import ONE_CHUNK_PER_PASS, clip, parts, settings_for, slow_loader

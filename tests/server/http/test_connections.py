@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from server.app import build_app
-from server.http.connection_table import ConnectionLimits
 from server.http.connections import protocol_class
+from server.limits import Limits
 from server.settings import Settings
 from tests.server.conftest import serve_in_thread
 
@@ -468,7 +468,7 @@ def h11_server(settings: Settings) -> AbstractContextManager[str]:
     return serve_in_thread(
         build_app(settings),
         ws="none",
-        http=protocol_class(ConnectionLimits.of(server), "h11"),
+        http=protocol_class(Limits.of(server).connections, "h11"),
         timeout_keep_alive=server.keep_alive_s,
     )
 
