@@ -18,7 +18,7 @@ from model_core.model import Encoded
 Points = dict[str, torch.Tensor | None]
 
 
-def _indices(points: Points, name: str) -> torch.Tensor:
+def indices(points: Points, name: str) -> torch.Tensor:
     value = points[name]
     if value is None:
         raise ValueError(f"a chunk names its {name} points")
@@ -48,8 +48,8 @@ def label_only() -> Points:
 def merge(chunks: Sequence[Points]) -> Points:
     """Several chunks as one set of points, decoded in a single pass (queries are independent)."""
     return {
-        "image": torch.cat([_indices(c, "image") for c in chunks]),
-        "audio": torch.cat([_indices(c, "audio") for c in chunks]),
+        "image": torch.cat([indices(c, "image") for c in chunks]),
+        "audio": torch.cat([indices(c, "audio") for c in chunks]),
         "label": None,
     }
 

@@ -57,17 +57,17 @@ def _configure_logging(level: str) -> None:
 
 def download(argv: Sequence[str]) -> int:
     from server.errors import ServeError
-    from server.models.hub import HubRepo, is_hub_id, locate
+    from server.models.hub import Checkpoint, HubRepo, is_hub_id, locate
 
     args = _download_parser().parse_args(argv)
     settings = load_settings(args.config)
     names = list(settings.models) if "all" in args.names else args.names
     by_source = {m.source: m for m in settings.models.values()}
-    specs = {
+    found = {
         n: settings.models.get(n) or by_source.get(n) or (HubRepo(n, n) if "/" in n and is_hub_id(n) else None)
         for n in names
     }
-    unknown = [n for n, spec in specs.items() if spec is None]
+    unknown = [n for n, spec in found.items() if spec is None]
     if unknown:
         print(
             f"perceiver-serve: unknown model(s) {', '.join(unknown)}; give configured names "
@@ -75,6 +75,7 @@ def download(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    specs: dict[str, Checkpoint] = {n: spec for n, spec in found.items() if spec is not None}
     failed = 0
     for name, spec in specs.items():
         try:
@@ -189,7 +190,7 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.on_drain, self.drain_s, self._window_opened = on_drain, drain_s, False
 
-    @property  # type: ignore[override]
+    @property
     def force_exit(self) -> bool:
         """Never: uvicorn would stop waiting for in-flight requests and skip the app's shutdown."""
         return False

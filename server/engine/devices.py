@@ -49,12 +49,12 @@ def check_devices(settings: Settings) -> None:
     """Refuse, at start-up, device and dtype settings this machine cannot honour."""
     cuda = torch.cuda.is_available()
     for spec in (settings.server, *settings.models.values()):
-        device = spec.device or settings.server.device
+        device = (spec.device if isinstance(spec, ModelSpec) else None) or settings.server.device
         if device.startswith("cuda") and (":" in device or not cuda):
             resolve_device(device)  # raises when that device is not visible
         where = f"model {spec.name!r}" if isinstance(spec, ModelSpec) else "[server]"
         check_dtype(
-            spec.dtype or settings.server.dtype,
+            (spec.dtype if isinstance(spec, ModelSpec) else None) or settings.server.dtype,
             on_cpu=device == "cpu" or (device == "auto" and not cuda),
             where=where,
             error=SettingsError,

@@ -186,6 +186,8 @@ class JobStore:
 
     def _expire(self) -> None:
         now = self.clock()
-        for job in [j for j in self._jobs.values() if j.finished is not None]:
-            if now - job.finished > self.limits.result_ttl_s:
-                self._forget(job)
+        expired = [
+            j for j in self._jobs.values() if j.finished is not None and now - j.finished > self.limits.result_ttl_s
+        ]
+        for job in expired:
+            self._forget(job)

@@ -181,12 +181,12 @@ class Registry:
         budget_mb = self.settings.server.memory_budget_mb
         if budget_mb is None:
             return
-        ready = [e for e in self.entries.values() if e.state is ModelState.READY and e.model is not None]
-        used = sum(e.model.parameter_bytes for e in ready)  # type: ignore[union-attr]
-        idle = sorted((e for e in ready if e is not keep and e.active == 0), key=lambda e: e.last_used)
+        sizes = {e: e.model.parameter_bytes for e in self.entries.values() if e.model is not None}
+        used = sum(sizes.values())
+        idle = sorted((e for e in sizes if e is not keep and e.active == 0), key=lambda e: e.last_used)
         while used > budget_mb * 2**20 and idle:
             victim = idle.pop(0)
-            used -= victim.model.parameter_bytes  # type: ignore[union-attr]
+            used -= sizes[victim]
             log.info("model %s: evicted (least recently used) to stay within %d MB", victim.spec.name, budget_mb)
             await self.unload(victim.spec.name)
         if used > budget_mb * 2**20:

@@ -86,7 +86,7 @@ class Call:
     async def _wait(self, queued: list[Pending]) -> list[Outcome]:
         # With no client to watch (a job), the watcher never returns: cancel the job to stop it.
         watcher = asyncio.ensure_future(self.disconnected() if self.disconnected else asyncio.Event().wait())
-        waiting = {p.future for p in queued}
+        waiting: set[asyncio.Future[Any]] = {p.future for p in queued}
         try:
             while waiting:
                 remaining = self.deadline - time.monotonic()

@@ -203,7 +203,7 @@ async def _image_part(request: Request) -> bytes:
     try:
         files = [v for v in form.values() if isinstance(v, UploadFile)]
         named = [v for k in _IMAGE_FIELDS if isinstance(v := form.get(k), UploadFile)]
-        upload = (named or files or [None])[0]
+        upload = next(iter(named or files), None)
         if upload is None:
             raise ServeError(ErrorCode.INVALID_INPUT, "multipart body has no file part; upload the image as 'file'")
         return await upload.read()

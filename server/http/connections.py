@@ -67,8 +67,8 @@ class ConnectionGuard(ABC):
 
     # ------------------------------------------------------------------ uvicorn protocol interface
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)  # type: ignore[misc]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]  # the uvicorn protocol, next in the MRO
         # Reading starts on the next loop iteration, and what a client sent with its connection is read on the
         # one after: until then the connection may not be evicted (however long the iterations take), or a crowd
         # of connections accepted in one go would evict the client that sent its whole request at once.

@@ -54,7 +54,7 @@ def write_mp4(frames: np.ndarray, audio: np.ndarray | None, *, fps: Fraction, sa
         for image in frames:
             container.mux(video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
         container.mux(video.encode())
-        if sound is not None:
+        if sound is not None and audio is not None:
             for packet in _encode_audio(av, sound, audio, sample_rate):
                 container.mux(packet)
     return buffer.getvalue()

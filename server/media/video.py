@@ -15,7 +15,7 @@ import math
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ def accepted_formats(limits: VideoLimits) -> str:
 # ---------------------------------------------------------------------------------------- arrays
 
 
-def _read_npy(stream: IO[bytes], available: int, limits: VideoLimits) -> np.ndarray:
+def _read_npy(stream: io.BufferedIOBase, available: int, limits: VideoLimits) -> np.ndarray:
     """One .npy array of `available` bytes in all: its header (at most _NPY_HEADER_MAX bytes of text) checked
     against the limits and against `available` before any data is read or allocated; never unpickles."""
     fmt = np.lib.format
@@ -139,7 +139,7 @@ def _read_npz(data: bytes, limits: VideoLimits) -> np.ndarray:
         except (*_BAD_ZIP, NotImplementedError, RuntimeError) as exc:
             raise ServeError(ErrorCode.INVALID_INPUT, f"video .npz archive is corrupt: {_say(exc)}") from None
         with member:  # streamed: only the bytes the checked header declares are inflated
-            return _read_npy(member, chosen.file_size, limits)
+            return _read_npy(cast(io.BufferedIOBase, member), chosen.file_size, limits)
 
 
 def _check_frames_shape(shape: tuple[int, ...], dtype: np.dtype[Any], limits: VideoLimits) -> None:

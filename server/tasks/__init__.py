@@ -48,32 +48,42 @@ RunnerFactory = Callable[["torch.nn.Module", Placement], TaskRunner]
 
 
 def _fill_mask(model: torch.nn.Module, at: Placement) -> TaskRunner:
+    from model_core import PerceiverForMaskedLM
     from server.tasks.fill_mask import FillMaskRunner
 
+    assert isinstance(model, PerceiverForMaskedLM), "the loader checked the checkpoint's task"
     return FillMaskRunner(model, device=at.device)
 
 
 def _text_classification(model: torch.nn.Module, at: Placement) -> TaskRunner:
+    from model_core import PerceiverForTask
     from server.tasks.text_classification import TextClassificationRunner
 
+    assert isinstance(model, PerceiverForTask), "the loader checked the checkpoint's task"
     return TextClassificationRunner(model, device=at.device)
 
 
 def _image_classification(model: torch.nn.Module, at: Placement) -> TaskRunner:
+    from model_core import PerceiverForTask
     from server.tasks.image_classification import ImageClassificationRunner
 
+    assert isinstance(model, PerceiverForTask), "the loader checked the checkpoint's task"
     return ImageClassificationRunner(model, device=at.device, dtype=at.dtype, folder=at.folder)
 
 
 def _optical_flow(model: torch.nn.Module, at: Placement) -> TaskRunner:
+    from model_core import PerceiverForTask
     from server.tasks.optical_flow import OpticalFlowRunner
 
+    assert isinstance(model, PerceiverForTask), "the loader checked the checkpoint's task"
     return OpticalFlowRunner(model, device=at.device, dtype=at.dtype, max_side=at.limits.max_flow_side)
 
 
 def _video_autoencoding(model: torch.nn.Module, at: Placement) -> TaskRunner:
+    from model_core import PerceiverForTask
     from server.tasks.video_autoencoding import VideoAutoencodingRunner
 
+    assert isinstance(model, PerceiverForTask), "the loader checked the checkpoint's task"
     return VideoAutoencodingRunner(model, device=at.device, dtype=at.dtype, budget_bytes=at.limits.decode_budget_bytes)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from model_core import PerceiverForMaskedLM
 from model_core.tokenizer import MASK_ID
 from server.errors import ErrorCode, ServeError
 from server.limits import Limits
@@ -40,7 +41,7 @@ class FillMaskRunner:
     first) -> forward (decoding the masked positions only) -> split ((P, V) logits per text) -> respond (the top_k
     candidates of every mask, in the HF payload)."""
 
-    def __init__(self, model: torch.nn.Module, *, device: torch.device) -> None:
+    def __init__(self, model: PerceiverForMaskedLM, *, device: torch.device) -> None:
         self.model, self.device = model, device
         self.codec = TextCodec(max_length=model.config.max_position_embeddings)
         self.byte_offset = self.codec.tokenizer.encode("\x00", add_special_tokens=False)[0]

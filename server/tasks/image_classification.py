@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from model_core import PerceiverForTask
 from model_core.image_processing import DEFAULT, ImageProcessingConfig, center_crop_box, preprocess_images
 from server.errors import ErrorCode, ServeError
 from server.limits import ImageLimits
@@ -27,7 +28,7 @@ class ImageItem:
 
 class ImageClassificationRunner:
     def __init__(
-        self, model: torch.nn.Module, *, device: torch.device, dtype: torch.dtype, folder: Path | None = None
+        self, model: PerceiverForTask, *, device: torch.device, dtype: torch.dtype, folder: Path | None = None
     ) -> None:
         self.model, self.device, self.dtype = model, device, dtype
         self.labels = Labels.of(model.config)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from model_core import PerceiverForTask
 from model_core.flow_processing import extract_patches, normalize_frame
 from model_core.flow_tiling import Corner, Size, cover_size, resize_flow, stitch, tile_grid
 from model_core.presets import FlowProcessing
@@ -45,7 +46,7 @@ class FlowPlan:
 class OpticalFlowRunner:
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: PerceiverForTask,
         *,
         device: torch.device,
         dtype: torch.dtype,

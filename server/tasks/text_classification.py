@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from model_core import PerceiverForTask
 from server.tasks.labels import Function, Labels
 from server.tasks.text import TextCodec
 
@@ -21,7 +22,7 @@ class TextItem:
 
 
 class TextClassificationRunner:
-    def __init__(self, model: torch.nn.Module, *, device: torch.device) -> None:
+    def __init__(self, model: PerceiverForTask, *, device: torch.device) -> None:
         self.model, self.device = model, device
         self.codec = TextCodec(max_length=model.config.max_position_embeddings)
         self.labels = Labels.of(model.config)

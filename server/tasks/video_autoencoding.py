@@ -13,16 +13,18 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 
+from model_core import PerceiverForTask
 from model_core.chunking import (
     DecoderWidths,
     Points,
     chunks_per_pass,
     default_num_chunks,
+    indices,
     label_only,
     output_chunks,
     passes,
@@ -101,7 +103,7 @@ class VideoAutoencodingRunner:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: PerceiverForTask,
         *,
         device: torch.device,
         dtype: torch.dtype,
@@ -175,7 +177,7 @@ class VideoAutoencodingRunner:
 
     @staticmethod
     def decode_item(latents: torch.Tensor, points: Points) -> DecodeItem:
-        return DecodeItem(latents, points["image"], points["audio"])
+        return DecodeItem(latents, indices(points, "image"), indices(points, "audio"))
 
     def check_answer(self, clip: Clip, limits: Limits, *, labels: bool, reconstruct: bool, top_k: int) -> None:
         """Refuse (413) a clip whose labels (windows x top_k) or reconstruction (every frame and its audio, built
@@ -203,9 +205,10 @@ class VideoAutoencodingRunner:
         return ("decode", len(item.image), len(item.audio))
 
     def collate(self, items: Sequence[EncodeItem | DecodeItem]) -> Any:
-        if isinstance(items[0], EncodeItem):
-            frames = torch.from_numpy(np.stack([i.frames for i in items])).to(self.device)  # (B, F, h, w, 3)
-            audio = torch.from_numpy(np.stack([i.audio for i in items])).to(self.device)  # (B, S)
+        if isinstance(items[0], EncodeItem):  # a batch has one kind of item (the keys differ)
+            encodes = cast(Sequence[EncodeItem], items)
+            frames = torch.from_numpy(np.stack([i.frames for i in encodes])).to(self.device)  # (B, F, h, w, 3)
+            audio = torch.from_numpy(np.stack([i.audio for i in encodes])).to(self.device)  # (B, S)
             return {
                 "image": frames.permute(0, 1, 4, 2, 3).to(self.dtype) / 255,  # (B, F, 3, h, w) in [0, 1]
                 "audio": audio.to(self.dtype)[:, :, None],  # (B, S, 1)
@@ -238,6 +241,7 @@ class VideoAutoencodingRunner:
                 "label": None,
             }
             out = self.model.decode(latents_only(latents), points)
+            assert isinstance(out, dict), "a multimodal model decodes per modality"
             image = _to_uint8(out["image"]).cpu()  # (b, n_image, 3): a quarter of the bytes to copy back
             audio, label = (out[k].float().cpu() for k in ("audio", "label"))
             results += [PassOutput(image[j], audio[j], label[j]) for j in range(len(part))]
@@ -289,10 +293,11 @@ async def autoencode(
         for points in runner.passes if reconstruct else [label_only()]:
             out: PassOutput = await step(runner.decode_item(latents, points))
             logits = out.label if logits is None else logits
-            if video is not None and audio is not None and len(points["image"]):
-                first = index * image_per_window + int(points["image"][0])
+            image_points, audio_points = indices(points, "image"), indices(points, "audio")
+            if video is not None and audio is not None and len(image_points):
+                first = index * image_per_window + int(image_points[0])
                 video[first : first + len(out.image)] = out.image.numpy()
-                first = index * audio_per_window + int(points["audio"][0]) * runner.samples_per_patch
+                first = index * audio_per_window + int(audio_points[0]) * runner.samples_per_patch
                 audio[first : first + len(out.audio)] = out.audio.numpy()
         assert logits is not None
         start = index * clip.window_frames

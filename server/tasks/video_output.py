@@ -114,5 +114,5 @@ def _npz(result: Autoencoded, windows: list[dict[str, Any]], *, labels: bool) ->
     if labels:
         arrays["labels"] = np.array([json.dumps(w["labels"]) for w in windows], dtype=np.str_)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub takes the keywords for allow_pickle
     return buffer.getvalue()

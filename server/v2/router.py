@@ -21,7 +21,7 @@ VersionParam = Annotated[str, Path(max_length=64, description=f"Every model has 
 MODEL_ERRORS = v2_responses(ErrorCode.UNKNOWN_MODEL, ErrorCode.BAD_REQUEST)
 INFER_ERRORS = v2_responses(*FILE_INPUT, *SERVING)
 E = TypeVar("E", bound=Callable[..., Any])
-OK = {200: {"description": "True (the body is empty)"}}
+OK: dict[int | str, dict[str, Any]] = {200: {"description": "True (the body is empty)"}}
 READY_RESPONSES = {**OK, **v2_responses(ErrorCode.UNKNOWN_MODEL, ErrorCode.MODEL_UNAVAILABLE)}
 
 

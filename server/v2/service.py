@@ -88,7 +88,7 @@ def _outputs(adapter: TaskTensors, request: InferenceRequest) -> list[Output]:
     default = request.parameters.binary_data_output
     if request.outputs is None:
         return [Output(name, default) for name in known]
-    outputs = []
+    outputs: list[Output] = []
     for asked in request.outputs:
         if asked.name not in known:
             raise bad(f"unknown output {asked.name!r}; this model's outputs: {', '.join(known)}")
@@ -136,12 +136,11 @@ async def infer(request: Request, service: InferenceService, name: str, version:
     content, json_length = await run_in_threadpool(
         _encode, adapter, call.runner, spec.name, payload.id, outputs, tensors
     )
-    headers = answer_headers(call)
+    answered = answer_headers(call)
     if json_length is not None:
-        headers[HEADER_LENGTH] = str(json_length)
-    return Response(
-        content, media_type="application/json" if json_length is None else "application/octet-stream", headers=headers
-    )
+        answered[HEADER_LENGTH] = str(json_length)
+    media = "application/json" if json_length is None else "application/octet-stream"
+    return Response(content, media_type=media, headers=answered)
 
 
 def _encode(

@@ -81,8 +81,8 @@ def _prepare(
 ) -> list[Any]:
     """Items of text or of token-id rows, an error naming its row. CPU work: call off the event loop."""
     if rows[0].text is not None:
-        return each("text", rows, lambda r: by_text(r.text))
-    return each("input_ids", rows, lambda r: by_ids(r.ids))
+        return each("text", [r.text or "" for r in rows], by_text)
+    return each("input_ids", [r.ids or () for r in rows], by_ids)
 
 
 class TextClassificationTensors:
