@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server.engine.jobs import JobStore
+from server.engine.jobs import Executor, open_job_store
 from server.engine.lifecycle import Lifecycle
 from server.engine.loading import load_model
 from server.engine.metrics import Metrics
@@ -20,7 +20,7 @@ from server.http.auth import AuthMiddleware, configured_keys, document_auth, pub
 from server.http.middleware import RequestMiddleware
 from server.http.offload import Offload
 from server.limits import Limits
-from server.routers import SERVICE_ROUTERS, TASK_ROUTERS, models
+from server.routers import JOB_KINDS, SERVICE_ROUTERS, TASK_ROUTERS, models
 from server.settings import Settings
 from server.v2 import router as v2
 
@@ -30,9 +30,17 @@ log = logging.getLogger(__name__)
 def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
     metrics = Metrics()
     registry = Registry(settings=settings, metrics=metrics, loader=loader)
-    lifecycle = Lifecycle(registry=registry, preload=settings.server.preload, retry_s=settings.server.load_retry_s)
     api_keys = configured_keys(settings.server)  # SettingsError for an unreadable or malformed key file
-    job_store = JobStore(Limits.of(settings.server).jobs)
+    service = InferenceService(registry=registry, settings=settings)
+    job_limits = Limits.of(settings.server).jobs
+    executor = Executor(service, JOB_KINDS, unit_timeout_s=job_limits.unit_timeout_s)
+    job_store = open_job_store(settings.server, job_limits, execute=executor, metrics=metrics)
+    lifecycle = Lifecycle(
+        registry=registry,
+        preload=settings.server.preload,
+        retry_s=settings.server.load_retry_s,
+        jobs_problem=job_store.problem if settings.server.jobs_required else None,
+    )
     offload = Offload()
 
     @asynccontextmanager
@@ -40,6 +48,7 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
         if any(spec.random_weights for spec in settings.models.values()):
             log.warning("RANDOM WEIGHTS: some models are randomly initialised; their answers are meaningless")
         lifecycle.start()
+        job_store.start()
         try:
             yield
         finally:
@@ -57,7 +66,7 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
     app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
     app.state.lifecycle, app.state.jobs = lifecycle, job_store
     app.state.api_keys_configured = bool(api_keys)  # public probes then say only why, never what (health.py)
-    app.state.service = InferenceService(registry=registry, settings=settings)
+    app.state.service = service
     app.state.offload = offload
     install_error_handlers(app)
     # Outermost last: RequestMiddleware -> AuthMiddleware -> AdmissionMiddleware -> routes.

@@ -7,11 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 
-from server.engine.jobs import JobStore
+from server.engine.jobs import Jobs
 from server.engine.lifecycle import Lifecycle
 from server.engine.metrics import Metrics
 from server.engine.registry import Registry
 from server.engine.serving import InferenceService
+from server.http.scope import KEY_DIGEST_KEY
 from server.settings import Settings
 
 
@@ -26,12 +27,19 @@ def _state(attribute: str) -> Callable[[Request], Awaitable[Any]]:
     return from_state
 
 
+async def _owner(request: Request) -> str | None:
+    """The digest of the request's API key (None without keys): who owns the jobs it submits and may see them."""
+    state: dict[str, Any] = request.scope.get("state") or {}
+    return state.get(KEY_DIGEST_KEY)
+
+
 ServiceDep = Annotated[InferenceService, Depends(_state("service"))]
-JobsDep = Annotated[JobStore, Depends(_state("jobs"))]
+JobsDep = Annotated[Jobs, Depends(_state("jobs"))]
 RegistryDep = Annotated[Registry, Depends(_state("registry"))]
 MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
 LifecycleDep = Annotated[Lifecycle, Depends(_state("lifecycle"))]
 SettingsDep = Annotated[Settings, Depends(_state("settings"))]
+OwnerDep = Annotated[str | None, Depends(_owner)]
 ModelParam = Annotated[
     str | None,
     Query(

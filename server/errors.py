@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     NOT_READY = "not_ready"
     UNHEALTHY = "unhealthy"
     OUT_OF_MEMORY = "out_of_memory"
+    JOBS_UNAVAILABLE = "jobs_unavailable"
     TIMEOUT = "timeout"
     CLIENT_CLOSED = "client_closed"
     INTERNAL = "internal_error"
@@ -68,6 +69,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_READY: 503,
     ErrorCode.UNHEALTHY: 503,
     ErrorCode.OUT_OF_MEMORY: 503,
+    ErrorCode.JOBS_UNAVAILABLE: 503,
     ErrorCode.TIMEOUT: 504,
     ErrorCode.CLIENT_CLOSED: 499,
     ErrorCode.INTERNAL: 500,

@@ -50,6 +50,8 @@ class JobLimits:
     result_ttl_s: float = 900.0  # a finished job (and its result) is kept this long
     max_result_bytes: int = 512 * 2**20  # results kept, all jobs together
     unit_timeout_s: float = 600.0  # a unit of a job's work may wait this long in the model's queue
+    heartbeat_s: float = 30.0  # Redis store: a runner silent this long has its job claimed by another replica
+    max_input_bytes: int = 1024 * 2**20  # Redis store: inputs of jobs not yet settled, all jobs together
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ class Limits:
                 result_ttl_s=server.job_result_ttl_s,
                 max_result_bytes=int(server.max_job_results_mb * 2**20),
                 unit_timeout_s=server.job_unit_timeout_s,
+                heartbeat_s=server.job_heartbeat_s,
+                max_input_bytes=int(server.max_job_inputs_mb * 2**20),
             ),
             connections=ConnectionLimits(
                 max_connections=server.max_connections,

@@ -53,6 +53,8 @@ ImageFormat = Literal["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]
 VideoContainer = Literal["mp4", "webm", "avi"]
 AudioFormat = Literal["WAV", "FLAC", "OGG"]  # libsndfile's major formats a request's audio may be
 API_KEY = re.compile(r"[\x21-\x7e]{16,256}")  # printable ASCII, no spaces: it travels in a header
+JOBS_URL = re.compile(r"rediss?://[^\s/?#]+(/\d{1,5})?/?(\?[^\s#]*)?")
+SECRET_FIELDS = ("api_keys", "jobs_url")  # their values are never echoed in an error
 
 
 class _Strict(BaseModel):
@@ -106,12 +108,18 @@ class ServerSettings(_Strict):
     max_response_mb: float = Field(128.0, gt=0, le=16_384)  # one answer's size, estimated from the request
     max_flow_side: int = Field(4096, ge=64, le=16_384)  # optical flow: a frame's side, as sent and as run
     decode_budget_mb: float = Field(512.0, gt=0, le=65_536)  # video decode: activations of one pass, all items
-    # Background jobs (per process): running and waiting at once, then 429; results kept, and for how long.
+    # Background jobs: running (per process) and waiting at once, then 429; results kept, and for how long.
     max_running_jobs: int = Field(2, ge=1, le=1024)
-    max_queued_jobs: int = Field(16, ge=0, le=100_000)
+    max_queued_jobs: int = Field(16, ge=0, le=100_000)  # with jobs_url: across every replica
     job_result_ttl_s: float = Field(900.0, gt=0, le=7 * 86_400)
     max_job_results_mb: float = Field(512.0, gt=0, le=1_048_576)
     job_unit_timeout_s: float = Field(600.0, gt=0, le=86_400)  # a job's unit of work may wait this long to run
+    # Jobs shared by replicas: a Redis (or Valkey) URL, redis:// or rediss:// (default: jobs live in the process).
+    jobs_url: SecretStr | None = None  # may hold a password: never echoed
+    jobs_password_file: Path | None = None  # the Redis password, when the URL has none (a mounted Secret)
+    jobs_required: bool = False  # readiness 503 while the job store cannot be reached
+    job_heartbeat_s: float = Field(30.0, ge=1, le=3600)  # a runner silent this long has its job run elsewhere
+    max_job_inputs_mb: float = Field(1024.0, gt=0, le=1_048_576)  # with jobs_url: inputs of unsettled jobs
     # Connections (enforced by the HTTP protocol, before the app sees a request).
     max_connections: int = Field(1000, ge=1, le=1_000_000)  # open at once; past it the slowest header reader goes
     header_timeout_s: float = Field(15.0, gt=0, le=300)  # from a request's first byte to the end of its headers
@@ -138,6 +146,24 @@ class ServerSettings(_Strict):
         if not all(API_KEY.fullmatch(k.get_secret_value()) for k in keys):
             raise ValueError("each API key must be 16 to 256 printable ASCII characters without spaces")
         return keys
+
+    @field_validator("jobs_url", mode="before")
+    @classmethod
+    def _no_empty_url(cls, url: Any) -> Any:
+        return None if url == "" else url  # an empty environment variable (compose's ${VAR:-}) means none
+
+    @field_validator("jobs_url")
+    @classmethod
+    def _redis_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not JOBS_URL.fullmatch(url.get_secret_value()):
+            raise ValueError("jobs_url must be redis://[user:password@]host[:port][/db] or rediss://...")
+        return url
+
+    @model_validator(mode="after")
+    def _jobs_required_needs_a_store(self) -> ServerSettings:
+        if self.jobs_required and self.jobs_url is None:
+            raise ValueError("jobs_required needs jobs_url (the in-process job store is always reachable)")
+        return self
 
     @property
     def request_timeout_cap_s(self) -> float:
@@ -211,7 +237,7 @@ def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "config"
-        secret = any("api_keys" in str(p) for p in err["loc"])  # never echo a key
+        secret = any(name in str(p) for p in err["loc"] for name in SECRET_FIELDS)  # never echo a key
         got = f" (got {err['input']!r})" if not isinstance(err.get("input"), dict) and not secret else ""
         lines.append(f"  {where}: {err['msg']}{got}")
     return "invalid configuration:\n" + "\n".join(lines)

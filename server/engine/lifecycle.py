@@ -5,7 +5,8 @@ draining. A supervisor lives as long as the app: a preloaded model whose load fa
 reload (after an unload or an eviction), is retried every `load_retry_s`, so readiness comes back by itself; a
 load balancer that sees 503 sends no request that could fix it. Draining starts at the first SIGTERM: readiness
 answers 503 and new work requests are refused with 503 at once, while requests already admitted run to
-completion.
+completion. With `jobs_required`, a job store that cannot be reached is not ready too (otherwise only job routes
+answer 503, and synchronous traffic keeps flowing).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -31,6 +33,7 @@ class NotReadyBecause(StrEnum):
     STARTING = "starting up"
     PRELOADING = "preloading models"
     PRELOAD_FAILED = "a preloaded model failed to load"
+    JOBS_UNAVAILABLE = "the job store cannot be reached"
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,16 @@ class NotReady:
 
 
 class Lifecycle:
-    def __init__(self, *, registry: Registry, preload: list[str], retry_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        preload: list[str],
+        retry_s: float,
+        jobs_problem: Callable[[], str | None] | None = None,
+    ) -> None:
         self.registry, self.preload_names = registry, list(preload)
+        self.jobs_problem = jobs_problem  # set when jobs are required: why the job store cannot be used
         self.retry_s, self.retry_every_s = retry_s, max(retry_s, MIN_RETRY_S)
         self.started = False
         self.preloading = bool(preload)
@@ -85,6 +96,9 @@ class Lifecycle:
                 NotReadyBecause.PRELOAD_FAILED,
                 f"preloaded model(s) failed to load, retried every {self.retry_every_s:g}s: {models}",
             )
+        jobs = self.jobs_problem() if self.jobs_problem is not None else None
+        if jobs is not None:
+            return NotReady(NotReadyBecause.JOBS_UNAVAILABLE, jobs)
         return None
 
     async def _supervise(self) -> None:

@@ -49,6 +49,19 @@ class Metrics:
         self.dropped = Counter(
             "perceiver_requests_dropped_total", "Requests dropped before inference", ["model", "reason"], registry=r
         )
+        # Background jobs. With the Redis store, queued counts the shared queue (every replica reports it: take
+        # the max across pods, not the sum); running, finished and claimed count this process's work.
+        self.jobs_queued = Gauge("perceiver_jobs_queued", "Jobs accepted and waiting to run", ["kind"], registry=r)
+        self.jobs_running = Gauge("perceiver_jobs_running", "Jobs this process is running", ["kind"], registry=r)
+        self.jobs_finished = Counter(
+            "perceiver_jobs_finished_total", "Jobs finished (done, failed, cancelled)", ["kind", "status"], registry=r
+        )
+        self.jobs_claimed = Counter(
+            "perceiver_jobs_claimed_total",
+            "Jobs this process took over from a replica that stopped heartbeating (or handed them back)",
+            ["kind"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition, with device memory read now."""

@@ -4,7 +4,8 @@ With no key configured every request passes. With keys (`[server] api_keys`, PER
 `api_keys_file`), every route except the probes (and /metrics unless `public_metrics = false`) needs
 `Authorization: Bearer <key>` or `X-API-Key: <key>`; anything else is 401 in the one error shape with
 `WWW-Authenticate: Bearer`. Keys are compared as SHA-256 digests with `hmac.compare_digest`, against every
-configured key, so neither the match nor its position shows in the timing. Keys are never logged.
+configured key, so neither the match nor its position shows in the timing. Keys are never logged. An admitted
+request carries its key's digest (never the key) in its scope: the jobs it submits belong to that key.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import ErrorCode, error_payload
-from server.http.scope import METRICS, PROBES
+from server.http.scope import KEY_DIGEST_KEY, METRICS, PROBES
 from server.settings import API_KEY, ServerSettings, SettingsError
 
 _BEARER = b"bearer "
@@ -86,7 +87,8 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         key = presented_key(scope.get("headers") or [])
-        if self.allows(key):
+        if key is not None and self.allows(key):
+            scope.setdefault("state", {})[KEY_DIGEST_KEY] = _digest(key).hex()
             await self.app(scope, receive, send)
             return
         if key is None:

@@ -8,3 +8,4 @@ NOT_WORK = PROBES | {METRICS}  # no in-flight count (the autoscaling signal), no
 STARTED_KEY = "perceiver_started"  # time.monotonic() when the request arrived
 DEADLINE_KEY = "perceiver_deadline"  # set by the admission middleware from X-Request-Timeout
 MODEL_KEY = "perceiver_model"  # the configured model that served the request (metrics label)
+KEY_DIGEST_KEY = "perceiver_key_digest"  # SHA-256 (hex) of the request's API key: the owner of the jobs it submits

@@ -1,17 +1,21 @@
 """POST /autoencode-video: a clip (multipart `video`, optional `audio`) -> Kinetics-700 labels per
-window and/or the reconstructed video and audio; synchronous, or a background job with progress."""
+window and/or the reconstructed video and audio; synchronous, or a background job with progress.
+
+A job is stored as its input (the uploaded files) and its query (`VideoJob`), so that any replica can run it
+from the start: the upload is decoded and checked here, at submit, and decoded again where the job runs."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from server.deps import JobsDep, ModelParam, ServiceDep, TopKParam
-from server.engine.jobs import JobResult, Progress
+from server.deps import JobsDep, ModelParam, OwnerDep, ServiceDep, TopKParam
+from server.engine.jobs import JobKind, JobRequest, JobResult, Progress
 from server.engine.serving import Call
-from server.errors import FILE_INPUT, SERVING, responses
+from server.errors import FILE_INPUT, SERVING, ErrorCode, responses
 from server.http.bodies import CLIP_BODY, read_clip
 from server.http.exchange import answer_headers, open_call
 from server.http.schemas import AutoencodeVideoResponse
@@ -21,8 +25,7 @@ from server.tasks.video_autoencoding import Clip, VideoAutoencodingRunner, autoe
 from server.tasks.video_output import MEDIA_TYPES, Format, Wanted, parse_wanted, render
 
 router = APIRouter(tags=["video"])
-JOB_KIND = "autoencode-video"
-ERRORS = responses(*FILE_INPUT, *SERVING)
+ERRORS = responses(*FILE_INPUT, *SERVING, ErrorCode.JOBS_UNAVAILABLE)
 OutputsParam = Annotated[str, Query(max_length=64, description="`labels`, `reconstruction`, or both, comma-separated")]
 FormatParam = Annotated[
     Format | None,
@@ -57,6 +60,7 @@ async def autoencode_video(
     request: Request,
     service: ServiceDep,
     jobs: JobsDep,
+    owner: OwnerDep,
     model: ModelParam = None,
     outputs: OutputsParam = "labels",
     top_k: TopKParam = None,
@@ -67,24 +71,52 @@ async def autoencode_video(
     wanted = parse_wanted(outputs, fmt, top_k)
     background = run_async or "respond-async" in (prefer or "").lower()
     if background:
-        jobs.check_capacity()  # refuse before reading and decoding the clip
+        await jobs.admit()  # refuse before reading and decoding the clip
     video, audio = await read_clip(request)
     limits = service.limits
     async with open_call(request, service, Task.VIDEO_AUTOENCODING, model) as call:
         runner: VideoAutoencodingRunner = call.runner
         clip = await call.decode(runner.prepare, video, audio, video_limits=limits.video, audio_limits=limits.audio)
-        runner.check_answer(clip, limits, labels=wanted.labels, reconstruct=wanted.reconstruction, top_k=wanted.top_k)
-        if background:
-            job = jobs.submit_on(
-                service,
-                call.entry.spec,
-                JOB_KIND,
-                lambda c, p: _answer(c, clip, wanted, p),
+        size = runner.check_answer(
+            clip, limits, labels=wanted.labels, reconstruct=wanted.reconstruction, top_k=wanted.top_k
+        )
+        if not background:
+            answer = await _answer(call, clip, wanted)
+            return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
+        job = await jobs.enqueue(
+            JobRequest(
+                kind=JOB.name,
+                model=call.entry.spec.name,
+                params=VideoJob(outputs=outputs, format=fmt, top_k=top_k).model_dump(),
+                inputs={"video": video} if audio is None else {"video": video, "audio": audio},
                 total=runner.units(clip, reconstruct=wanted.reconstruction),
-            )
-            return accepted(job, {"Preference-Applied": "respond-async"} if prefer and not run_async else None)
-        answer = await _answer(call, clip, wanted)
-    return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
+                result_bytes=size,
+            ),
+            owner=owner,
+        )
+    return accepted(job, {"Preference-Applied": "respond-async"} if prefer and not run_async else None)
+
+
+class VideoJob(BaseModel):
+    """A video job's parameters, as stored: the route's query."""
+
+    outputs: str
+    format: Format | None = None
+    top_k: int | None = None
+
+
+async def _run_job(call: Call, request: JobRequest, progress: Progress) -> JobResult:
+    """A stored video job, run from the start: decode the clip again, then answer as the synchronous route."""
+    query = VideoJob.model_validate(request.params)
+    wanted = parse_wanted(query.outputs, query.format, query.top_k)
+    runner = call.runner_as(VideoAutoencodingRunner)
+    limits = call.limits
+    video, audio = request.inputs["video"], request.inputs.get("audio")
+    clip = await call.decode(runner.prepare, video, audio, video_limits=limits.video, audio_limits=limits.audio)
+    return await _answer(call, clip, wanted, progress)
+
+
+JOB = JobKind("autoencode-video", Task.VIDEO_AUTOENCODING, _run_job)
 
 
 async def _answer(call: Call, clip: Clip, wanted: Wanted, progress: Progress | None = None) -> JobResult:

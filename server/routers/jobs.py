@@ -1,4 +1,5 @@
-"""GET /jobs/{id} (status and progress), GET /jobs/{id}/result, DELETE /jobs/{id} (cancel)."""
+"""GET /jobs/{id} (status and progress), GET /jobs/{id}/result, DELETE /jobs/{id} (cancel): from any replica
+when jobs are shared (Redis), and only for the API key that submitted the job."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from fastapi import APIRouter, Path, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from server.deps import JobsDep
+from server.deps import JobsDep, OwnerDep
 from server.engine.jobs import Job, JobStatus
 from server.errors import ErrorBody, ErrorCode, error_response, responses
 
 router = APIRouter(tags=["jobs"])
 RETRY_AFTER_S = 1  # what a poll of an unfinished job is told
+ERRORS = responses(ErrorCode.NOT_FOUND, ErrorCode.JOBS_UNAVAILABLE)
 
 
 JobId = Annotated[str, Path(min_length=1, max_length=64, description="The id a 202 answer's Location names")]
@@ -70,11 +72,11 @@ ACCEPTED: dict[int | str, dict[str, Any]] = {
     "/jobs/{job_id}",
     response_model=JobInfo,
     response_model_exclude_none=True,
-    responses=responses(ErrorCode.NOT_FOUND),
+    responses=ERRORS,
     summary="A background job's status and progress",
 )
-async def get_job(job_id: JobId, jobs: JobsDep) -> JobInfo:
-    return job_info(jobs.get(job_id))
+async def get_job(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> JobInfo:
+    return job_info(await jobs.find(job_id, owner=owner))
 
 
 @router.get(
@@ -86,12 +88,12 @@ async def get_job(job_id: JobId, jobs: JobsDep) -> JobInfo:
             "content": {"application/octet-stream": {}},
         },
         202: {"model": JobInfo, "description": "Not finished yet: retry after Retry-After"},
-        **responses(ErrorCode.NOT_FOUND),
+        **ERRORS,
     },
     response_class=Response,
 )
-async def get_result(job_id: JobId, jobs: JobsDep) -> Response:
-    job = jobs.get(job_id)
+async def get_result(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> Response:
+    job = await jobs.find(job_id, owner=owner, with_result=True)
     if job.status is JobStatus.DONE and job.result is not None:
         return Response(job.result.body, media_type=job.result.media_type, headers=job.result.headers)
     if job.status is JobStatus.FAILED and job.error is not None:
@@ -107,9 +109,9 @@ async def get_result(job_id: JobId, jobs: JobsDep) -> Response:
     "/jobs/{job_id}",
     status_code=204,
     response_class=Response,
-    responses=responses(ErrorCode.NOT_FOUND),
+    responses=ERRORS,
     summary="Cancel a job (or discard its result); its queued work is dropped",
 )
-async def cancel_job(job_id: JobId, jobs: JobsDep) -> Response:
-    await jobs.cancel(job_id)
+async def cancel_job(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> Response:
+    await jobs.cancel(job_id, owner=owner)
     return Response(status_code=204)

@@ -39,6 +39,7 @@ from server.tasks.labels import DEFAULT_TOP_K, Labels
 SAMPLE_RATE = AudioVideoProcessing().sample_rate  # the model family's audio rate
 DECODE_BUDGET_BYTES = DEFAULT_LIMITS.decode_budget_bytes  # decoder activations per pass (decode_budget_mb)
 MAX_CHUNKS = 128  # the finest chunking of one window's outputs (the published model's)
+ANSWER_OVERHEAD_BYTES = 64 * 1024  # an answer's headers, JSON keys and containers, beyond its arrays and labels
 AudioSource = Literal["provided", "silence"]
 Progress = Callable[[int, int], None]  # (units done, units in all)
 
@@ -179,19 +180,24 @@ class VideoAutoencodingRunner:
     def decode_item(latents: torch.Tensor, points: Points) -> DecodeItem:
         return DecodeItem(latents, indices(points, "image"), indices(points, "audio"))
 
-    def check_answer(self, clip: Clip, limits: Limits, *, labels: bool, reconstruct: bool, top_k: int) -> None:
+    def check_answer(self, clip: Clip, limits: Limits, *, labels: bool, reconstruct: bool, top_k: int) -> int:
         """Refuse (413) a clip whose labels (windows x top_k) or reconstruction (every frame and its audio, built
-        in memory whatever the format) would be over the limits, before any of it runs."""
+        in memory whatever the format) would be over the limits, before any of it runs. Returns the most the
+        answer can be, in bytes (what a job's result will need to be kept)."""
+        size = ANSWER_OVERHEAD_BYTES
         if labels:
-            self.classes.check(limits, rows=clip.windows, top_k=top_k, what="windows")
+            entries = self.classes.check(limits, rows=clip.windows, top_k=top_k, what="windows")
+            size += entries * self.classes.entry_bytes * 4  # npz keeps them as UTF-32
         if reconstruct:
             h, w = self.size
-            size = clip.num_frames * (h * w * 3 + self.samples_per_frame * 4)  # uint8 RGB, float32 audio
+            frames = clip.num_frames * (h * w * 3 + self.samples_per_frame * 4)  # uint8 RGB, float32 audio
             limits.check_answer(
-                size,
+                frames,
                 f"a reconstruction of {clip.num_frames} frames of {w}x{h} with their audio",
                 "send a shorter clip, or ask for outputs=labels",
             )
+            size += frames
+        return size
 
     def units(self, clip: Clip, *, reconstruct: bool) -> int:
         """Units of work (encodes + decode passes) the clip takes: the progress total."""

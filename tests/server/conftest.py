@@ -21,6 +21,7 @@ from loadtest.servers import dump_toml
 from model_core.presets import preset_config
 from server.engine.loading import LoadedModel, load_model
 from server.settings import ModelSpec, Settings, build_settings
+from tests.server.redis_support import RedisServer, ensure_redis_server
 from tests.server.support import with_forward
 
 REPO = Path(__file__).resolve().parents[2]
@@ -176,51 +177,96 @@ def serve_in_thread(app: Any, **options: Any) -> Iterator[str]:
         thread.join(timeout=30)
 
 
+@dataclasses.dataclass
+class ServerProcess:
+    """`python -m server ARGS` on a loopback port, its output in `log`."""
+
+    proc: subprocess.Popen[bytes]
+    base: str
+    log: Path
+    terminated: bool = False
+
+    def exited(self) -> str | None:
+        if self.proc.poll() is None:
+            return None
+        return f"server exited with {self.proc.returncode}:\n{self.log.read_text()}"
+
+    def wait_ready(self, timeout_s: float = 60) -> str:
+        wait_ready(self.base, timeout_s=timeout_s, exited=self.exited)
+        return self.base
+
+    def terminate(self) -> None:
+        """SIGTERM, once (a second one would only skip the drain window)."""
+        if self.proc.poll() is None and not self.terminated:
+            self.proc.terminate()
+            self.terminated = True
+
+    def stop(self) -> None:
+        self.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+def start_server(root: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+    """Start `python -m server ARGS` on a free loopback port (HF offline, an empty HF cache under `root`); it is
+    not waited for: several start side by side."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(root / "hf-home"),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    log = root / f"server-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server", *args, "--port", str(port)],
+            cwd=REPO,
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return ServerProcess(proc, f"http://127.0.0.1:{port}", log)
+
+
 @pytest.fixture(scope="module")
 def spawn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., str]]:
     """Start `python -m server ARGS` on a free loopback port (HF offline, empty HF cache); returns its URL.
     Every process started is terminated (then killed) when the module's tests are done."""
-    procs: list[subprocess.Popen[bytes]] = []
+    servers: list[ServerProcess] = []
     root = tmp_path_factory.mktemp("servers")
 
     def spawn(*args: str, env: dict[str, str] | None = None, ready_timeout_s: float = 60) -> str:
-        port = free_port()
-        environ = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "HF_HOME": str(root / "hf-home"),
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
-        log = root / f"server-{port}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "server", *args, "--port", str(port)],
-                cwd=REPO,
-                env=environ,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        procs.append(proc)
-        base = f"http://127.0.0.1:{port}"
-
-        def exited() -> str | None:
-            if proc.poll() is None:
-                return None
-            return f"server exited with {proc.returncode}:\n{log.read_text()}"
-
-        wait_ready(base, timeout_s=ready_timeout_s, exited=exited)
-        return base
+        servers.append(start_server(root, *args, env=env))
+        return servers[-1].wait_ready(ready_timeout_s)
 
     yield spawn
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    for server in servers:
+        server.terminate()
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """Debian's redis-server on a free loopback port, persistence off (installed with apt when missing)."""
+    server = RedisServer(ensure_redis_server(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of an empty Redis database (started again if a test stopped it)."""
+    if not redis_server.ping():
+        redis_server.restart()
+    redis_server.flush()
+    return redis_server.url
 
 
 def sample(text: str, name: str, **labels: str) -> float:

@@ -1,78 +1,56 @@
-"""Background jobs: long requests answered 202 at once, then polled for progress and result.
+"""The in-process job store (the default): jobs live in this process, as asyncio tasks.
 
-A job is a coroutine run as an asyncio task. The store bounds everything it holds: jobs
-running at once, jobs waiting to run (beyond both: 429 with Retry-After), how long a
-finished job is kept (TTL) and the bytes of results kept (oldest finished jobs go first).
-Ids are random 128-bit tokens: knowing one is what grants access to a job.
+The store bounds everything it holds: jobs running at once, jobs waiting to run (beyond both: 429 with
+Retry-After), how long a finished job is kept (TTL) and the bytes of results kept (oldest finished jobs go first).
+Ids are random 128-bit tokens; with API keys, a job is its submitter's alone. A restart loses every job, and
+behind a load balancer a poll reaches another process: several replicas need the Redis store (redis_store.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
 
-from server.engine.serving import Call, InferenceService
+from server.engine.jobs.kinds import Execute
+from server.engine.jobs.records import (
+    Job,
+    JobRequest,
+    JobResult,
+    JobStatus,
+    Progress,
+    check_request,
+    overloaded,
+    owns,
+    result_too_large,
+    unknown_job,
+)
+from server.engine.metrics import Metrics
 from server.errors import ErrorCode, ServeError
 from server.limits import JobLimits
-from server.settings import ModelSpec
 
 log = logging.getLogger(__name__)
 
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class JobResult:
-    body: bytes
-    media_type: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Progress:
-    done: int = 0
-    total: int = 0
-
-    def update(self, done: int, total: int) -> None:
-        self.done, self.total = done, total
-
-
-@dataclass(eq=False)
-class Job:
-    id: str
-    kind: str
-    created_at: float  # time.time()
-    status: JobStatus = JobStatus.QUEUED
-    progress: Progress = field(default_factory=Progress)
-    result: JobResult | None = None
-    error: ServeError | None = None
-    finished: float | None = None  # store clock
-    task: asyncio.Task[None] | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.status in (JobStatus.QUEUED, JobStatus.RUNNING)
-
-
 Work = Callable[[Progress], Awaitable[JobResult]]
-ModelWork = Callable[[Call, Progress], Awaitable[JobResult]]
 
 
 class JobStore:
-    def __init__(self, limits: JobLimits | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limits: JobLimits | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        execute: Execute | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.limits = limits or JobLimits()
         self.clock = clock
+        self.execute = execute
+        self.metrics = metrics or Metrics()
         self._jobs: dict[str, Job] = {}
         self._slots = asyncio.Semaphore(self.limits.max_running)
         self._stored_bytes = 0
@@ -82,36 +60,50 @@ class JobStore:
     def stored_bytes(self) -> int:
         return self._stored_bytes
 
+    # -- what the routes call (the same for the Redis store)
+
+    def start(self) -> None:
+        """Nothing runs in the background until a job is submitted."""
+
+    def problem(self) -> str | None:
+        """Why jobs cannot be accepted now (never, in process)."""
+        return None
+
+    async def admit(self) -> None:
+        self.check_capacity()
+
+    async def enqueue(self, request: JobRequest, *, owner: str | None) -> Job:
+        """Accept a job description (429 when full, 413 when its result could not be kept); it runs when a
+        running slot frees."""
+        if self.execute is None:
+            raise ServeError(ErrorCode.INTERNAL, "this job store runs no job descriptions")
+        check_request(request, max_result_bytes=self.limits.max_result_bytes)
+        return self.submit(request.kind, functools.partial(self.execute, request), total=request.total, owner=owner)
+
+    async def find(self, job_id: str, *, owner: str | None, with_result: bool = False) -> Job:
+        job = self.get(job_id)
+        if not owns(job.owner, owner):
+            raise unknown_job(job_id)
+        return job
+
+    # -- the store
+
     def check_capacity(self) -> None:
         """Raise 429 (with Retry-After) when no further job would be accepted now."""
         self._expire()
         active = sum(job.active for job in self._jobs.values())
-        if active >= self.limits.max_running + self.limits.max_queued:
-            waiting = active - self.limits.max_running + 1
-            retry = max(1.0, self._job_s * waiting / self.limits.max_running)
-            raise ServeError(
-                ErrorCode.OVERLOADED,
-                f"{active} jobs are running or queued; at most "
-                f"{self.limits.max_running + self.limits.max_queued} are accepted",
-                retry_after=retry,
-            )
+        capacity = self.limits.max_running + self.limits.max_queued
+        if active >= capacity:
+            raise overloaded(active, capacity, job_s=self._job_s, slots=self.limits.max_running)
 
-    def submit_on(self, service: InferenceService, spec: ModelSpec, kind: str, run: ModelWork, *, total: int) -> Job:
-        """A job that runs `run` on model `spec` (loaded first if needed), each of its units of work given
-        `unit_timeout_s` to run; no client watches it (cancel it with `cancel`)."""
-        timeout_s = self.limits.unit_timeout_s
-
-        async def work(progress: Progress) -> JobResult:
-            async with service.open(spec, deadline=time.monotonic() + timeout_s, unit_timeout_s=timeout_s) as call:
-                return await run(call, progress)
-
-        return self.submit(kind, work, total=total)
-
-    def submit(self, kind: str, work: Work, *, total: int = 0) -> Job:
+    def submit(self, kind: str, work: Work, *, total: int = 0, owner: str | None = None) -> Job:
         """Accept a job of `total` units of work (429 when full); it starts when a running slot frees."""
         self.check_capacity()
-        job = Job(id=secrets.token_urlsafe(16), kind=kind, created_at=time.time(), progress=Progress(0, total))
+        job = Job(
+            id=secrets.token_urlsafe(16), kind=kind, created_at=time.time(), progress=Progress(0, total), owner=owner
+        )
         self._jobs[job.id] = job
+        self.metrics.jobs_queued.labels(kind=kind).inc()
         job.task = asyncio.get_running_loop().create_task(self._run(job, work), name=f"job-{kind}")
         return job
 
@@ -119,13 +111,15 @@ class JobStore:
         self._expire()
         job = self._jobs.get(job_id)
         if job is None:
-            raise ServeError(ErrorCode.NOT_FOUND, f"no job {job_id!r} (unknown, cancelled, or its result expired)")
+            raise unknown_job(job_id)
         return job
 
-    async def cancel(self, job_id: str) -> None:
+    async def cancel(self, job_id: str, *, owner: str | None = None) -> None:
         """Stop a job (its queued units are dropped) and forget it."""
-        job = self.get(job_id)
+        job = await self.find(job_id, owner=owner)
         self._forget(job)
+        if job.active:
+            self.metrics.jobs_finished.labels(kind=job.kind, status="cancelled").inc()
         if job.task is not None and not job.task.done():
             job.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -141,15 +135,20 @@ class JobStore:
         self._stored_bytes = 0
 
     async def _run(self, job: Job, work: Work) -> None:
+        queued = self.metrics.jobs_queued.labels(kind=job.kind)
         try:
             async with self._slots:
+                queued.dec()
                 job.status = JobStatus.RUNNING
-                started = self.clock()
-                result = await work(job.progress)
-                elapsed = self.clock() - started
+                with self.metrics.jobs_running.labels(kind=job.kind).track_inprogress():
+                    started = self.clock()
+                    result = await work(job.progress)
+                    elapsed = self.clock() - started
                 self._job_s = 0.8 * self._job_s + 0.2 * elapsed if self._job_s else elapsed
             self._store(job, result)
         except asyncio.CancelledError:
+            if job.status is JobStatus.QUEUED:
+                queued.dec()
             job.status, job.error = JobStatus.FAILED, ServeError(ErrorCode.CLIENT_CLOSED, "job cancelled")
             raise
         except ServeError as exc:
@@ -159,14 +158,12 @@ class JobStore:
             job.status, job.error = JobStatus.FAILED, ServeError(ErrorCode.INTERNAL, "job failed")
         finally:
             job.finished = self.clock()
+        self.metrics.jobs_finished.labels(kind=job.kind, status=job.status.value).inc()
 
     def _store(self, job: Job, result: JobResult) -> None:
         size = len(result.body)
         if size > self.limits.max_result_bytes:
-            raise ServeError(
-                ErrorCode.PAYLOAD_TOO_LARGE,
-                f"the result is {size} bytes; at most {self.limits.max_result_bytes} can be kept",
-            )
+            raise result_too_large(size, self.limits.max_result_bytes)
         done = sorted((j for j in self._jobs.values() if j.result is not None), key=lambda j: j.finished or 0.0)
         while self._stored_bytes + size > self.limits.max_result_bytes and done:
             oldest = done.pop(0)
