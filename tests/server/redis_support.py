@@ -58,8 +58,8 @@ def _free_port() -> int:
 class RedisServer:
     """One redis-server process on 127.0.0.1: started, stopped and restarted on the same port by the tests."""
 
-    def __init__(self, binary: str, folder: Path) -> None:
-        self.binary, self.folder = binary, folder
+    def __init__(self, binary: str, folder: Path, *, password: str | None = None) -> None:
+        self.binary, self.folder, self.password = binary, folder, password
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -71,6 +71,8 @@ class RedisServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         argv += ["--dir", str(self.folder), "--daemonize", "no", "--loglevel", "warning"]
+        if self.password is not None:
+            argv += ["--requirepass", self.password]
         with (self.folder / "redis.log").open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -93,19 +95,25 @@ class RedisServer:
         self.stop()
         self.start()
 
+    def _command(self, command: bytes, timeout_s: float) -> bytes:
+        """One inline command through the protocol (no client library needed), after AUTH with a password."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout_s) as s:
+            if self.password is not None:
+                s.sendall(b"AUTH " + self.password.encode() + b"\r\n")
+                if not s.recv(16).startswith(b"+OK"):
+                    return b""
+            s.sendall(command + b"\r\n")
+            return s.recv(16)
+
     def ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+            return self._command(b"PING", 0.5).startswith(b"+PONG")
         except OSError:
             return False
 
     def flush(self) -> None:
-        """Empty the database between tests (FLUSHALL through the protocol: no client library needed)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-            s.sendall(b"FLUSHALL\r\n")
-            assert s.recv(16).startswith(b"+OK")
+        """Empty the database between tests."""
+        assert self._command(b"FLUSHALL", 5).startswith(b"+OK")
 
     def log(self) -> str:
         path = self.folder / "redis.log"

@@ -135,3 +135,16 @@ def test_device_checks_at_start_up() -> None:
         with pytest.raises(SettingsError, match="no CUDA device"):
             check_devices(build_settings({"models": {"m": {"task": "fill-mask", "source": "a/b", "device": "cuda:1"}}}))
     check_devices(build_settings({"server": {"device": "auto"}}))
+
+
+def test_jobs_url_from_the_environment_and_never_echoed() -> None:
+    url = "rediss://user:s3cret-pass@redis.example:6380/2"
+    settings = load_settings(environ={"PERCEIVER_SERVE_JOBS_URL": url})
+    assert settings.server.jobs_url is not None and settings.server.jobs_url.get_secret_value() == url
+    assert "s3cret" not in repr(settings.server)
+    assert load_settings(environ={"PERCEIVER_SERVE_JOBS_URL": ""}).server.jobs_url is None  # compose's ${VAR:-}
+    with pytest.raises(SettingsError, match="jobs_url") as info:
+        load_settings(environ={"PERCEIVER_SERVE_JOBS_URL": "http://user:s3cret-pass@redis.example/0"})
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(SettingsError, match="jobs_required needs jobs_url"):
+        build_settings({"server": {"jobs_required": True}})

@@ -18,7 +18,9 @@ from server.engine.jobs.redis_store import RedisJobStore
 from server.engine.metrics import Metrics
 from server.errors import ErrorCode, ServeError
 from server.limits import JobLimits
+from server.settings import SettingsError
 from tests.server.conftest import free_port, sample
+from tests.server.redis_support import RedisServer, ensure_redis_server
 
 pytestmark = pytest.mark.anyio
 FAST = JobLimits(max_running=1, max_queued=1, heartbeat_s=1.0)
@@ -335,3 +337,24 @@ async def test_an_unreachable_redis_answers_503_and_says_so() -> None:
 
 async def _problem(store: RedisJobStore) -> bool:
     return store.problem() is not None and "cannot be reached" in store.problem()
+
+
+async def test_a_password_from_a_file(tmp_path) -> None:
+    server = RedisServer(ensure_redis_server(), tmp_path / "redis", password="pa55-word-from-a-secret")
+    server.start()
+    secret = tmp_path / "password"
+    secret.write_text("pa55-word-from-a-secret\n")
+    url = f"redis://127.0.0.1:{server.port}/0"
+    stores = [RedisJobStore(FAST, client=connect(url, password_file=p), execute=Work().on("a")) for p in (secret, None)]
+    try:
+        accepted = await stores[0].enqueue(job(), owner=None)
+        assert (await stores[0].find(accepted.id, owner=None)).status is JobStatus.QUEUED
+        with pytest.raises(ServeError) as info:  # no password: Redis refuses, the job routes say 503
+            await stores[1].find(accepted.id, owner=None)
+        assert info.value.code is ErrorCode.JOBS_UNAVAILABLE and "pa55" not in info.value.message
+        with pytest.raises(SettingsError, match="jobs_password_file"):
+            connect(url, password_file=tmp_path / "missing")
+    finally:
+        for store in stores:
+            await store.close()
+        server.stop()
