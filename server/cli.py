@@ -21,12 +21,14 @@ def _serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="perceiver-serve",
         description=(
-            "Serve Perceiver IO models over HTTP. Subcommand: `perceiver-serve download NAME...` pre-fetches hub files."
+            "Serve Perceiver IO models over HTTP (and gRPC with --grpc-port). "
+            "Subcommand: `perceiver-serve download NAME...` pre-fetches hub files."
         ),
     )
     p.add_argument("--config", help=f"TOML config file (default: ${CONFIG_ENV})")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--grpc-port", type=int, help="serve the Open Inference Protocol over gRPC on this port too")
     p.add_argument("--preload", nargs="+", metavar="NAME", help="models to load at start-up ('all' for every one)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
@@ -95,6 +97,7 @@ def serve(argv: Sequence[str]) -> int:
     overrides = {
         "host": args.host,
         "port": args.port,
+        "grpc_port": args.grpc_port,
         "preload": args.preload,
         "device": args.device,
         "dtype": args.dtype,

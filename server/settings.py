@@ -80,6 +80,7 @@ class ServerSettings(_Strict):
 
     host: str = Field("127.0.0.1", min_length=1, max_length=255)
     port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int | None = Field(None, ge=1, le=65535)  # the Open Inference Protocol over gRPC; off when unset
     device: Device = "auto"
     dtype: Dtype = "auto"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
@@ -162,6 +163,8 @@ class Settings(_Strict):
         unknown = sorted(set(self.server.preload) - set(self.models) - {"all"})
         if unknown:
             raise ValueError(f"preload names unknown models: {', '.join(unknown)}")
+        if self.server.grpc_port is not None and self.server.grpc_port == self.server.port:
+            raise ValueError(f"grpc_port ({self.server.grpc_port}) is the HTTP port; give gRPC a port of its own")
         cap = self.server.max_request_timeout_s
         if cap is not None and cap < self.server.request_timeout_s:
             raise ValueError(
