@@ -258,13 +258,15 @@ def load_settings(
     *,
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
+    models: dict[str, dict[str, Any]] | None = None,
 ) -> Settings:
-    """Settings from an optional TOML file, the environment and command-line `overrides` ([server] keys)."""
+    """Settings from an optional TOML file, the environment and command-line `overrides` ([server] keys) and
+    `models` ([models.NAME] tables, over the file's)."""
     environ = dict(os.environ if environ is None else environ)
     path = path or environ.get(CONFIG_ENV)
     data = _read_toml(Path(path).expanduser()) if path else {}
-    if not isinstance(data.get("server") or {}, dict):
-        raise SettingsError("invalid configuration: [server] must be a table")
+    if not isinstance(data.get("server") or {}, dict) or not isinstance(data.get("models") or {}, dict):
+        raise SettingsError("invalid configuration: [server] and [models.NAME] must be tables")
     server = {**(data.get("server") or {}), **_from_env(environ)}
     server.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return build_settings({**data, "server": server})
+    return build_settings({**data, "server": server, "models": {**(data.get("models") or {}), **(models or {})}})
