@@ -71,6 +71,8 @@ async def test_masks_per_text_are_bounded_on_every_text_path(app_with: Callable[
         ({"inputs": "a" + MASK * 5, "parameters": {"top_k": 5}}, 25),  # masks x top_k
         ({"inputs": ["a" + MASK * 2] * 3, "parameters": {"top_k": 4}}, 24),  # texts x masks x top_k
         ({"inputs": "a" + MASK, "parameters": {"top_k": 1000}}, 262),  # top_k counts as the vocabulary at most
+        # With targets: texts x runs x the targets each run ranks (top_k at most).
+        ({"inputs": ["a" + MASK * 2 + "b" + MASK] * 7, "parameters": {"targets": ["xy", "z", "w"]}}, 42),
     ],
 )
 async def test_fill_mask_candidates_are_bounded(app_with: Callable[..., Any], payload: dict, entries: int) -> None:
@@ -83,6 +85,9 @@ async def test_candidates_at_the_limit_are_answered(app_with: Callable[..., Any]
     async with app_with(max_candidates=20) as client:
         r = await client.post("/fill-mask", json={"inputs": "a" + MASK * 5, "parameters": {"top_k": 4}})
         assert r.status_code == 200 and [len(c) for c in r.json()] == [4] * 5
+        many_masks = {"inputs": "a" + MASK * 100, "parameters": {"targets": ["x" * 100, "y" * 100]}}  # one run
+        r = await client.post("/fill-mask", json=many_masks)
+        assert r.status_code == 200 and [c["token_str"][0] for c in r.json()] in (["x", "y"], ["y", "x"])
 
 
 async def test_label_lists_are_bounded(app_with: Callable[..., Any]) -> None:
