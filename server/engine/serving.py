@@ -140,8 +140,11 @@ class InferenceService:
         unit_timeout_s: float | None = None,
     ) -> AsyncIterator[Call]:
         """The ready model `spec`, loaded first if needed (within `deadline`), held for the block."""
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:  # a timeout shorter than the way here (a `timeout` of 1 µs): not the model's fault
+            raise ServeError(ErrorCode.TIMEOUT, "request timed out before inference started")
         try:
-            entry = await asyncio.wait_for(self.registry.acquire(spec), max(0.0, deadline - time.monotonic()))
+            entry = await asyncio.wait_for(self.registry.acquire(spec), left_s)
         except TimeoutError:
             raise ServeError(
                 ErrorCode.TIMEOUT, f"model {spec.name!r} is still loading; retry shortly", retry_after=5

@@ -1,7 +1,11 @@
 """One gRPC call's share of what the HTTP middleware does for a request: the API key (`authorization: Bearer <key>`
 or `x-api-key` metadata; the probes ServerLive and ServerReady stay open, as /v2/health/* do), the refusal while
 draining, the in-flight gauge, the request metrics (route: the method's path; status: the HTTP status of the
-outcome), errors as gRPC statuses (server.errors.GRPC_STATUS), the deadline and the disconnect."""
+outcome), errors as gRPC statuses (server.errors.GRPC_STATUS), the deadline and the disconnect.
+
+Every call of every method passes through `handler`'s `unary`, and only there: what each call should also do
+(an access log line, tracing) belongs there, next to the metrics, where the method, model, status and duration
+are known."""
 
 from __future__ import annotations
 

@@ -75,6 +75,8 @@ async def test_the_timeout_parameter_is_the_requests_deadline(make_settings: Cal
         r = await asyncio.wait_for(client.post("/v2/models/mlm/infer", json=body), 20)
         assert_v2_error(r, 504, "timed out before inference finished")
         gate.open.set()
+        body["parameters"] = {"timeout": 1}  # 1 µs: over before the model is reached, whose fault it is not
+        assert_v2_error(await client.post("/v2/models/mlm/infer", json=body), 504, "timed out before inference started")
         body["parameters"] = {"timeout": 0, "priority": 2}  # 0: no timeout of its own
         assert (await client.post("/v2/models/mlm/infer", json=body)).status_code == 200
 

@@ -172,6 +172,10 @@ def test_errors_before_the_routes_read_in_the_client(live: Live, client: triton.
     with pytest.raises(InferenceServerException) as info:
         bare.get_model_metadata("mlm")
     assert info.value.status() == "401" and "API key is required" in str(info.value)
+    assert bare.get_model_metadata("mlm", headers={"X-API-Key": live.key})["name"] == "mlm"  # a key per call
+    with pytest.raises(InferenceServerException) as info:
+        bare.get_model_metadata("mlm", headers={"authorization": "Bearer wrong"})
+    assert info.value.status() == "401" and "not valid" in str(info.value)
     with pytest.raises(InferenceServerException) as info:
         client.get_trace_settings()  # not implemented here: an unknown route
     assert info.value.status() == "404" and "Not Found" in str(info.value)

@@ -124,3 +124,19 @@ def test_one_input_one_output_over_grpc_http_json_and_http_binary(
         top = c.infer("conv", [image], outputs=wanted).as_numpy("logits").reshape(-1)
         labels.append([v if isinstance(v, str) else v.decode() for v in top])
     assert labels[0] == labels[1] == labels[2]
+
+
+def test_keys_per_call_sequences_and_deadlines(live: Live) -> None:
+    """The key in one call's `headers` (metadata), without the plugin; sequence parameters accepted and ignored; the
+    gRPC deadline (`client_timeout`) and the `timeout` parameter bound the call."""
+    bare = triton.InferenceServerClient(live.grpc)
+    key = {"authorization": f"Bearer {live.key}"}
+    answer = bare.infer(
+        "mlm", [text_input(triton, ["a[MASK]"])], headers=key, sequence_id=7, sequence_start=True, client_timeout=30
+    )
+    assert answer.as_numpy("mask_positions").tolist() == [[2]]  # after the start token
+    assert bare.get_model_metadata("mlm", headers={"x-api-key": live.key}).name == "mlm"
+    with pytest.raises(InferenceServerException) as info:
+        bare.infer("mlm", [text_input(triton, ["a[MASK]"])], headers=key, timeout=1)  # 1 µs
+    assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED" and "timed out" in str(info.value)
+    bare.close()
