@@ -16,7 +16,7 @@ from server.engine.registry import Loader, Registry
 from server.engine.serving import InferenceService
 from server.errors import install_error_handlers
 from server.http.admission import AdmissionMiddleware
-from server.http.auth import AuthMiddleware, configured_keys, document_auth, public_paths
+from server.http.auth import AuthMiddleware, KeyCheck, configured_keys, document_auth, public_paths
 from server.http.middleware import RequestMiddleware
 from server.http.offload import Offload
 from server.limits import Limits
@@ -36,14 +36,27 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
     offload = Offload()
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if any(spec.random_weights for spec in settings.models.values()):
             log.warning("RANDOM WEIGHTS: some models are randomly initialised; their answers are meaningless")
+        grpc = None
+        if settings.server.grpc_port is not None:  # grpcio is imported only when gRPC is on
+            from server.v2.grpc.server import start_grpc
+
+            grpc = await start_grpc(
+                service=app.state.service,
+                lifecycle=lifecycle,
+                metrics=metrics,
+                keys=KeyCheck(api_keys),
+                version=app.version,
+            )
         lifecycle.start()
         try:
             yield
         finally:
-            await lifecycle.stop()
+            await lifecycle.stop()  # drains: gRPC refuses new calls too
+            if grpc is not None:  # calls in flight finish within their deadlines
+                await grpc.stop(grace_s=settings.server.request_timeout_cap_s + 5)
             await job_store.close()
             await registry.close()
             offload.close()

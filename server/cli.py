@@ -21,12 +21,21 @@ def _serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="perceiver-serve",
         description=(
-            "Serve Perceiver IO models over HTTP. Subcommand: `perceiver-serve download NAME...` pre-fetches hub files."
+            "Serve Perceiver IO models over HTTP (and gRPC with --grpc-port). "
+            "Subcommand: `perceiver-serve download NAME...` pre-fetches hub files."
         ),
     )
     p.add_argument("--config", help=f"TOML config file (default: ${CONFIG_ENV})")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--grpc-port", type=int, help="serve the Open Inference Protocol over gRPC on this port too")
+    p.add_argument(
+        "--model",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "TASK", "SOURCE"),
+        help="serve this model too: a name, its task, a hub id or a folder (repeatable; e.g. KServe's /mnt/models)",
+    )
     p.add_argument("--preload", nargs="+", metavar="NAME", help="models to load at start-up ('all' for every one)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
@@ -90,11 +99,13 @@ def download(argv: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
-def serve(argv: Sequence[str]) -> int:
+def serve_settings(argv: Sequence[str]) -> Settings:
+    """The settings `perceiver-serve ARGV` serves with (before --demo swaps in its checkpoints)."""
     args = _serve_parser().parse_args(argv)
     overrides = {
         "host": args.host,
         "port": args.port,
+        "grpc_port": args.grpc_port,
         "preload": args.preload,
         "device": args.device,
         "dtype": args.dtype,
@@ -102,7 +113,12 @@ def serve(argv: Sequence[str]) -> int:
         "demo": args.demo,
         "demo_dir": args.demo_dir,
     }
-    settings = load_settings(args.config, overrides=overrides)
+    models = {name: {"task": task, "source": source} for name, task, source in args.model or []}
+    return load_settings(args.config, overrides=overrides, models=models)
+
+
+def serve(argv: Sequence[str]) -> int:
+    settings = serve_settings(argv)
     _configure_logging(settings.server.log_level)
     from server.engine.devices import check_devices, configure_cpu_threads
 

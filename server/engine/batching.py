@@ -215,7 +215,7 @@ class Batcher:
         elapsed = time.monotonic() - started
         self._batch_s = 0.8 * self._batch_s + 0.2 * elapsed
         if self.metrics:
-            self.metrics.inference.labels(model=self.name).observe(elapsed)
+            self.metrics.observe_batch(self.name, elapsed)
         for p, result in zip(batch, results, strict=True):
             if p.future.done():
                 continue

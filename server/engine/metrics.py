@@ -1,8 +1,19 @@
-"""Prometheus metrics on a per-app CollectorRegistry. The names are a contract (HPA rules, dashboards)."""
+"""Prometheus metrics on a per-app CollectorRegistry. The names are a contract (HPA rules, dashboards).
+
+The protocol's statistics (server/v2/statistics.py) are read from these same series (`model_totals`), so the two
+views of a model never disagree. HTTP and gRPC requests are counted alike (`observe_request`); a gRPC request's
+route is its method path and its status the HTTP status of its outcome.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.samples import Sample
 
 from server.engine.devices import memory_readings
 
@@ -11,16 +22,34 @@ _LOAD = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+@dataclass(frozen=True)
+class Tally:
+    count: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelTotals:
+    """What one model has done since the process started, from the series below."""
+
+    success: Tally  # requests answered 2xx, and their durations
+    failure: Tally  # requests answered otherwise
+    queue: Tally  # items that reached a batch, and how long they queued
+    compute: Tally  # batches run, and their forward time (collate to split)
+    items: int  # items run in those batches
+    last_inference_s: float  # Unix time of the last batch's end; 0: none yet
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "perceiver_requests_total", "HTTP requests answered", ["route", "model", "status"], registry=r
+            "perceiver_requests_total", "Requests answered (HTTP and gRPC)", ["route", "model", "status"], registry=r
         )
         self.request_duration = Histogram(
             "perceiver_request_duration_seconds",
-            "HTTP request latency",
-            ["route", "model"],
+            "Request latency (HTTP and gRPC)",
+            ["route", "model", "status"],
             buckets=_LATENCY,
             registry=r,
         )
@@ -49,9 +78,52 @@ class Metrics:
         self.dropped = Counter(
             "perceiver_requests_dropped_total", "Requests dropped before inference", ["model", "reason"], registry=r
         )
+        self.last_inference = Gauge(
+            "perceiver_last_inference_timestamp_seconds", "Unix time a model's last batch ended", ["model"], registry=r
+        )
+
+    def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
+        self.requests.labels(route=route, model=model, status=str(status)).inc()
+        self.request_duration.labels(route=route, model=model, status=str(status)).observe(seconds)
+
+    def observe_batch(self, model: str, seconds: float) -> None:
+        """A batch of `model` ran for `seconds` (collate to split), ending now."""
+        self.inference.labels(model=model).observe(seconds)
+        self.last_inference.labels(model=model).set(time.time())
+
+    def model_totals(self, model: str) -> ModelTotals:
+        success = _tally(self.request_duration, model, lambda labels: labels["status"].startswith("2"))
+        failure = _tally(self.request_duration, model, lambda labels: not labels["status"].startswith("2"))
+        batches = _tally(self.batch_size, model)
+        last = [s.value for s in _samples(self.last_inference, model) if s.name.endswith("_seconds")]
+        return ModelTotals(
+            success=success,
+            failure=failure,
+            queue=_tally(self.queue_wait, model),
+            compute=_tally(self.inference, model),
+            items=round(batches.seconds),  # the batch-size histogram's sum: items, not seconds
+            last_inference_s=max(last, default=0.0),
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition, with device memory read now."""
         for device, kind, value in memory_readings():
             self.device_memory.labels(device=device, kind=kind).set(value)
         return generate_latest(self.registry)
+
+
+def _samples(metric: MetricWrapperBase, model: str) -> list[Sample]:
+    return [s for family in metric.collect() for s in family.samples if s.labels.get("model") == model]
+
+
+def _tally(metric: Histogram, model: str, keep: Callable[[dict[str, str]], bool] | None = None) -> Tally:
+    """(count, sum) of a histogram's series of `model`, over the label sets `keep(labels)` accepts."""
+    count, total = 0, 0.0
+    for sample in _samples(metric, model):
+        if keep is not None and not keep(sample.labels):
+            continue
+        if sample.name.endswith("_count"):
+            count += int(sample.value)
+        elif sample.name.endswith("_sum"):
+            total += sample.value
+    return Tally(count, total)

@@ -1,8 +1,9 @@
 """The serving object the routes call: pick the model, wait for it, run items through its batcher.
 
-A call has one deadline (the route's: arrival + request_timeout_s, or the X-Request-Timeout it asked for,
-capped; a job's: per unit of work) and, when a client waits on it, an awaitable that returns when that client
-goes away: its items still queued are then dropped before they reach the model. Nothing here knows HTTP.
+A call has one deadline (a request's: arrival + request_timeout_s, or the earliest timeout its client asked for,
+each capped: an X-Request-Timeout header, the protocol's `timeout` parameter, a gRPC deadline; a job's: per unit
+of work) and, when a client waits on it, an awaitable that returns when that client goes away: its items still
+queued are then dropped before they reach the model. Nothing here knows HTTP or gRPC.
 """
 
 from __future__ import annotations
@@ -117,6 +118,14 @@ class InferenceService:
         """fn(*args, **kwargs) on a worker thread, at most `max_concurrent_decodes` at a time (media decoding)."""
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._decodes)
 
+    def deadline(self, started: float, *asked_s: float | None) -> float:
+        """The deadline of a request that arrived at `started` (time.monotonic()): the earliest of the timeouts its
+        client asked for (seconds; None or <= 0: not asked), each capped at request_timeout_cap_s, else
+        request_timeout_s after its arrival."""
+        server = self.settings.server
+        asked = [min(s, server.request_timeout_cap_s) for s in asked_s if s is not None and s > 0]
+        return started + (min(asked) if asked else server.request_timeout_s)
+
     def resolve(self, task: Task, model: str | None) -> ModelSpec:
         """The configured model of `task` named `model` (name, alias or source), or the task's default."""
         return self.registry.resolve(task, model)
@@ -131,8 +140,11 @@ class InferenceService:
         unit_timeout_s: float | None = None,
     ) -> AsyncIterator[Call]:
         """The ready model `spec`, loaded first if needed (within `deadline`), held for the block."""
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:  # a timeout shorter than the way here (a `timeout` of 1 µs): not the model's fault
+            raise ServeError(ErrorCode.TIMEOUT, "request timed out before inference started")
         try:
-            entry = await asyncio.wait_for(self.registry.acquire(spec), max(0.0, deadline - time.monotonic()))
+            entry = await asyncio.wait_for(self.registry.acquire(spec), left_s)
         except TimeoutError:
             raise ServeError(
                 ErrorCode.TIMEOUT, f"model {spec.name!r} is still loading; retry shortly", retry_after=5

@@ -9,14 +9,13 @@ refused before any parser sees it.
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import ErrorCode, ServeError, error_response
 from server.http.offload import Offload
-from server.http.scope import DEADLINE_KEY, STARTED_KEY
+from server.http.scope import TIMEOUT_KEY
 
 TIMEOUT_HEADER = b"x-request-timeout"
 _CHUNK = 1 << 20
@@ -84,9 +83,8 @@ class AdmissionMiddleware:
         headers = dict(scope.get("headers") or [])
         try:
             if TIMEOUT_HEADER in headers:
-                state = scope.setdefault("state", {})
-                started = state.get(STARTED_KEY, time.monotonic())
-                state[DEADLINE_KEY] = started + request_timeout(headers[TIMEOUT_HEADER], cap_s=self.timeout_cap_s)
+                timeout_s = request_timeout(headers[TIMEOUT_HEADER], cap_s=self.timeout_cap_s)
+                scope.setdefault("state", {})[TIMEOUT_KEY] = timeout_s
             # A compressed body is the route's to inflate (and limit); its bytes say nothing of its nesting.
             if _is_json(headers.get(b"content-type", b"")) and headers.get(b"content-encoding", b"identity") in (
                 b"identity",
@@ -94,7 +92,7 @@ class AdmissionMiddleware:
             ):
                 receive = await self._checked_json(receive, _json_prefix(headers))
         except ServeError as exc:
-            await error_response(exc)(scope, receive, send)
+            await error_response(exc, path=scope["path"])(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

@@ -14,22 +14,23 @@ from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from server.engine.serving import Call, InferenceService
-from server.http.scope import DEADLINE_KEY, MODEL_KEY, STARTED_KEY
+from server.http.scope import MODEL_KEY, STARTED_KEY, TIMEOUT_KEY
 from server.settings import Task
 
 OFF_LOOP_ENTRIES = 256  # answers with more ranked entries than this are built on a worker thread
 
 
 @asynccontextmanager
-async def open_call(request: Request, service: InferenceService, task: Task, model: str | None) -> AsyncIterator[Call]:
+async def open_call(
+    request: Request, service: InferenceService, task: Task, model: str | None, *, timeout_s: float | None = None
+) -> AsyncIterator[Call]:
     """The model of `task` named `model` (the default when None) for this request: its deadline (arrival +
-    request_timeout_s, or X-Request-Timeout as admitted), and items dropped if the client goes away."""
+    request_timeout_s, or the earlier of X-Request-Timeout as admitted and `timeout_s`, the body's own timeout,
+    within the cap), and items dropped if the client goes away."""
     spec = service.resolve(task, model)
     state = request.scope.setdefault("state", {})
     state[MODEL_KEY] = spec.name  # the metrics' label, whatever happens next
-    deadline = (
-        state.get(DEADLINE_KEY) or state.get(STARTED_KEY, time.monotonic()) + service.settings.server.request_timeout_s
-    )
+    deadline = service.deadline(state.get(STARTED_KEY, time.monotonic()), state.get(TIMEOUT_KEY), timeout_s)
     async with service.open(spec, deadline=deadline, disconnected=functools.partial(_disconnected, request)) as call:
         yield call
 

@@ -6,5 +6,5 @@ METRICS = "/metrics"
 NOT_WORK = PROBES | {METRICS}  # no in-flight count (the autoscaling signal), no drain refusal
 
 STARTED_KEY = "perceiver_started"  # time.monotonic() when the request arrived
-DEADLINE_KEY = "perceiver_deadline"  # set by the admission middleware from X-Request-Timeout
+TIMEOUT_KEY = "perceiver_timeout_s"  # seconds, capped: set by the admission middleware from X-Request-Timeout
 MODEL_KEY = "perceiver_model"  # the configured model that served the request (metrics label)

@@ -89,6 +89,7 @@ class TextClassificationTensors:
     """Outputs: logits FP32 [N, C]; labels BYTES [N, k] "score:index:label" (k: top_k, default C)."""
 
     classifiable = frozenset({"logits"})
+    required = frozenset[str]()  # text, or input_ids (+ attention_mask)
 
     def inputs(self, runner: TextClassificationRunner | None) -> list[TensorMetadata]:
         return text_inputs()
@@ -116,6 +117,7 @@ class FillMaskTensors:
     token_ids INT64 [N, P, k] (-1 = padding); scores FP32 [N, P, k] (softmax); tokens BYTES [N, P, k]."""
 
     classifiable = frozenset({"logits"})
+    required = frozenset[str]()  # text, or input_ids (+ attention_mask)
 
     def inputs(self, runner: FillMaskRunner | None) -> list[TensorMetadata]:
         return text_inputs()

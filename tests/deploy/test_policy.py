@@ -20,20 +20,24 @@ from tests.deploy.support import (
     GPU_OVERLAYS,
     HPA_OVERLAYS,
     K8S,
+    KSERVE,
     OVERLAYS,
     all_of,
     cli_help,
     compose,
     config_map_toml,
     container,
+    dockerfile_instructions,
     duration_s,
     effective_command,
     env_of,
     exported_metrics,
+    final_stage,
     healthcheck,
     image_env,
     image_exec,
     image_user,
+    kserve_filled,
     long_options,
     mentions_option,
     one,
@@ -339,3 +343,78 @@ def test_dockerignore_keeps_what_the_image_copies() -> None:
             for named in line.split()[1:-1]:
                 source = named.rstrip("/").rstrip("*")
                 assert (source in included and (DOCKER.parent / source).exists()) or source == "README.md", source
+
+
+# ------------------------------------------------------------------ gRPC
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_grpc_port_is_served_and_exposed(overlay: str) -> None:
+    docs = rendered(overlay)
+    server = container(docs)
+    ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    assert ports["grpc"] == int(option_values(server["args"], "--grpc-port")[0]) != ports["http"]
+    (grpc,) = [p for p in one(docs, "Service")["spec"]["ports"] if p["targetPort"] == "grpc"]
+    assert grpc["appProtocol"] == "kubernetes.io/h2c"
+
+
+def test_the_image_and_compose_serve_grpc_on_8001() -> None:
+    assert option_values(image_exec("CMD"), "--grpc-port") == ["8001"]
+    exposed = {port for ins, rest in final_stage(dockerfile_instructions()) if ins == "EXPOSE" for port in rest.split()}
+    assert {"8000", "8001"} <= exposed
+    for name, service in compose()["services"].items():
+        if "perceiver" in name:
+            assert option_values(service["command"], "--grpc-port") == ["8001"] and "8001:8001" in service["ports"]
+
+
+# ------------------------------------------------------------------ KServe
+
+
+def _kserve() -> tuple[dict[str, Any], dict[str, Any]]:
+    docs = rendered(KSERVE)
+    return one(docs, "ServingRuntime"), one(docs, "InferenceService")
+
+
+def test_the_serving_runtime_runs_the_image_as_the_deployment_does() -> None:
+    runtime, _ = _kserve()
+    (server,) = runtime["spec"]["containers"]
+    deployed = container(rendered("base"))
+    assert server["image"] == deployed["image"]
+    for key in ("allowPrivilegeEscalation", "readOnlyRootFilesystem", "runAsNonRoot", "capabilities"):
+        assert server["securityContext"][key] == deployed["securityContext"][key], key
+    assert server["securityContext"]["runAsUser"] == int(image_user().split(":")[0])
+    mounts = {m["mountPath"]: m["name"] for m in server["volumeMounts"]}
+    assert any(v["name"] == mounts["/tmp"] and "emptyDir" in v for v in runtime["spec"]["volumes"])
+    argv = effective_command(server)
+    assert argv[:3] == ["/usr/bin/tini", "--", CLI]
+    assert all(mentions_option(cli_help(), o) for o in long_options(argv[3:]))
+    ports = [(p["name"], p["containerPort"]) for p in server["ports"]]
+    assert ports[0] == ("http", int(option_values(argv, "--port")[0]))  # KServe's HTTP endpoint: the first port
+    assert ("grpc", int(option_values(argv, "--grpc-port")[0])) in ports  # "grpc": KServe marks it h2c
+    assert {"v2", "grpc-v2"} <= set(runtime["spec"]["protocolVersions"])
+    assert server["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": ports[0][1]}
+    assert server["startupProbe"]["httpGet"] == server["readinessProbe"]["httpGet"]
+    assert _seconds(server["startupProbe"]) >= MIN_STARTUP_BUDGET_S
+    from server.v2.grpc.health import LIVENESS
+
+    assert server["livenessProbe"]["grpc"] == {"port": ports[1][1], "service": LIVENESS}
+
+
+def test_the_inference_service_uses_the_runtime_which_serves_its_model() -> None:
+    from server.cli import serve_settings
+
+    runtime, isvc = _kserve()
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    formats = {(f["name"], f["version"]) for f in runtime["spec"]["supportedModelFormats"]}
+    assert (model["modelFormat"]["name"], model["modelFormat"]["version"]) in formats
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    # Knative's serverless mode gives a container one port: both need the Standard (raw) mode.
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    (server,) = runtime["spec"]["containers"]
+    settings = serve_settings(kserve_filled(server["args"], isvc)[1:])
+    name = isvc["metadata"]["name"]
+    assert list(settings.models) == [name]  # that model only: no catalog
+    served = settings.models[name]
+    assert (served.task.value, served.source) == (isvc["metadata"]["annotations"]["perceiverTask"], "/mnt/models")
+    assert settings.server.preload == [name] and settings.server.grpc_port == 8081

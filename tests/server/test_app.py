@@ -133,7 +133,7 @@ async def test_image_model_choice(client: httpx.AsyncClient) -> None:
         (
             "post",
             "/fill-mask",
-            {"json": {"inputs": "x[MASK]", "parameters": {"targets": ["a"]}}},
+            {"json": {"inputs": "x[MASK]", "parameters": {"targets": [""]}}},
             422,
             "invalid_input",
             "targets",
