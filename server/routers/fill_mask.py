@@ -25,7 +25,8 @@ async def fill_mask(body: FillMaskRequest, request: Request, service: ServiceDep
     limits.check_texts(texts)
     async with open_call(request, service, Task.FILL_MASK, model) as call:
         runner = call.runner_as(FillMaskRunner)
-        items = prepare_each(texts, lambda text: runner.prepare(text, max_masks=limits.max_masks_per_text))
+        with call.step("decode", step="tokenize"):
+            items = prepare_each(texts, lambda text: runner.prepare(text, max_masks=limits.max_masks_per_text))
         top_k = runner.top_k(body.parameters.top_k)
         entries = check_answer(items, limits, top_k=top_k)  # before the model runs
         results = await call.infer(items)

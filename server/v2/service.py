@@ -133,9 +133,10 @@ async def infer(request: Request, service: InferenceService, name: str, version:
     )
     async with open_call(request, service, spec.task, spec.name) as call:
         tensors = await adapter.infer(call, rows, options)
-    content, json_length = await run_in_threadpool(
-        _encode, adapter, call.runner, spec.name, payload.id, outputs, tensors
-    )
+    with call.step("encode"):
+        content, json_length = await run_in_threadpool(
+            _encode, adapter, call.runner, spec.name, payload.id, outputs, tensors
+        )
     answered = answer_headers(call)
     if json_length is not None:
         answered[HEADER_LENGTH] = str(json_length)
