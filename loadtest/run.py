@@ -260,29 +260,30 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     wanted = set(args.routes.split(",")) if args.routes else None
     notes: list[str] = []
     load_before = os.getloadavg()
-    with ExitStack() as stack:
-        sink = stack.enter_context(otlp_sink()) if any(v.observed for v in variants) else None
-        for v in variants:
-            if v.url is None:
-                print(f"{v.name}: starting a server", flush=True)
-                observing = v.observed and sink is not None
-                v.server = stack.enter_context(
-                    serve(
-                        v.config or {},
-                        workdir=args.out / "servers",
-                        name=f"server-{v.name}",
-                        extra_args=OBSERVED_ARGS if observing else (),
-                        env=_traced_to(sink[0]) if sink is not None and observing else None,
+    with ExitStack() as sinks:
+        sink = sinks.enter_context(otlp_sink()) if any(v.observed for v in variants) else None
+        with ExitStack() as stack:
+            for v in variants:
+                if v.url is None:
+                    print(f"{v.name}: starting a server", flush=True)
+                    observing = v.observed and sink is not None
+                    v.server = stack.enter_context(
+                        serve(
+                            v.config or {},
+                            workdir=args.out / "servers",
+                            name=f"server-{v.name}",
+                            extra_args=OBSERVED_ARGS if observing else (),
+                            env=_traced_to(sink[0]) if sink is not None and observing else None,
+                        )
                     )
-                )
-                v.url = v.server.url
-            found = discover(v.url, headers=auth_headers(args.api_key))
-            v.targets = {r: t for r, t in found.items() if wanted is None or r in wanted}
-            if not v.targets:
-                raise TargetError(f"{v.url} serves none of the routes asked for ({args.routes or 'any'})")
-        payloads = {route: _payloads(route, target, args) for route, target in variants[0].targets.items()}
-        rows, inprocess = asyncio.run(_sweep(variants, payloads, args, notes))
-        if sink is not None:
+                    v.url = v.server.url
+                found = discover(v.url, headers=auth_headers(args.api_key))
+                v.targets = {r: t for r, t in found.items() if wanted is None or r in wanted}
+                if not v.targets:
+                    raise TargetError(f"{v.url} serves none of the routes asked for ({args.routes or 'any'})")
+            payloads = {route: _payloads(route, target, args) for route, target in variants[0].targets.items()}
+            rows, inprocess = asyncio.run(_sweep(variants, payloads, args, notes))
+        if sink is not None:  # counted once the servers have stopped and flushed their spans
             notes.append(f"OTLP receiver: {sink[1].exports} trace exports, {sink[1].bytes} bytes")
     meta = {
         "command": "python -m loadtest.run " + shlex.join(sys.argv[1:] if argv is None else argv),
