@@ -14,7 +14,7 @@ import sys
 import time
 import tomllib
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,10 +135,18 @@ def process_cpu_s(pid: int) -> float:
 
 @contextmanager
 def serve(
-    config: dict[str, Any], *, workdir: Path, name: str, ready_timeout_s: float = 600, grpc: bool = False
+    config: dict[str, Any],
+    *,
+    workdir: Path,
+    name: str,
+    ready_timeout_s: float = 600,
+    grpc: bool = False,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Server]:
-    """Run `perceiver-serve` on a free loopback port with `config` (and gRPC on another with `grpc`), preloading
-    the task defaults. The process is stopped (SIGTERM, then SIGKILL) on exit, whatever happens."""
+    """Run `perceiver-serve` on a free loopback port with `config` (and gRPC on another with `grpc`; quiet:
+    warnings only, unless `extra_args` say otherwise; `env`: more environment), preloading the task defaults. The
+    process is stopped (SIGTERM, then SIGKILL) on exit, whatever happens."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"{name}.toml"
     path.write_text(dump_toml(config))
@@ -156,6 +164,7 @@ def serve(
         str(port),
         "--log-level",
         "warning",
+        *extra_args,
     ]
     preload = served_models(config)
     if preload:
@@ -163,10 +172,15 @@ def serve(
     grpc_target = f"127.0.0.1:{free_port()}" if grpc else None
     if grpc_target:
         args += ["--grpc-port", grpc_target.rsplit(":", 1)[1]]
-    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PYTHONUNBUFFERED": "1"}
+    environ = {
+        **os.environ,
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=environ)
     try:
         deadline = time.monotonic() + ready_timeout_s
         while not _ready(base):

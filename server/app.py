@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 
 from server.engine.jobs import JobStore
 from server.engine.lifecycle import Lifecycle
@@ -20,6 +23,7 @@ from server.http.auth import AuthMiddleware, KeyCheck, configured_keys, document
 from server.http.middleware import RequestMiddleware
 from server.http.offload import Offload
 from server.limits import Limits
+from server.observability.tracing import Tracing, from_environment
 from server.routers import SERVICE_ROUTERS, TASK_ROUTERS, models
 from server.settings import Settings
 from server.v2 import router as v2
@@ -27,9 +31,11 @@ from server.v2 import router as v2
 log = logging.getLogger(__name__)
 
 
-def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
-    metrics = Metrics()
-    registry = Registry(settings=settings, metrics=metrics, loader=loader)
+def build_app(settings: Settings, *, loader: Loader = load_model, tracing: Tracing | None = None) -> FastAPI:
+    """The server's app. `tracing`: the spans' destination (default: as the OTEL_* environment variables say)."""
+    tracing = tracing if tracing is not None else from_environment(os.environ)
+    metrics = Metrics(settings)
+    registry = Registry(settings=settings, metrics=metrics, loader=loader, tracing=tracing)
     lifecycle = Lifecycle(registry=registry, preload=settings.server.preload, retry_s=settings.server.load_retry_s)
     api_keys = configured_keys(settings.server)  # SettingsError for an unreadable or malformed key file
     job_store = JobStore(Limits.of(settings.server).jobs)
@@ -60,8 +66,10 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
             await job_store.close()
             await registry.close()
             offload.close()
+            tracing.shutdown()
 
-    app = FastAPI(
+    # /docs and /redoc with their scripts and styles served from the package: they work with no internet.
+    app = FastAPIOffline(
         title="perceiver-serve",
         version="0.1.0",
         lifespan=lifespan,
@@ -79,6 +87,7 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
         max_json_depth=settings.server.max_json_depth,
         timeout_cap_s=settings.server.request_timeout_cap_s,
         offload=offload,
+        tracing=tracing,
     )
     app.add_middleware(AuthMiddleware, keys=api_keys, public=public_paths(settings.server))
     app.add_middleware(
@@ -87,11 +96,22 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
         lifecycle=lifecycle,
         max_body_bytes=int(settings.server.max_body_mb * 2**20),
         body_timeout_s=settings.server.body_timeout_s,
+        tracing=tracing,
+        access_log=settings.server.access_log,
     )
     for router in (*SERVICE_ROUTERS, *TASK_ROUTERS.values(), v2.router):
         app.include_router(router)
+    v2_infer = [path for path in _paths(v2.router, "POST") if path.endswith("/infer")]
+    metrics.initialise(
+        settings.models.values(),
+        {task: [*_paths(router, "POST"), *v2_infer] for task, router in TASK_ROUTERS.items()},
+    )
     if settings.server.admin_api:
         app.include_router(models.admin)
     if api_keys:
         document_auth(app, public_paths(settings.server))
     return app
+
+
+def _paths(router: APIRouter, method: str) -> list[str]:
+    return [r.path for r in router.routes if isinstance(r, APIRoute) and method in (r.methods or ())]

@@ -12,6 +12,7 @@ from typing import Any
 
 import uvicorn
 
+from server.observability import logs
 from server.settings import CONFIG_ENV, Settings, SettingsError, load_settings
 
 log = logging.getLogger("server")
@@ -40,6 +41,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    p.add_argument("--log-format", choices=["text", "json"], help="default: text on a terminal, json otherwise")
     p.add_argument(
         "--demo",
         action="store_true",
@@ -58,10 +60,6 @@ def _download_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+", metavar="NAME", help="configured model names, hub ids, or 'all'")
     p.add_argument("--config", help=f"TOML config file (default: ${CONFIG_ENV})")
     return p
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def download(argv: Sequence[str]) -> int:
@@ -110,6 +108,7 @@ def serve_settings(argv: Sequence[str]) -> Settings:
         "device": args.device,
         "dtype": args.dtype,
         "log_level": args.log_level,
+        "log_format": args.log_format,
         "demo": args.demo,
         "demo_dir": args.demo_dir,
     }
@@ -119,7 +118,7 @@ def serve_settings(argv: Sequence[str]) -> Settings:
 
 def serve(argv: Sequence[str]) -> int:
     settings = serve_settings(argv)
-    _configure_logging(settings.server.log_level)
+    logs.configure(settings.server.log_level, settings.server.log_format)
     from server.engine.devices import check_devices, configure_cpu_threads
 
     check_devices(settings)
@@ -162,7 +161,8 @@ def _run(settings: Settings) -> None:
         ws="none",
         timeout_keep_alive=server.keep_alive_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=int(server.request_timeout_cap_s) + 5,
-        access_log=False,
+        log_config=None,  # logs.configure has set up every logger, uvicorn's included
+        access_log=False,  # the server's own access log (server.access) replaces uvicorn's
     )
     DrainingServer(config, on_drain=app.state.lifecycle.begin_drain, drain_s=server.drain_seconds).run()
 

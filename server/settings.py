@@ -84,6 +84,8 @@ class ServerSettings(_Strict):
     device: Device = "auto"
     dtype: Dtype = "auto"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["text", "json"] | None = None  # default: text on a terminal, json otherwise
+    access_log: bool = True  # one line per request (logger server.access; probes and /metrics at debug)
     memory_budget_mb: int | None = Field(None, gt=0, le=16_777_216)
     request_timeout_s: float = Field(30.0, gt=0, le=3600)
     max_request_timeout_s: float | None = Field(None, gt=0, le=3600)  # X-Request-Timeout cap (default: the above)

@@ -62,6 +62,10 @@ class Call:
         """fn(...) as one media decode unit (at most `max_concurrent_decodes` run at once)."""
         return await self.service.decode(fn, *args, **kwargs)
 
+    def step(self, name: str, **attributes: str | int | float | bool) -> Any:
+        """A named step of this request (decode, encode) for its trace: a context manager."""
+        return self.service.tracing.step(name, **attributes)
+
     async def infer(self, items: Sequence[Any]) -> list[Any]:
         """Results of `items`, in order; they may share batches with other requests' items."""
         batcher = self.entry.batcher
@@ -110,13 +114,15 @@ class Call:
 class InferenceService:
     def __init__(self, *, registry: Registry, settings: Settings) -> None:
         self.registry, self.settings = registry, settings
+        self.tracing = registry.tracing
         self.limits = Limits.of(settings.server)
         # A decoded 64-megapixel image is ~200 MB: bound how many decode at once, whatever the load.
         self._decodes = anyio.CapacityLimiter(settings.server.max_concurrent_decodes or max(2, os.cpu_count() or 2))
 
     async def decode(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """fn(*args, **kwargs) on a worker thread, at most `max_concurrent_decodes` at a time (media decoding)."""
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._decodes)
+        with self.tracing.step("decode", step=getattr(fn, "__name__", "decode")):
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._decodes)
 
     def deadline(self, started: float, *asked_s: float | None) -> float:
         """The deadline of a request that arrived at `started` (time.monotonic()): the earliest of the timeouts its

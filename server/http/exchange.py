@@ -14,7 +14,8 @@ from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from server.engine.serving import Call, InferenceService
-from server.http.scope import MODEL_KEY, STARTED_KEY, TIMEOUT_KEY
+from server.http.scope import CALL_KEY, MODEL_KEY, STARTED_KEY, TIMEOUT_KEY
+from server.observability import logs
 from server.settings import Task
 
 OFF_LOOP_ENTRIES = 256  # answers with more ranked entries than this are built on a worker thread
@@ -30,8 +31,12 @@ async def open_call(
     spec = service.resolve(task, model)
     state = request.scope.setdefault("state", {})
     state[MODEL_KEY] = spec.name  # the metrics' label, whatever happens next
+    context = logs.current()
+    if context is not None:
+        context.model = spec.name  # on every line logged from here on
     deadline = service.deadline(state.get(STARTED_KEY, time.monotonic()), state.get(TIMEOUT_KEY), timeout_s)
     async with service.open(spec, deadline=deadline, disconnected=functools.partial(_disconnected, request)) as call:
+        state[CALL_KEY] = call
         yield call
 
 
@@ -62,8 +67,9 @@ def json_bytes(value: Any) -> bytes:
 async def json_answer(build: Callable[[], Any], *, entries: int, call: Call) -> Response:
     """The JSON response of `build()` with the call's headers: built on a worker thread when it holds more than
     OFF_LOOP_ENTRIES entries (the limits have bounded it; the event loop stays free while it is built)."""
-    if entries > OFF_LOOP_ENTRIES:
-        content = await run_in_threadpool(lambda: json_bytes(build()))
-    else:
-        content = json_bytes(build())
+    with call.service.tracing.step("encode", entries=entries):
+        if entries > OFF_LOOP_ENTRIES:
+            content = await run_in_threadpool(lambda: json_bytes(build()))
+        else:
+            content = json_bytes(build())
     return Response(content, media_type="application/json", headers=answer_headers(call))

@@ -8,3 +8,4 @@ NOT_WORK = PROBES | {METRICS}  # no in-flight count (the autoscaling signal), no
 STARTED_KEY = "perceiver_started"  # time.monotonic() when the request arrived
 TIMEOUT_KEY = "perceiver_timeout_s"  # seconds, capped: set by the admission middleware from X-Request-Timeout
 MODEL_KEY = "perceiver_model"  # the configured model that served the request (metrics label)
+CALL_KEY = "perceiver_call"  # the engine call that served the request (its outcomes: the access log's timings)

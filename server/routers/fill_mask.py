@@ -33,7 +33,8 @@ async def fill_mask(body: FillMaskRequest, request: Request, service: ServiceDep
                 runner.check_targets(item, targets)
             return item
 
-        items = prepare_each(texts, prepare)
+        with call.step("decode", step="tokenize"):
+            items = prepare_each(texts, prepare)
         top_k = runner.top_k(body.parameters.top_k)
         entries = check_answer(items, limits, top_k=top_k, targets=targets)  # before the model runs
         results = await call.infer(items)

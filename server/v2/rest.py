@@ -38,9 +38,10 @@ async def infer(request: Request, service: InferenceService, name: str, version:
             yield call
 
     answer = await inference.infer(service, spec, payload, inputs, opened)
-    content, json_length = await run_in_threadpool(
-        write_response, answer.model, VERSION, answer.request_id, answer.outputs
-    )
+    with answer.call.step("encode"):
+        content, json_length = await run_in_threadpool(
+            write_response, answer.model, VERSION, answer.request_id, answer.outputs
+        )
     answered = answer_headers(answer.call)
     if json_length is not None:
         answered[HEADER_LENGTH] = str(json_length)

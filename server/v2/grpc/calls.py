@@ -3,9 +3,10 @@ or `x-api-key` metadata; the probes ServerLive and ServerReady stay open, as /v2
 draining, the in-flight gauge, the request metrics (route: the method's path; status: the HTTP status of the
 outcome), errors as gRPC statuses (server.errors.GRPC_STATUS), the deadline and the disconnect.
 
-Every call of every method passes through `handler`'s `unary`, and only there: what each call should also do
-(an access log line, tracing) belongs there, next to the metrics, where the method, model, status and duration
-are known."""
+Every call of every method passes through `handler`'s `unary`, and only there: the access log line (as HTTP's,
+method `GRPC`, route the method's path; request id from `x-request-id` metadata or a new one, bound to every line
+logged for the call) is written there, next to the metrics, where the method, model, status and duration are
+known."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import asyncio
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +26,9 @@ from server.engine.lifecycle import Lifecycle
 from server.engine.metrics import Metrics
 from server.engine.serving import Disconnected, InferenceService
 from server.errors import GRPC_STATUS, ErrorCode, ServeError, retry_headers
+from server.http.access import Exchange
 from server.http.auth import KeyCheck, presented_key
+from server.observability import logs
 from server.v2.grpc.messages import SERVICE_NAME
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,14 @@ class CallInfo:
     context: grpc.aio.ServicerContext
     started: float
     model: str = ""
+    engine: Any = None  # the engine call that served it (its outcomes: the access line's timings)
+
+    def serves(self, model: str) -> None:
+        """The call names `model`: the metrics' label, and on every line logged from here on."""
+        self.model = model
+        bound = logs.current()
+        if bound is not None:
+            bound.model = model
 
     def deadline(self, service: InferenceService, timeout_s: float | None = None) -> float:
         """The call's deadline: the earlier of the client's gRPC deadline and the request's own timeout, within
@@ -85,30 +97,54 @@ def handler(
     route = f"/{SERVICE_NAME}/{method}"
 
     async def unary(message: Any, context: grpc.aio.ServicerContext) -> Message:
-        call, status = CallInfo(context, time.monotonic()), 200
+        call = CallInfo(context, time.monotonic())
+        seen = _exchange(context, route, message, call.started, probe=probe)
+        bound = logs.bind(logs.RequestContext(seen.request_id))
         if not probe:
             front.metrics.inflight.inc()
         try:
             _admit(front, context, probe=probe)
-            return await behavior(message, call)
+            answer = await behavior(message, call)
+            seen.status, seen.bytes_out = 200, answer.ByteSize()
+            return answer
         except ServeError as exc:
-            status = exc.status
+            seen.status, seen.error = exc.status, (exc.code.value, exc.message)
             await _abort(context, exc)
         except asyncio.CancelledError:
-            status = CLIENT_CLOSED
+            seen.status = CLIENT_CLOSED
             raise
         except Exception:
             log.exception("unhandled error on gRPC %s", method)
-            status = 500
+            seen.status, seen.error = 500, (ErrorCode.INTERNAL.value, "internal server error")
             await _abort(context, ServeError(ErrorCode.INTERNAL, "internal server error"))
         finally:
             if not probe:
                 front.metrics.inflight.dec()
-            front.metrics.observe_request(route, call.model, status, time.monotonic() - call.started)
+            front.metrics.observe_request(route, call.model, seen.status, time.monotonic() - call.started)
+            if front.service.settings.server.access_log:
+                seen.log(route, call.model, call.engine)
+            logs.unbind(bound)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
     return grpc.unary_unary_rpc_method_handler(
         unary, request_deserializer=request.FromString, response_serializer=response.SerializeToString
+    )
+
+
+def _exchange(
+    context: grpc.aio.ServicerContext, route: str, message: Message, started: float, *, probe: bool
+) -> Exchange:
+    """The access record of a call: its request id (`x-request-id` metadata, else a new one), peer and size in."""
+    metadata = context.invocation_metadata() or ()
+    given = next((v for k, v in metadata if k == "x-request-id" and isinstance(v, str)), "")
+    return Exchange(
+        request_id=given[:128] or uuid.uuid4().hex,
+        method="GRPC",
+        path=route,
+        client=context.peer() or "",
+        probe=probe,
+        started=started,
+        bytes_in=message.ByteSize(),
     )
 
 

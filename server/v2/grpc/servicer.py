@@ -72,7 +72,7 @@ class Servicer:
 
     async def ModelInfer(self, request: Any, call: CallInfo) -> Message:
         spec = v2.find_model(self.settings, request.model_name, request.model_version)
-        call.model = spec.name
+        call.serves(spec.name)
         payload, inputs = await run_in_threadpool(read_request, request)
         check_rows(inputs, self.service.limits.max_inputs)
 
@@ -83,6 +83,7 @@ class Servicer:
                 yield opened
 
         answer = await inference.infer(self.service, spec, payload, inputs, opened, all_binary=True)
+        call.engine = answer.call
         call.context.set_trailing_metadata(tuple((k.lower(), v) for k, v in answer_headers(answer.call).items()))
         return await run_in_threadpool(infer_response, answer, v2.VERSION)
 

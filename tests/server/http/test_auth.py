@@ -18,6 +18,7 @@ from model_core import save_pretrained
 from server.app import build_app
 from server.engine.loading import load_model
 from server.http.auth import KeyCheck
+from server.observability import logs
 from server.settings import ModelSpec, Settings, SettingsError, load_settings
 from tests.server.conftest import free_port, wait_ready
 from tests.server.crafted import image_file, nested_json
@@ -176,8 +177,14 @@ def test_keys_and_authorization_headers_are_never_logged(
         for name in ("uvicorn", "uvicorn.access", "uvicorn.error"):
             logging.getLogger(name).removeHandler(caplog.handler)
     server_side = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]  # not the client's
-    logged = "\n".join(f"{r.getMessage()} {r.args} {r.exc_text or ''}" for r in server_side)
-    assert "POST /fill-mask" in logged  # the access log ran, at debug level
+    # Every field of every record: the message, its arguments, the traceback and the structured fields that the
+    # JSON format writes out (the access and error lines carry theirs as extra fields).
+    logged = "\n".join(
+        f"{r.getMessage()} {r.args} {r.exc_text or ''} {logs.JSONFormatter().format(r)}" for r in server_side
+    )
+    assert "POST /fill-mask" in logged  # the access log ran
+    assert any(r.name == logs.ACCESS_LOGGER and getattr(r, "status", None) == 401 for r in server_side)
+    assert any(r.name == "server.http.access" and getattr(r, "status", None) == 404 for r in server_side)
     for secret in (KEY, OTHER_KEY, "Bearer", "wrong-"):
         assert secret not in logged
 

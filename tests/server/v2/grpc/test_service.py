@@ -3,6 +3,7 @@ draining, deadlines, message size caps, errors as gRPC statuses, metrics shared 
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
 from server.app import build_app
+from server.observability.logs import ACCESS_LOGGER
 from server.settings import Settings
 from tests.server.conftest import free_port
 from tests.server.support import open_client
@@ -134,3 +136,31 @@ async def test_a_port_in_use_stops_the_start(make_settings: Callable[..., Settin
                 pass
     with pytest.raises(Exception, match="grpc_port"):
         make_settings(server={"grpc_port": 8000, "port": 8000})
+
+
+async def test_every_call_writes_one_access_line(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with serving(grpc_settings(make_settings, api_keys=[KEY])) as (_, client, _http):
+        headers = {"x-api-key": KEY, "x-request-id": "grpc-req-7"}
+        await client.infer("mlm", [text("Hello [MASK]orld", "[MASK]")], headers=headers)
+        await status_of(client.infer("mlm", [text("no mask")], headers={"x-api-key": KEY}))
+        await status_of(client.infer("mlm", [text("a[MASK]")]))  # no key
+        assert await client.is_server_live()
+    lines = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+    got = [(r.method, r.route, r.status, r.model, r.levelno) for r in lines]  # type: ignore[attr-defined]
+    assert got == [
+        ("GRPC", INFER, 200, "mlm", logging.INFO),
+        ("GRPC", INFER, 422, "mlm", logging.INFO),
+        ("GRPC", INFER, 401, "", logging.INFO),
+        ("GRPC", "/inference.GRPCInferenceService/ServerLive", 200, "", logging.DEBUG),  # a probe
+    ]
+    served = lines[0]
+    assert served.request_id == "grpc-req-7" and served.items == 2 and served.batch_size >= 1  # type: ignore[attr-defined]
+    assert served.bytes_in > 0 and served.bytes_out > 0 and served.client  # type: ignore[attr-defined]
+    assert len({r.request_id for r in lines}) == 4  # type: ignore[attr-defined]
+    # The 422 is logged at debug with its code and message; the key is never logged.
+    (refused,) = [r for r in caplog.records if r.name == "server.http.access" and r.status == 422]  # type: ignore[attr-defined]
+    assert refused.error_code == "invalid_input" and "no [MASK]" in refused.getMessage()  # type: ignore[attr-defined]
+    assert all(KEY not in r.getMessage() and KEY not in str(r.__dict__) for r in caplog.records)
