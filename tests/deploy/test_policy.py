@@ -24,6 +24,7 @@ from tests.deploy.support import (
     all_of,
     cli_help,
     compose,
+    dockerfile_instructions,
     config_map_toml,
     container,
     duration_s,
@@ -80,7 +81,9 @@ def test_image_runs_the_cli_under_tini() -> None:
     dockerfile = (DOCKER / "Dockerfile").read_text()
     assert re.search(r"apt-get install [^\n]*\btini=", dockerfile), "ENTRYPOINT needs Debian's tini package"
     assert all(mentions_option(cli_help(), opt) for opt in long_options(cmd))
-    assert option_values(cmd, "--host") == ["0.0.0.0"]
+    # Host and port from the settings' environment, which the HEALTHCHECK reads too.
+    assert not option_values(cmd, "--host") and not option_values(cmd, "--port")
+    assert image_env()["PERCEIVER_SERVE_HOST"] == "0.0.0.0"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -314,9 +317,17 @@ def test_keda_scaledobject_matches_the_hpa_it_replaces() -> None:
 
 
 def test_image_healthcheck_cache_and_offline() -> None:
+    from server.settings import ENV_PREFIX, ServerSettings
+
     options, argv = healthcheck()
     assert "/health/live" in " ".join(argv)
     assert argv[0] == "python"
+    # It follows the configured port: the variable the server's `port` setting is read from.
+    port_variable = ENV_PREFIX + "PORT"
+    assert "port" in ServerSettings.model_fields
+    assert f"os.environ.get('{port_variable}'" in argv[-1] and ":8000/" not in argv[-1]
+    exposed = [rest for ins, rest in dockerfile_instructions() if ins == "EXPOSE"]
+    assert exposed == [image_env()[port_variable]]
     assert duration_s(options["start-period"]) >= 30
     env = image_env()
     assert "HF_HUB_OFFLINE" in env and env["HF_HOME"].startswith("/cache/")
