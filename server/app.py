@@ -19,6 +19,7 @@ from server.http.admission import AdmissionMiddleware
 from server.http.auth import AuthMiddleware, configured_keys, document_auth, public_paths
 from server.http.middleware import RequestMiddleware
 from server.http.offload import Offload
+from server.http.random_weights import RandomWeightsMiddleware, random_weights_only
 from server.limits import Limits
 from server.routers import SERVICE_ROUTERS, TASK_ROUTERS, models
 from server.settings import Settings
@@ -60,7 +61,8 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
     app.state.service = InferenceService(registry=registry, settings=settings)
     app.state.offload = offload
     install_error_handlers(app)
-    # Outermost last: RequestMiddleware -> AuthMiddleware -> AdmissionMiddleware -> routes.
+    # Outermost last: [RandomWeightsMiddleware ->] RequestMiddleware -> AuthMiddleware -> AdmissionMiddleware
+    # -> routes.
     app.add_middleware(
         AdmissionMiddleware,
         max_json_depth=settings.server.max_json_depth,
@@ -75,6 +77,8 @@ def build_app(settings: Settings, *, loader: Loader = load_model) -> FastAPI:
         max_body_bytes=int(settings.server.max_body_mb * 2**20),
         body_timeout_s=settings.server.body_timeout_s,
     )
+    if random_weights_only(settings):  # the demo: every answer says so, errors included
+        app.add_middleware(RandomWeightsMiddleware)
     for router in (*SERVICE_ROUTERS, *TASK_ROUTERS.values(), v2.router):
         app.include_router(router)
     if settings.server.admin_api:

@@ -8,6 +8,7 @@ split, on the thread that owns the model. The task's runner supplies the four (`
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -36,8 +37,9 @@ OUT_OF_MEMORY: tuple[type[BaseException], ...] = (
 class Outcome:
     result: Any
     queue_s: float
-    inference_s: float
+    inference_s: float  # of the forward pass the item ran in (with its batch-mates)
     batch_size: int
+    batch: int = 0  # which forward pass of its batcher: items of one pass share it
 
 
 @dataclass(eq=False)
@@ -69,6 +71,7 @@ class Batcher:
         self._batch_s = 0.01  # moving average of a batch's run time, for Retry-After
         self._running_since: float | None = None
         self._finished_at = time.monotonic()  # when the collector last finished a batch
+        self._batches = itertools.count(1)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{name}")
         self._task = asyncio.get_running_loop().create_task(self._collect(), name=f"batcher-{name}")
 
@@ -201,7 +204,7 @@ class Batcher:
         return batch
 
     async def _run(self, batch: list[Pending]) -> None:
-        started = time.monotonic()
+        started, number = time.monotonic(), next(self._batches)
         if self.metrics:
             for p in batch:
                 self.metrics.queue_wait.labels(model=self.name).observe(started - p.enqueued)
@@ -222,7 +225,7 @@ class Batcher:
             if isinstance(result, BaseException):
                 p.future.set_exception(result)
             else:
-                p.future.set_result(Outcome(result, started - p.enqueued, elapsed, len(batch)))
+                p.future.set_result(Outcome(result, started - p.enqueued, elapsed, len(batch), number))
 
     def _execute(self, items: list[Any]) -> list[Any]:
         with torch.inference_mode():

@@ -94,8 +94,7 @@ def _scan() -> tuple[dict[str, Any], str]:
 def _findings(report: dict[str, Any]) -> set[tuple[str, str, str]]:
     by_file = {_file_name(o): o for o in OVERLAYS}
     return {
-        (by_file[Path(f["file_path"]).name], f["check_id"], f["resource"])
-        for f in report["results"]["failed_checks"]
+        (by_file[Path(f["file_path"]).name], f["check_id"], f["resource"]) for f in report["results"]["failed_checks"]
     }
 
 
