@@ -22,6 +22,7 @@ from server.http.admission import AdmissionMiddleware
 from server.http.auth import AuthMiddleware, KeyCheck, configured_keys, document_auth, public_paths
 from server.http.middleware import RequestMiddleware
 from server.http.offload import Offload
+from server.http.random_weights import RandomWeightsMiddleware, random_weights_only
 from server.limits import Limits
 from server.observability.tracing import Tracing, from_environment
 from server.routers import SERVICE_ROUTERS, TASK_ROUTERS, models
@@ -81,7 +82,8 @@ def build_app(settings: Settings, *, loader: Loader = load_model, tracing: Traci
     app.state.service = InferenceService(registry=registry, settings=settings)
     app.state.offload = offload
     install_error_handlers(app)
-    # Outermost last: RequestMiddleware -> AuthMiddleware -> AdmissionMiddleware -> routes.
+    # Outermost last: [RandomWeightsMiddleware ->] RequestMiddleware -> AuthMiddleware -> AdmissionMiddleware
+    # -> routes.
     app.add_middleware(
         AdmissionMiddleware,
         max_json_depth=settings.server.max_json_depth,
@@ -99,6 +101,8 @@ def build_app(settings: Settings, *, loader: Loader = load_model, tracing: Traci
         tracing=tracing,
         access_log=settings.server.access_log,
     )
+    if random_weights_only(settings):  # the demo: every answer says so, errors included
+        app.add_middleware(RandomWeightsMiddleware)
     for router in (*SERVICE_ROUTERS, *TASK_ROUTERS.values(), v2.router):
         app.include_router(router)
     v2_infer = [path for path in _paths(v2.router, "POST") if path.endswith("/infer")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import logging
 import time
 from collections import deque
@@ -39,8 +40,9 @@ OUT_OF_MEMORY: tuple[type[BaseException], ...] = (
 class Outcome:
     result: Any
     queue_s: float
-    inference_s: float
+    inference_s: float  # of the forward pass the item ran in (with its batch-mates)
     batch_size: int
+    batch: int = 0  # which forward pass of its batcher: items of one pass share it
 
 
 @dataclass(eq=False)
@@ -76,6 +78,7 @@ class Batcher:
         self._batch_s = 0.01  # moving average of a batch's run time, for Retry-After
         self._running_since: float | None = None
         self._finished_at = time.monotonic()  # when the collector last finished a batch
+        self._batches = itertools.count(1)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{name}")
         # A context of its own: not that of the request whose arrival happened to load the model.
         self._task = asyncio.get_running_loop().create_task(
@@ -219,7 +222,7 @@ class Batcher:
         return batch
 
     async def _run(self, batch: list[Pending]) -> None:
-        started = time.monotonic()
+        started, number = time.monotonic(), next(self._batches)
         if self.metrics:
             for p in batch:
                 self.metrics.queue_wait.labels(model=self.name).observe(started - p.enqueued)
@@ -252,7 +255,7 @@ class Batcher:
             if isinstance(result, BaseException):
                 p.future.set_exception(result)
             else:
-                p.future.set_result(Outcome(result, started - p.enqueued, elapsed, len(batch)))
+                p.future.set_result(Outcome(result, started - p.enqueued, elapsed, len(batch), number))
 
     def _execute(self, items: list[Any], request_ids: list[str]) -> list[Any]:
         with torch.inference_mode():

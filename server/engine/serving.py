@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -28,6 +29,31 @@ _DROP_REASONS = {ErrorCode.TIMEOUT: "expired", ErrorCode.CLIENT_CLOSED: "disconn
 T = TypeVar("T")
 R = TypeVar("R")
 Disconnected = Callable[[], Awaitable[None]]  # returns when the client has gone away
+
+
+@dataclass
+class Timing:
+    """What a call's items cost on the model, over every infer() of the call (a flow request's tiles, a video
+    request's encodes and decode passes): how many, the longest queue wait and forward pass any of them had, the
+    largest batch, and each forward pass that carried any of them, counted once."""
+
+    items: int = 0
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+    batch_size: int = 0
+    passes: dict[int, float] = field(default_factory=dict)  # forward pass -> its duration
+
+    def add(self, outcomes: Sequence[Outcome]) -> None:
+        for o in outcomes:
+            self.items += 1
+            self.queue_s = max(self.queue_s, o.queue_s)
+            self.inference_s = max(self.inference_s, o.inference_s)
+            self.batch_size = max(self.batch_size, o.batch_size)
+            self.passes[o.batch] = o.inference_s
+
+    @property
+    def total_inference_s(self) -> float:
+        return sum(self.passes.values())
 
 
 class Call:
@@ -46,7 +72,7 @@ class Call:
         self.unit_timeout_s = unit_timeout_s  # a job: each infer() gets this long, instead of one deadline
         self.runner: Any = entry.model.runner if entry.model else None
         self.limits = service.limits
-        self.outcomes: list[Outcome] = []
+        self.timing = Timing()
 
     def runner_as(self, kind: type[R]) -> R:
         """The model's task runner, as the kind the caller works with (a model configured for another task's
@@ -77,7 +103,7 @@ class Call:
         try:
             for item in items:
                 queued.append(batcher.enqueue(item, deadline=self.deadline))
-            self.outcomes = await self._wait(queued)
+            outcomes = await self._wait(queued)
         except ServeError as exc:
             for pending in queued:
                 batcher.abandon(pending, _DROP_REASONS.get(exc.code))
@@ -86,7 +112,8 @@ class Call:
             for pending in queued:
                 batcher.abandon(pending, "disconnected")
             raise
-        return [o.result for o in self.outcomes]
+        self.timing.add(outcomes)
+        return [o.result for o in outcomes]
 
     async def _wait(self, queued: list[Pending]) -> list[Outcome]:
         # With no client to watch (a job), the watcher never returns: cancel the job to stop it.

@@ -111,16 +111,18 @@ class Exchange:
 
 
 def call_timings(call: Any) -> dict[str, Any]:
-    """What the model did for a request: the longest queue wait and batch run of its items, the largest batch they
-    ran in, and how many items (texts, images, tiles, passes) it sent. Empty when it reached no model."""
-    outcomes = getattr(call, "outcomes", None)
-    if not outcomes:
+    """What the model did for a request, over all its items (texts, images, tiles, passes): the longest queue wait
+    and forward pass any of them had, the forward passes that carried them added up, the largest batch they ran
+    in, and how many there were. Empty when it reached no model."""
+    timing = getattr(call, "timing", None)
+    if timing is None or not timing.items:
         return {}
     return {
-        "queue_ms": round(max(o.queue_s for o in outcomes) * 1000, 2),
-        "inference_ms": round(max(o.inference_s for o in outcomes) * 1000, 2),
-        "batch_size": max(o.batch_size for o in outcomes),
-        "items": len(outcomes),
+        "queue_ms": round(timing.queue_s * 1000, 2),
+        "inference_ms": round(timing.inference_s * 1000, 2),
+        "inference_total_ms": round(timing.total_inference_s * 1000, 2),
+        "batch_size": timing.batch_size,
+        "items": timing.items,
     }
 
 

@@ -49,6 +49,7 @@ class ConnectionGuard(ABC):
 
     limits: ClassVar[ConnectionLimits]
     table: ClassVar[ConnectionTable]
+    answer_headers: ClassVar[tuple[tuple[bytes, bytes], ...]] = ()  # on every answer the guard gives itself
     # Provided by the uvicorn protocol.
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
@@ -226,7 +227,7 @@ class ConnectionGuard(ABC):
         lines = [f"HTTP/1.1 {response.status_code} {http.HTTPStatus(response.status_code).phrase}\r\n".encode()]
         lines += [
             name + b": " + value + b"\r\n"
-            for name, value in [*self.server_state.default_headers, *response.raw_headers]
+            for name, value in [*self.server_state.default_headers, *response.raw_headers, *self.answer_headers]
         ]
         self.transport.write(b"".join(lines) + b"\r\n" + response.body)
         self.transport.close()
@@ -331,7 +332,14 @@ class GuardedH11(ConnectionGuard, H11Protocol):
 _IMPLEMENTATIONS: dict[str, type[ConnectionGuard]] = {"httptools": GuardedHttpTools, "h11": GuardedH11}
 
 
-def protocol_class(limits: ConnectionLimits, http_impl: Literal["httptools", "h11"] = "httptools") -> type[Any]:
-    """A protocol class for one server (`uvicorn.Config(http=...)`): its own connection table and limits."""
+def protocol_class(
+    limits: ConnectionLimits,
+    http_impl: Literal["httptools", "h11"] = "httptools",
+    *,
+    answer_headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> type[Any]:
+    """A protocol class for one server (`uvicorn.Config(http=...)`): its own connection table and limits, and
+    `answer_headers` on the answers the guard gives itself (the app's middleware never sees those)."""
     base = _IMPLEMENTATIONS[http_impl]
-    return type(base.__name__, (base,), {"__module__": __name__, "limits": limits, "table": ConnectionTable()})
+    namespace = {"__module__": __name__, "limits": limits, "table": ConnectionTable(), "answer_headers": answer_headers}
+    return type(base.__name__, (base,), namespace)

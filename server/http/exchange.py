@@ -14,6 +14,7 @@ from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from server.engine.serving import Call, InferenceService
+from server.http.random_weights import HEADER as RANDOM_WEIGHTS
 from server.http.scope import CALL_KEY, MODEL_KEY, STARTED_KEY, TIMEOUT_KEY
 from server.observability import logs
 from server.settings import Task
@@ -47,15 +48,19 @@ async def _disconnected(request: Request) -> None:
 
 
 def answer_headers(call: Call) -> dict[str, str]:
-    """The model that answered, how long its items queued and ran, and the largest batch they ran in."""
-    spec, outcomes = call.entry.spec, call.outcomes
+    """The model that answered and what the request's items cost on it (docs/server.md, Routes): how many items
+    (tiles, windows, passes), the longest any of them queued, the longest forward pass any of them ran in, those
+    passes added up (each counted once), and the largest batch."""
+    spec, timing = call.entry.spec, call.timing
     headers = {"X-Model": spec.name}
-    if outcomes:
-        headers["X-Queue-Time-Ms"] = f"{max(o.queue_s for o in outcomes) * 1000:.2f}"
-        headers["X-Inference-Time-Ms"] = f"{max(o.inference_s for o in outcomes) * 1000:.2f}"
-        headers["X-Batch-Size"] = str(max(o.batch_size for o in outcomes))
+    if timing.items:
+        headers["X-Items"] = str(timing.items)
+        headers["X-Queue-Time-Ms"] = f"{timing.queue_s * 1000:.2f}"
+        headers["X-Inference-Time-Ms"] = f"{timing.inference_s * 1000:.2f}"
+        headers["X-Inference-Total-Ms"] = f"{timing.total_inference_s * 1000:.2f}"
+        headers["X-Batch-Size"] = str(timing.batch_size)
     if spec.random_weights:
-        headers["X-Perceiver-Random-Weights"] = "true"
+        headers[RANDOM_WEIGHTS] = "true"
     return headers
 
 

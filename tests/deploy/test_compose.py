@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,44 @@ def test_dashboard_queries_use_exported_metrics() -> None:
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}, sum by (le) (rate(perceiver_request_duration_seconds_bucket" in exprs
     assert 'status="429"' in exprs and 'status="504"' in exprs and "sum by (status)" in exprs
+
+
+# ------------------------------------------------------------------ safe defaults
+
+LOOPBACK_BIND = "${BIND_ADDRESS:-127.0.0.1}:"
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY", re.IGNORECASE)
+
+
+def test_ports_are_published_on_loopback_unless_asked() -> None:
+    published = [(name, port) for name, s in compose()["services"].items() for port in s.get("ports", [])]
+    shared = compose()["x-perceiver"]["ports"]
+    assert published and shared
+    for name, port in published:
+        assert isinstance(port, str) and port.startswith(LOOPBACK_BIND), f"{name}: {port}"
+        host_port, container_port = port[len(LOOPBACK_BIND) :].split(":")
+        assert host_port == container_port, f"{name}: {port}"
+
+
+def test_no_secret_has_a_default() -> None:
+    """A password is required from the environment (compose stops with the message), never defaulted."""
+    for name, service in compose()["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if SECRET_NAME.search(key) and value:
+                # `${VAR:?message}` (required) or `${VAR:-}` (empty when unset), nothing else.
+                assert re.fullmatch(r"\$\{[A-Z_]+(:\?[^}]+|:-)\}", str(value)), f"{name}: {key}={value}"
+    grafana = compose()["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?.+\}", grafana), grafana
+
+
+def test_required_versions_are_stated_alike() -> None:
+    """The compose file's header and docs/deploy.md name the same Compose and Engine versions."""
+    header = (DOCKER / "docker-compose.yml").read_text().split("\nname:")[0]
+    deploy_doc = (DOCKER.parent / "docs" / "deploy.md").read_text()
+    compose_version = re.search(r"Docker Compose v(\d+\.\d+\.\d+)", header)
+    engine_version = re.search(r"Docker Engine (\d+\.\d+)", header)
+    assert compose_version and engine_version, "state the versions the file needs in its header"
+    assert f"Compose v{compose_version[1]}" in deploy_doc and f"Engine {engine_version[1]}" in deploy_doc
+    # start_interval (used in the healthcheck) needs Engine 25.0 and Compose 2.20.2.
+    assert "start_interval" in compose()["x-perceiver"]["healthcheck"]
+    assert tuple(map(int, compose_version[1].split("."))) >= (2, 20, 2)
+    assert float(engine_version[1]) >= 25.0

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,16 +110,24 @@ def _shutdown_budget_s(overlay: str = "overlays/gpu") -> float:
 
 def test_image_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
-    argv = _local_argv(image_exec("ENTRYPOINT") + image_exec("CMD"), port)
+    command = image_exec("ENTRYPOINT") + image_exec("CMD")
+    start = command.index(CLI)
+    prefix = command[:start] if Path(command[0]).exists() else []
+    argv = [*prefix, *cli_command(), *command[start + 1 :]]
     argv += ["--demo", "--demo-dir", str(tmp_path / "demo")]  # random-weight models: no downloads
-    with _running(argv, _base_env(tmp_path, image_env()), tmp_path) as proc:
+    # The port as an operator changes it: the image's variable, which the HEALTHCHECK reads too.
+    ports = {"PERCEIVER_SERVE_PORT": str(port), "PERCEIVER_SERVE_GRPC_PORT": str(free_port())}
+    env = _base_env(tmp_path, {**image_env(), "PERCEIVER_SERVE_HOST": "127.0.0.1", **ports})
+    with _running(argv, env, tmp_path) as proc:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(base + "/health/live", proc, STARTUP_TIMEOUT_S)
 
-        # The image's HEALTHCHECK command, as Docker would run it, pointed at our port.
+        # The image's HEALTHCHECK command, as Docker would run it: in the container's environment.
         _, check = healthcheck()
-        check = [sys.executable if a == "python" else a.replace(":8000/", f":{port}/") for a in check]
-        assert subprocess.run(check, timeout=30).returncode == 0
+        check = [sys.executable if a == "python" else a for a in check]
+        assert subprocess.run(check, env=env, timeout=30).returncode == 0
+        moved = {**env, "PERCEIVER_SERVE_PORT": str(free_port())}
+        assert subprocess.run(check, env=moved, timeout=30, capture_output=True).returncode != 0
 
         status, body = http_get(base + "/metrics")
         assert status == 200 and "perceiver_inflight_requests" in body
@@ -141,11 +150,18 @@ def test_kubernetes_server_command_serves_the_configmap_config(tmp_path: Path) -
     argv[argv.index(config_path)] = str(local_config)
     env = _base_env(tmp_path, {k: v for k, v in env_of(server).items() if v is not None})
     assert env_of(server)["HF_HUB_OFFLINE"] == "1"  # as in the pod: serve from the cache only
+    # The API-key Secret's file, as the pod mounts it (one key per line).
+    keys = tmp_path / "api-keys"
+    keys.write_text("# keys of the perceiver-serve-api-keys Secret\n" + "k" * 32 + "\n")
+    env["PERCEIVER_SERVE_API_KEYS_FILE"] = str(keys)
     with _running(argv, env, tmp_path) as proc:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(base + "/health/live", proc, STARTUP_TIMEOUT_S)
         status, body = http_get(base + "/v1/models")
-        assert status == 200
+        assert status == 401  # the keys file is read: everything but the probes needs a key
+        request = urllib.request.Request(base + "/v1/models", headers={"Authorization": "Bearer " + "k" * 32})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            status, body = r.status, r.read().decode()
         served = {m["name"] for m in json.loads(body)["models"]}
         assert set(tomllib.loads(text)["models"]) <= served
         _terminate(proc, _shutdown_budget_s(), tmp_path)

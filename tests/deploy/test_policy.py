@@ -84,7 +84,9 @@ def test_image_runs_the_cli_under_tini() -> None:
     dockerfile = (DOCKER / "Dockerfile").read_text()
     assert re.search(r"apt-get install [^\n]*\btini=", dockerfile), "ENTRYPOINT needs Debian's tini package"
     assert all(mentions_option(cli_help(), opt) for opt in long_options(cmd))
-    assert option_values(cmd, "--host") == ["0.0.0.0"]
+    # Host and port from the settings' environment, which the HEALTHCHECK reads too.
+    assert not option_values(cmd, "--host") and not option_values(cmd, "--port")
+    assert image_env()["PERCEIVER_SERVE_HOST"] == "0.0.0.0"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -318,9 +320,17 @@ def test_keda_scaledobject_matches_the_hpa_it_replaces() -> None:
 
 
 def test_image_healthcheck_cache_and_offline() -> None:
+    from server.settings import ENV_PREFIX, ServerSettings
+
     options, argv = healthcheck()
     assert "/health/live" in " ".join(argv)
     assert argv[0] == "python"
+    # It follows the configured port: the variable the server's `port` setting is read from.
+    port_variable = ENV_PREFIX + "PORT"
+    assert "port" in ServerSettings.model_fields
+    assert f"os.environ.get('{port_variable}'" in argv[-1] and ":8000/" not in argv[-1]
+    exposed = [rest.split() for ins, rest in dockerfile_instructions() if ins == "EXPOSE"]
+    assert exposed == [[image_env()[port_variable], image_env()["PERCEIVER_SERVE_GRPC_PORT"]]]
     assert duration_s(options["start-period"]) >= 30
     env = image_env()
     assert "HF_HUB_OFFLINE" in env and env["HF_HOME"].startswith("/cache/")
@@ -359,12 +369,13 @@ def test_the_grpc_port_is_served_and_exposed(overlay: str) -> None:
 
 
 def test_the_image_and_compose_serve_grpc_on_8001() -> None:
-    assert option_values(image_exec("CMD"), "--grpc-port") == ["8001"]
+    assert image_env()["PERCEIVER_SERVE_GRPC_PORT"] == "8001"  # the CMD takes its ports from the environment
     exposed = {port for ins, rest in final_stage(dockerfile_instructions()) if ins == "EXPOSE" for port in rest.split()}
     assert {"8000", "8001"} <= exposed
     for name, service in compose()["services"].items():
         if "perceiver" in name:
-            assert option_values(service["command"], "--grpc-port") == ["8001"] and "8001:8001" in service["ports"]
+            published = [port.rsplit(":", 2)[-2:] for port in service["ports"]]
+            assert option_values(service["command"], "--grpc-port") == ["8001"] and ["8001", "8001"] in published
 
 
 # ------------------------------------------------------------------ KServe

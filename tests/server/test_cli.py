@@ -44,7 +44,8 @@ def test_env_config_path_is_used(
 def test_download_offline_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_main("download", "language-perceiver") == 1
     err = capsys.readouterr().err
-    assert "FAILED language-perceiver" in err and "HF_HUB_OFFLINE" in err
+    assert "FAILED language-perceiver" in err and "unset HF_HUB_OFFLINE" in err
+    assert "perceiver-serve download" not in err  # no advice to run the command that just failed
 
 
 def test_download_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,7 +20,7 @@ from tests.server.support import open_client
 
 pytestmark = pytest.mark.anyio
 FIELDS = {"request_id", "method", "route", "status", "duration_ms", "model", "bytes_in", "bytes_out", "client"}
-TIMINGS = {"queue_ms", "inference_ms", "batch_size", "items"}
+TIMINGS = {"queue_ms", "inference_ms", "inference_total_ms", "batch_size", "items"}
 
 
 @pytest.fixture
@@ -58,7 +58,11 @@ async def test_one_line_per_request_with_every_field(
     assert fields["method"] == "POST" and fields["status"] == 200 and fields["duration_ms"] > 0
     assert fields["bytes_in"] == len(r.request.content) and fields["bytes_out"] == len(r.content)
     assert fields["items"] == 2 and 1 <= fields["batch_size"] <= 2
-    assert fields["inference_ms"] > 0 and fields["queue_ms"] >= 0
+    assert (
+        fields["inference_ms"] > 0
+        and fields["queue_ms"] >= 0
+        and fields["inference_total_ms"] >= fields["inference_ms"]
+    )
     assert fields["client"]  # httpx's ASGI transport reports 127.0.0.1:123
 
 
