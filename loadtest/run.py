@@ -5,9 +5,12 @@
         --concurrency 1,4,16 --max-batch-size 8 --duration-s 30     # DeepMind configs, random weights
     python -m loadtest.run --config serve.toml --routes /fill-mask
     python -m loadtest.run --url http://127.0.0.1:8000       # a server already running (no comparison)
+    python -m loadtest.run --compare observability           # the cost of access logs and traces
 
 Started servers are `perceiver-serve` subprocesses on loopback: one with the configured batching
-limits and one with max_batch_size = 1, measured back to back at each concurrency; then, per route,
+limits and one with max_batch_size = 1 (or, with --compare observability, the same server with its JSON access
+log on and every request traced, exported over OTLP/HTTP to a local receiver), measured back to back at each
+concurrency; then, per route,
 the model's in-process batched throughput on the same payloads. Each step is bounded by
 --duration-s and --max-requests. Writes report.csv, report.json and PNG plots under --out.
 """
@@ -34,6 +37,7 @@ import numpy as np
 from loadtest import payloads as payload_lib
 from loadtest.client import BatchStats, open_clients, run_step, scrape_batches
 from loadtest.inprocess import InProcessResult
+from loadtest.otlp_sink import otlp_sink
 from loadtest.report import BATCHING, NO_BATCHING, Row, write
 from loadtest.servers import Server, read_config, serve, with_batching, write_model_set
 from loadtest.target import RouteTarget, TargetError, auth_headers, check_target, discover
@@ -78,7 +82,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--text-bytes", type=int, help="every text this many bytes (default: a mix of lengths)")
     p.add_argument("--payloads", type=int, default=48, help="distinct payloads per route (cycled)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-compare", action="store_true", help="skip the max_batch_size = 1 server")
+    p.add_argument("--no-compare", action="store_true", help="skip the second server")
+    p.add_argument(
+        "--compare",
+        choices=["batching", "observability"],
+        default="batching",
+        help="the second server: max_batch_size = 1 (batching), or access log and tracing on (observability)",
+    )
     p.add_argument("--no-inprocess", action="store_true", help="skip the in-process model throughput")
     p.add_argument("--out", type=Path, default=Path("bench-results/loadtest"))
     return p
@@ -141,6 +151,11 @@ class Variant:
     url: str | None = None
     server: Server | None = None  # the process, when started here (for its CPU time)
     targets: dict[str, RouteTarget] = field(default_factory=dict)
+    observed: bool = False  # started with the JSON access log at info and every request traced over OTLP
+
+
+OBSERVED = "observed"
+OBSERVED_ARGS = ("--log-level", "info", "--log-format", "json")
 
 
 def _variants(args: argparse.Namespace, config: dict[str, Any] | None) -> list[Variant]:
@@ -153,7 +168,11 @@ def _variants(args: argparse.Namespace, config: dict[str, Any] | None) -> list[V
         return [first, Variant(NO_BATCHING, None, check_target(args.url_no_batching, allow_remote=args.allow_remote))]
     assert config is not None
     variants = [Variant(BATCHING, config)]
-    if not args.no_compare:
+    if args.no_compare:
+        return variants
+    if args.compare == "observability":
+        variants.append(Variant(OBSERVED, config, observed=True))
+    else:
         variants.append(Variant(NO_BATCHING, with_batching(config, max_batch_size=1)))
     return variants
 
@@ -241,20 +260,31 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     wanted = set(args.routes.split(",")) if args.routes else None
     notes: list[str] = []
     load_before = os.getloadavg()
-    with ExitStack() as stack:
-        for v in variants:
-            if v.url is None:
-                print(f"{v.name}: starting a server", flush=True)
-                v.server = stack.enter_context(
-                    serve(v.config or {}, workdir=args.out / "servers", name=f"server-{v.name}")
-                )
-                v.url = v.server.url
-            found = discover(v.url, headers=auth_headers(args.api_key))
-            v.targets = {r: t for r, t in found.items() if wanted is None or r in wanted}
-            if not v.targets:
-                raise TargetError(f"{v.url} serves none of the routes asked for ({args.routes or 'any'})")
-        payloads = {route: _payloads(route, target, args) for route, target in variants[0].targets.items()}
-        rows, inprocess = asyncio.run(_sweep(variants, payloads, args, notes))
+    with ExitStack() as sinks:
+        sink = sinks.enter_context(otlp_sink()) if any(v.observed for v in variants) else None
+        with ExitStack() as stack:
+            for v in variants:
+                if v.url is None:
+                    print(f"{v.name}: starting a server", flush=True)
+                    observing = v.observed and sink is not None
+                    v.server = stack.enter_context(
+                        serve(
+                            v.config or {},
+                            workdir=args.out / "servers",
+                            name=f"server-{v.name}",
+                            extra_args=OBSERVED_ARGS if observing else (),
+                            env=_traced_to(sink[0]) if sink is not None and observing else None,
+                        )
+                    )
+                    v.url = v.server.url
+                found = discover(v.url, headers=auth_headers(args.api_key))
+                v.targets = {r: t for r, t in found.items() if wanted is None or r in wanted}
+                if not v.targets:
+                    raise TargetError(f"{v.url} serves none of the routes asked for ({args.routes or 'any'})")
+            payloads = {route: _payloads(route, target, args) for route, target in variants[0].targets.items()}
+            rows, inprocess = asyncio.run(_sweep(variants, payloads, args, notes))
+        if sink is not None:  # counted once the servers have stopped and flushed their spans
+            notes.append(f"OTLP receiver: {sink[1].exports} trace exports, {sink[1].bytes} bytes")
     meta = {
         "command": "python -m loadtest.run " + shlex.join(sys.argv[1:] if argv is None else argv),
         "machine": _machine(),
@@ -269,9 +299,32 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from server.settings import build_settings
 
         meta["server_cpu_threads"] = cpu_threads(build_settings(config))
+    if any(v.observed for v in variants):
+        meta["observability_cost"] = observed_ratios(rows)
     doc = write(args.out, rows, inprocess, meta)
     _print_summary(doc)
     return doc
+
+
+def _traced_to(endpoint: str) -> dict[str, str]:
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_SERVICE_NAME": "perceiver-serve-loadtest",
+    }
+
+
+def observed_ratios(rows: Sequence[Row]) -> dict[str, Any]:
+    """Throughput with logs and traces on over off, per route and concurrency, and their geometric mean."""
+    quiet = {(r.route, r.concurrency): r.rps for r in rows if r.variant == BATCHING}
+    ratios = {
+        f"{r.route} c={r.concurrency}": r.rps / quiet[(r.route, r.concurrency)]
+        for r in rows
+        if r.variant == OBSERVED and quiet.get((r.route, r.concurrency))
+    }
+    geomean = math.exp(sum(math.log(v) for v in ratios.values()) / len(ratios)) if ratios else math.nan
+    return {"throughput_ratio": ratios, "geomean": geomean}
 
 
 def _payloads(route: str, target: RouteTarget, args: argparse.Namespace) -> list[Any]:
@@ -319,6 +372,9 @@ def _print_summary(doc: dict[str, Any]) -> None:
         if "batching_speedup" in s:
             parts.append("batching x " + ", ".join(f"c={c}: {v:.2f}" for c, v in s["batching_speedup"].items()))
         print("; ".join(parts))
+    cost = doc.get("observability_cost")
+    if cost:
+        print(f"throughput with access log and tracing / without: geomean {cost['geomean']:.3f}")
     checks = summary["checks"]
     print(
         f"non-429 errors: {checks['non_429_errors']}; 429s: {checks['n_429']}"

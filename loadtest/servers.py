@@ -14,7 +14,7 @@ import sys
 import time
 import tomllib
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +121,7 @@ def _ready(base: str) -> bool:
 class Server:
     url: str
     pid: int
+    grpc: str | None = None  # host:port of its gRPC endpoint, when it serves one
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system, all threads) the server process has used so far."""
@@ -133,9 +134,19 @@ def process_cpu_s(pid: int) -> float:
 
 
 @contextmanager
-def serve(config: dict[str, Any], *, workdir: Path, name: str, ready_timeout_s: float = 600) -> Iterator[Server]:
-    """Run `perceiver-serve` on a free loopback port with `config`, preloading the task defaults.
-    The process is stopped (SIGTERM, then SIGKILL) on exit, whatever happens."""
+def serve(
+    config: dict[str, Any],
+    *,
+    workdir: Path,
+    name: str,
+    ready_timeout_s: float = 600,
+    grpc: bool = False,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Server]:
+    """Run `perceiver-serve` on a free loopback port with `config` (and gRPC on another with `grpc`; quiet:
+    warnings only, unless `extra_args` say otherwise; `env`: more environment), preloading the task defaults. The
+    process is stopped (SIGTERM, then SIGKILL) on exit, whatever happens."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"{name}.toml"
     path.write_text(dump_toml(config))
@@ -153,14 +164,23 @@ def serve(config: dict[str, Any], *, workdir: Path, name: str, ready_timeout_s: 
         str(port),
         "--log-level",
         "warning",
+        *extra_args,
     ]
     preload = served_models(config)
     if preload:
         args += ["--preload", *preload]
-    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PYTHONUNBUFFERED": "1"}
+    grpc_target = f"127.0.0.1:{free_port()}" if grpc else None
+    if grpc_target:
+        args += ["--grpc-port", grpc_target.rsplit(":", 1)[1]]
+    environ = {
+        **os.environ,
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=environ)
     try:
         deadline = time.monotonic() + ready_timeout_s
         while not _ready(base):
@@ -170,7 +190,7 @@ def serve(config: dict[str, Any], *, workdir: Path, name: str, ready_timeout_s: 
             if time.monotonic() > deadline:
                 raise TimeoutError(f"server {name} not ready after {ready_timeout_s:.0f}s; log: {log}")
             time.sleep(0.2)
-        yield Server(base, proc.pid)
+        yield Server(base, proc.pid, grpc_target)
     finally:
         _stop(proc)
 

@@ -122,7 +122,8 @@ def _clip(args: Mapping[str, ConfigValue], hub_id: str | None = None) -> Preset:
 
 
 PRESETS: Mapping[str, Preset] = {
-    # The published checkpoints (shared/REFERENCE.md section 1a).
+    # The published checkpoints: the values of their config.json on the hub (their parameter counts, which
+    # match the hub weight files' sizes, are checked in tests/model_core/test_presets.py).
     "language-perceiver": _text(
         {
             "num_latents": 256,

@@ -12,7 +12,8 @@ from typing import Any
 
 import uvicorn
 
-from server.settings import CONFIG_ENV, Settings, SettingsError, load_settings
+from server.observability import logs
+from server.settings import CONFIG_ENV, Settings, SettingsError, Task, load_settings
 
 log = logging.getLogger("server")
 
@@ -21,16 +22,26 @@ def _serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="perceiver-serve",
         description=(
-            "Serve Perceiver IO models over HTTP. Subcommand: `perceiver-serve download NAME...` pre-fetches hub files."
+            "Serve Perceiver IO models over HTTP (and gRPC with --grpc-port). "
+            "Subcommand: `perceiver-serve download NAME...` pre-fetches hub files."
         ),
     )
     p.add_argument("--config", help=f"TOML config file (default: ${CONFIG_ENV})")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--grpc-port", type=int, help="serve the Open Inference Protocol over gRPC on this port too")
+    p.add_argument(
+        "--model",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "TASK", "SOURCE"),
+        help="serve this model too: a name, its task, a hub id or a folder (repeatable; e.g. KServe's /mnt/models)",
+    )
     p.add_argument("--preload", nargs="+", metavar="NAME", help="models to load at start-up ('all' for every one)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    p.add_argument("--log-format", choices=["text", "json"], help="default: text on a terminal, json otherwise")
     p.add_argument(
         "--demo",
         action="store_true",
@@ -38,6 +49,12 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="serve small RANDOMLY INITIALISED checkpoints of every task (answers are meaningless)",
     )
     p.add_argument("--demo-dir", help="where --demo keeps its checkpoints (default ~/.cache/perceiver-serve/demo)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit (status 2) on problems found at start-up, such as a model's local source that does not exist, "
+        "instead of logging a warning and serving the other models",
+    )
     return p
 
 
@@ -51,13 +68,9 @@ def _download_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def download(argv: Sequence[str]) -> int:
     from server.errors import ServeError
-    from server.models.hub import Checkpoint, HubRepo, is_hub_id, locate
+    from server.models.hub import Checkpoint, HubRepo, download_failure, is_hub_id, locate
 
     args = _download_parser().parse_args(argv)
     settings = load_settings(args.config)
@@ -80,8 +93,8 @@ def download(argv: Sequence[str]) -> int:
     for name, spec in specs.items():
         try:
             folder = locate(spec)  # the cache first; the hub for whatever is missing
-        except ServeError as exc:  # say what failed, not the advice to run this very command
-            print(f"FAILED {name}: {exc.__cause__ or exc.message}", file=sys.stderr)
+        except ServeError as exc:  # what failed and what to change, not the advice to run this very command
+            print(f"FAILED {name}: {download_failure(spec, exc)}", file=sys.stderr)
             failed += 1
             continue
         files = ", ".join(sorted(p.name for p in folder.iterdir() if p.is_file()))
@@ -90,20 +103,32 @@ def download(argv: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
-def serve(argv: Sequence[str]) -> int:
-    args = _serve_parser().parse_args(argv)
+def serve_settings(argv: Sequence[str]) -> Settings:
+    """The settings `perceiver-serve ARGV` serves with (before --demo swaps in its checkpoints)."""
+    return _settings(_serve_parser().parse_args(argv))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         "host": args.host,
         "port": args.port,
+        "grpc_port": args.grpc_port,
         "preload": args.preload,
         "device": args.device,
         "dtype": args.dtype,
         "log_level": args.log_level,
+        "log_format": args.log_format,
         "demo": args.demo,
         "demo_dir": args.demo_dir,
     }
-    settings = load_settings(args.config, overrides=overrides)
-    _configure_logging(settings.server.log_level)
+    models = {name: {"task": task, "source": source} for name, task, source in args.model or []}
+    return load_settings(args.config, overrides=overrides, models=models)
+
+
+def serve(argv: Sequence[str]) -> int:
+    args = _serve_parser().parse_args(argv)
+    settings = _settings(args)
+    logs.configure(settings.server.log_level, settings.server.log_format)
     from server.engine.devices import check_devices, configure_cpu_threads
 
     check_devices(settings)
@@ -116,6 +141,10 @@ def serve(argv: Sequence[str]) -> int:
             "DEMO MODE: serving RANDOMLY INITIALISED checkpoints (%s); answers are meaningless",
             ", ".join(settings.models),
         )
+    problems = _check_sources(settings)
+    if problems and args.strict:
+        print("perceiver-serve: " + "; ".join(problems) + " (--strict)", file=sys.stderr)
+        return 2
     try:
         _run(settings)
     except KeyboardInterrupt:  # SIGINT, re-raised by uvicorn once it has shut down gracefully: a normal exit
@@ -123,9 +152,27 @@ def serve(argv: Sequence[str]) -> int:
     return 0
 
 
+def _check_sources(settings: Settings) -> list[str]:
+    """Local sources that are no folder, each logged as a warning: their models answer 503 until they exist. And
+    a video model without PyAV, whose container uploads would answer 415."""
+    from server.media import pyav_available
+    from server.models.hub import missing_folder
+
+    problems = [p for spec in settings.models.values() if (p := missing_folder(spec)) is not None]
+    for problem in problems:
+        log.warning("%s; its requests answer 503 until a checkpoint folder is there", problem)
+    if any(spec.task is Task.VIDEO_AUTOENCODING for spec in settings.models.values()) and not pyav_available():
+        log.warning(
+            "PyAV is not installed: mp4/webm/avi uploads and format=mp4 answer 415 (.npy/.npz clips work); "
+            "install it with pip install 'perceiver-serve[video]' (scripts/serve does)"
+        )
+    return problems
+
+
 def _run(settings: Settings) -> None:
     from server.app import build_app
     from server.http.connections import protocol_class
+    from server.http.random_weights import RAW_HEADER, random_weights_only
     from server.limits import Limits
 
     app = build_app(settings)
@@ -142,11 +189,14 @@ def _run(settings: Settings) -> None:
         host=server.host,
         port=server.port,
         log_level=server.log_level,
-        http=protocol_class(Limits.of(server).connections),
+        http=protocol_class(
+            Limits.of(server).connections, answer_headers=(RAW_HEADER,) if random_weights_only(settings) else ()
+        ),
         ws="none",
         timeout_keep_alive=server.keep_alive_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=int(server.request_timeout_cap_s) + 5,
-        access_log=False,
+        log_config=None,  # logs.configure has set up every logger, uvicorn's included
+        access_log=False,  # the server's own access log (server.access) replaces uvicorn's
     )
     DrainingServer(config, on_drain=app.state.lifecycle.begin_drain, drain_s=server.drain_seconds).run()
 

@@ -1,13 +1,15 @@
 """One error vocabulary: every failure the server reports is a `ServeError` with an `ErrorCode`.
 
-The code -> HTTP status map lives here and only here; the JSON shape is
+The code -> HTTP status and code -> gRPC status maps live here and only here. The JSON shape depends on the path,
+decided in one place (`error_body`): under `/v2` the Open Inference Protocol's `{"error": "message"}` (its clients,
+tritonclient and the KServe SDK, read that and nothing else), everywhere else the app's
 `{"error": {"code": ..., "message": ..., "status": ...}}`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -21,6 +23,7 @@ R = TypeVar("R")
 class ErrorCode(StrEnum):
     BAD_REQUEST = "bad_request"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
     INVALID_INPUT = "invalid_input"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
@@ -55,6 +58,7 @@ FILE_INPUT = (ErrorCode.BAD_REQUEST, *TEXT_INPUT, ErrorCode.UNSUPPORTED_MEDIA_TY
 STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_REQUEST: 400,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
     ErrorCode.INVALID_INPUT: 422,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
@@ -75,8 +79,34 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INTERNAL: 500,
 }
 
+# The gRPC status of each code (grpc.StatusCode member names: the core does not import grpc). Retryable
+# conditions are UNAVAILABLE, which gRPC clients' retry policies retry; a deadline is DEADLINE_EXCEEDED.
+GRPC_STATUS: dict[ErrorCode, str] = {
+    ErrorCode.BAD_REQUEST: "INVALID_ARGUMENT",
+    ErrorCode.UNAUTHORIZED: "UNAUTHENTICATED",
+    ErrorCode.FORBIDDEN: "PERMISSION_DENIED",
+    ErrorCode.INVALID_INPUT: "INVALID_ARGUMENT",
+    ErrorCode.PAYLOAD_TOO_LARGE: "RESOURCE_EXHAUSTED",
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: "INVALID_ARGUMENT",
+    ErrorCode.NOT_FOUND: "NOT_FOUND",
+    ErrorCode.METHOD_NOT_ALLOWED: "UNIMPLEMENTED",
+    ErrorCode.REQUEST_TIMEOUT: "DEADLINE_EXCEEDED",
+    ErrorCode.HEADERS_TOO_LARGE: "RESOURCE_EXHAUSTED",
+    ErrorCode.UNKNOWN_MODEL: "NOT_FOUND",
+    ErrorCode.NO_MODEL_FOR_TASK: "NOT_FOUND",
+    ErrorCode.OVERLOADED: "UNAVAILABLE",
+    ErrorCode.MODEL_UNAVAILABLE: "UNAVAILABLE",
+    ErrorCode.NOT_READY: "UNAVAILABLE",
+    ErrorCode.UNHEALTHY: "UNAVAILABLE",
+    ErrorCode.OUT_OF_MEMORY: "UNAVAILABLE",
+    ErrorCode.TIMEOUT: "DEADLINE_EXCEEDED",
+    ErrorCode.CLIENT_CLOSED: "CANCELLED",
+    ErrorCode.INTERNAL: "INTERNAL",
+}
+
 _BY_STATUS = {
     401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,
     408: ErrorCode.REQUEST_TIMEOUT,
@@ -118,7 +148,7 @@ class ErrorBody(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """The one error shape of every route."""
+    """The app's error shape (every route outside /v2)."""
 
     error: ErrorBody
 
@@ -129,7 +159,18 @@ def code_for_status(status: int) -> ErrorCode:
     return ErrorCode.BAD_REQUEST if 400 <= status < 500 else ErrorCode.INTERNAL
 
 
-def error_payload(code: ErrorCode, message: str, status: int | None = None) -> dict[str, Any]:
+V2_PREFIX = "/v2"  # the Open Inference Protocol's routes: its error shape
+
+
+def protocol_path(path: str) -> bool:
+    """Whether `path` is under the Open Inference Protocol's routes."""
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def error_body(code: ErrorCode, message: str, status: int | None = None, *, path: str = "") -> dict[str, Any]:
+    """The error object for a response to `path`: the protocol's shape under /v2, the app's elsewhere."""
+    if protocol_path(path):
+        return {"error": message}
     return {"error": {"code": code.value, "message": message, "status": status or STATUS[code]}}
 
 
@@ -138,9 +179,13 @@ def retry_headers(error: ServeError) -> dict[str, str]:
     return {} if error.retry_after is None else {"Retry-After": str(max(1, math.ceil(error.retry_after)))}
 
 
-def error_response(error: ServeError, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    error: ServeError, headers: Mapping[str, str] | None = None, *, path: str = "", status: int | None = None
+) -> JSONResponse:
+    """`error` as the response to `path` (`status`: an HTTP status other than its code's, e.g. an HTTPException's)."""
     headers = {**(headers or {}), **retry_headers(error)}
-    return JSONResponse(error_payload(error.code, error.message), status_code=error.status, headers=headers)
+    status = status or error.status
+    return JSONResponse(error_body(error.code, error.message, status, path=path), status_code=status, headers=headers)
 
 
 def responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
@@ -180,24 +225,29 @@ def describe_validation(exc: Any) -> str:
 
 
 def install_error_handlers(app: Any) -> None:
-    """Route every error FastAPI/Starlette raises through the one error shape."""
+    """Route every error FastAPI/Starlette raises through `error_response`, shaped by the request's path. A
+    request body that does not validate is 422 on the app's routes and 400 under /v2 (the protocol's status for
+    a request it cannot read)."""
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect
 
-    async def on_serve_error(_request: Any, exc: ServeError) -> JSONResponse:
-        return error_response(exc)
+    async def on_serve_error(request: Any, exc: ServeError) -> JSONResponse:
+        return error_response(exc, path=request.url.path)
 
-    async def on_validation(_request: Any, exc: RequestValidationError) -> JSONResponse:
-        return error_response(ServeError(ErrorCode.INVALID_INPUT, describe_validation(exc)))
+    async def on_validation(request: Any, exc: RequestValidationError) -> JSONResponse:
+        path = request.url.path
+        code = ErrorCode.BAD_REQUEST if protocol_path(path) else ErrorCode.INVALID_INPUT
+        return error_response(ServeError(code, describe_validation(exc)), path=path)
 
-    async def on_http(_request: Any, exc: HTTPException) -> JSONResponse:
-        code = code_for_status(exc.status_code)
-        body = error_payload(code, str(exc.detail), exc.status_code)
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    async def on_http(request: Any, exc: HTTPException) -> JSONResponse:
+        error = ServeError(code_for_status(exc.status_code), str(exc.detail))
+        headers = getattr(exc, "headers", None)
+        return error_response(error, headers, path=request.url.path, status=exc.status_code)
 
-    async def on_disconnect(_request: Any, _exc: ClientDisconnect) -> JSONResponse:  # nobody reads it; counted
-        return error_response(ServeError(ErrorCode.CLIENT_CLOSED, "client disconnected before the body was read"))
+    async def on_disconnect(request: Any, _exc: ClientDisconnect) -> JSONResponse:  # nobody reads it; counted
+        error = ServeError(ErrorCode.CLIENT_CLOSED, "client disconnected before the body was read")
+        return error_response(error, path=request.url.path)
 
     app.add_exception_handler(ServeError, on_serve_error)
     app.add_exception_handler(ClientDisconnect, on_disconnect)

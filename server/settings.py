@@ -82,9 +82,12 @@ class ServerSettings(_Strict):
 
     host: str = Field("127.0.0.1", min_length=1, max_length=255)
     port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int | None = Field(None, ge=1, le=65535)  # the Open Inference Protocol over gRPC; off when unset
     device: Device = "auto"
     dtype: Dtype = "auto"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["text", "json"] | None = None  # default: text on a terminal, json otherwise
+    access_log: bool = True  # one line per request (logger server.access; probes and /metrics at debug)
     memory_budget_mb: int | None = Field(None, gt=0, le=16_777_216)
     request_timeout_s: float = Field(30.0, gt=0, le=3600)
     max_request_timeout_s: float | None = Field(None, gt=0, le=3600)  # X-Request-Timeout cap (default: the above)
@@ -188,6 +191,8 @@ class Settings(_Strict):
         unknown = sorted(set(self.server.preload) - set(self.models) - {"all"})
         if unknown:
             raise ValueError(f"preload names unknown models: {', '.join(unknown)}")
+        if self.server.grpc_port is not None and self.server.grpc_port == self.server.port:
+            raise ValueError(f"grpc_port ({self.server.grpc_port}) is the HTTP port; give gRPC a port of its own")
         cap = self.server.max_request_timeout_s
         if cap is not None and cap < self.server.request_timeout_s:
             raise ValueError(
@@ -281,13 +286,15 @@ def load_settings(
     *,
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
+    models: dict[str, dict[str, Any]] | None = None,
 ) -> Settings:
-    """Settings from an optional TOML file, the environment and command-line `overrides` ([server] keys)."""
+    """Settings from an optional TOML file, the environment and command-line `overrides` ([server] keys) and
+    `models` ([models.NAME] tables, over the file's)."""
     environ = dict(os.environ if environ is None else environ)
     path = path or environ.get(CONFIG_ENV)
     data = _read_toml(Path(path).expanduser()) if path else {}
-    if not isinstance(data.get("server") or {}, dict):
-        raise SettingsError("invalid configuration: [server] must be a table")
+    if not isinstance(data.get("server") or {}, dict) or not isinstance(data.get("models") or {}, dict):
+        raise SettingsError("invalid configuration: [server] and [models.NAME] must be tables")
     server = {**(data.get("server") or {}), **_from_env(environ)}
     server.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return build_settings({**data, "server": server})
+    return build_settings({**data, "server": server, "models": {**(data.get("models") or {}), **(models or {})}})

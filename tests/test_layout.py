@@ -13,7 +13,7 @@ MAX_LINES = 400
 # Lower layers never import higher ones. Within a layer, packages may import each other.
 LAYERS = [
     ("model_core",),
-    ("server.errors", "server.settings", "server.limits", "server.models.catalog"),  # the core (catalog: data)
+    ("server.errors", "server.settings", "server.limits", "server.models.catalog", "server.observability"),  # core
     ("server.media", "server.models"),
     ("server.tasks",),
     ("server.engine",),

@@ -8,6 +8,8 @@ split, on the thread that owns the model. The task's runner supplies the four (`
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import itertools
 import logging
 import time
 from collections import deque
@@ -20,6 +22,8 @@ import torch
 
 from server.engine.metrics import Metrics
 from server.errors import ErrorCode, ServeError
+from server.observability import logs
+from server.observability.tracing import Tracing
 from server.tasks import TaskRunner
 
 log = logging.getLogger(__name__)
@@ -36,8 +40,9 @@ OUT_OF_MEMORY: tuple[type[BaseException], ...] = (
 class Outcome:
     result: Any
     queue_s: float
-    inference_s: float
+    inference_s: float  # of the forward pass the item ran in (with its batch-mates)
     batch_size: int
+    batch: int = 0  # which forward pass of its batcher: items of one pass share it
 
 
 @dataclass(eq=False)
@@ -47,6 +52,8 @@ class Pending:
     deadline: float  # time.monotonic()
     future: asyncio.Future[Outcome]
     enqueued: float = field(default_factory=time.monotonic)
+    request_id: str = ""  # of the request it belongs to (for the log)
+    trace: Any = None  # the span context of the request it belongs to, when traced
 
 
 class Batcher:
@@ -59,8 +66,10 @@ class Batcher:
         max_delay_s: float,
         max_queue: int,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.name, self.runner, self.metrics = name, runner, metrics
+        self.tracing = tracing or Tracing()
         self.max_batch_size, self.max_delay_s, self.max_queue = max_batch_size, max_delay_s, max_queue
         self._groups: dict[Hashable, deque[Pending]] = {}
         self._depth = 0
@@ -69,8 +78,12 @@ class Batcher:
         self._batch_s = 0.01  # moving average of a batch's run time, for Retry-After
         self._running_since: float | None = None
         self._finished_at = time.monotonic()  # when the collector last finished a batch
+        self._batches = itertools.count(1)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{name}")
-        self._task = asyncio.get_running_loop().create_task(self._collect(), name=f"batcher-{name}")
+        # A context of its own: not that of the request whose arrival happened to load the model.
+        self._task = asyncio.get_running_loop().create_task(
+            self._collect(), name=f"batcher-{name}", context=contextvars.Context()
+        )
 
     @property
     def depth(self) -> int:
@@ -99,7 +112,15 @@ class Batcher:
                 f"model {self.name!r} queue is full ({self.max_queue} waiting)",
                 retry_after=max(1.0, wait),
             )
-        pending = Pending(item, self.runner.key(item), deadline, asyncio.get_running_loop().create_future())
+        request = logs.current()
+        pending = Pending(
+            item,
+            self.runner.key(item),
+            deadline,
+            asyncio.get_running_loop().create_future(),
+            request_id=request.request_id if request else "",
+            trace=self.tracing.current(),
+        )
         self._groups.setdefault(pending.key, deque()).append(pending)
         self._set_depth(+1)
         self._wakeup.set()
@@ -201,7 +222,7 @@ class Batcher:
         return batch
 
     async def _run(self, batch: list[Pending]) -> None:
-        started = time.monotonic()
+        started, number = time.monotonic(), next(self._batches)
         if self.metrics:
             for p in batch:
                 self.metrics.queue_wait.labels(model=self.name).observe(started - p.enqueued)
@@ -209,27 +230,40 @@ class Batcher:
         loop = asyncio.get_running_loop()
         self._running_since = started
         try:
-            results = await loop.run_in_executor(self._executor, self._execute, [p.item for p in batch])
+            results = await loop.run_in_executor(
+                self._executor, self._execute, [p.item for p in batch], [p.request_id for p in batch]
+            )
         finally:
             self._running_since = None
         elapsed = time.monotonic() - started
+        if self.tracing.enabled:
+            try:
+                self.tracing.record_batch(
+                    [(p.trace, p.enqueued) for p in batch],
+                    started=started,
+                    finished=started + elapsed,
+                    attributes={"perceiver.model": self.name, "perceiver.batch_size": len(batch)},
+                )
+            except Exception:  # a span lost, never the answers
+                log.exception("batcher %s: recording the batch's spans failed", self.name)
         self._batch_s = 0.8 * self._batch_s + 0.2 * elapsed
         if self.metrics:
-            self.metrics.inference.labels(model=self.name).observe(elapsed)
+            self.metrics.observe_batch(self.name, elapsed)
         for p, result in zip(batch, results, strict=True):
             if p.future.done():
                 continue
             if isinstance(result, BaseException):
                 p.future.set_exception(result)
             else:
-                p.future.set_result(Outcome(result, started - p.enqueued, elapsed, len(batch)))
+                p.future.set_result(Outcome(result, started - p.enqueued, elapsed, len(batch), number))
 
-    def _execute(self, items: list[Any]) -> list[Any]:
+    def _execute(self, items: list[Any], request_ids: list[str]) -> list[Any]:
         with torch.inference_mode():
-            return self._bisect(items)
+            return self._bisect(items, request_ids)
 
-    def _bisect(self, items: list[Any]) -> list[Any]:
+    def _bisect(self, items: list[Any], request_ids: list[str]) -> list[Any]:
         """Run a batch; on failure (out of memory included) retry its halves so only the culprit fails."""
+        about = {"model": self.name, "request_ids": sorted(set(request_ids)), "batch_size": len(items)}
         try:
             return self.runner.split(self.runner.forward(self.runner.collate(items)), items)
         except ServeError as exc:
@@ -239,14 +273,14 @@ class Batcher:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if len(items) == 1:
-                log.warning("batcher %s: out of memory on a single request", self.name)
+                log.warning("batcher %s: out of memory on a single request", self.name, extra=about)
                 alone = "ran out of memory on this request alone; send a smaller input or retry later"
                 return [ServeError(ErrorCode.OUT_OF_MEMORY, f"model {self.name!r} {alone}", retry_after=5)]
-            log.warning("batcher %s: out of memory at batch size %d, splitting", self.name, len(items))
+            log.warning("batcher %s: out of memory at batch size %d, splitting", self.name, len(items), extra=about)
         except Exception as exc:
             if len(items) == 1:
-                log.exception("batcher %s: inference failed", self.name)
+                log.exception("batcher %s: inference failed", self.name, extra=about)
                 alone = f"failed on this request ({type(exc).__name__}); the server log has the details"
                 return [ServeError(ErrorCode.INTERNAL, f"model {self.name!r} {alone}")]
         half = len(items) // 2
-        return self._bisect(items[:half]) + self._bisect(items[half:])
+        return self._bisect(items[:half], request_ids[:half]) + self._bisect(items[half:], request_ids[half:])

@@ -91,7 +91,7 @@ def _rss_bytes() -> int | None:
 
 
 def memory_readings() -> list[tuple[str, str, int]]:
-    """(device, kind, bytes): kind allocated/reserved/total per initialised CUDA device; cpu: RSS and RAM."""
+    """(device, kind, bytes): kind allocated/reserved/total per initialised CUDA device; cpu: rss and total (RAM)."""
     readings: list[tuple[str, str, int]] = []
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i in range(torch.cuda.device_count()):
@@ -102,6 +102,6 @@ def memory_readings() -> list[tuple[str, str, int]]:
             ]
     rss = _rss_bytes()
     if rss is not None:
-        readings.append(("cpu", "allocated", rss))
+        readings.append(("cpu", "rss", rss))
         readings.append(("cpu", "total", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")))
     return readings

@@ -57,6 +57,7 @@ class Lifecycle:
         self.started = False
         self.preloading = bool(preload)
         self.draining = False
+        self._drain_started: float | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._retrying: dict[str, str] = {}  # failed preloaded models being retried, with their last error
 
@@ -69,6 +70,11 @@ class Lifecycle:
     async def stop(self) -> None:
         """Drain, and stop the supervisor (a load it started may still finish in its thread)."""
         self.begin_drain()
+        if self._drain_started is not None:
+            took = time.monotonic() - self._drain_started
+            log.info(
+                "drain finished after %.1fs: no request in flight; stopping", took, extra={"duration_s": round(took, 3)}
+            )
         task, self._supervisor = self._supervisor, None
         if task is not None:
             task.cancel()
@@ -79,6 +85,7 @@ class Lifecycle:
         """Stop advertising readiness and refuse new work; requests already admitted finish."""
         if not self.draining:
             log.info("draining: /health/ready and new requests now answer 503; in-flight requests finish")
+            self._drain_started = time.monotonic()
         self.draining = True
 
     def not_ready(self) -> NotReady | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +13,6 @@ from server.limits import Limits
 from server.models.hub import is_hub_id, locate
 from server.settings import ModelSpec, Settings
 from server.tasks import Placement, TaskRunner, make_runner
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,5 +54,4 @@ def load_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
         )
     runner = make_runner(spec.task, module, Placement(device, dtype, folder, Limits.of(settings.server)))
     size = parameter_bytes(module)
-    log.info("model %s: loaded %s on %s (%s, %.1f MB)", spec.name, spec.source, device, dtype, size / 2**20)
     return LoadedModel(spec, module, runner, device, dtype, size, folder)

@@ -20,6 +20,7 @@ from server.engine.devices import dtype_name
 from server.engine.loading import LoadedModel, load_model
 from server.engine.metrics import Metrics
 from server.errors import ErrorCode, ServeError
+from server.observability.tracing import Tracing
 from server.settings import ModelSpec, Settings, Task
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,11 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, *, settings: Settings, metrics: Metrics, loader: Loader = load_model) -> None:
+    def __init__(
+        self, *, settings: Settings, metrics: Metrics, loader: Loader = load_model, tracing: Tracing | None = None
+    ) -> None:
         self.settings, self.metrics, self.loader = settings, metrics, loader
+        self.tracing = tracing or Tracing()
         self.entries = {name: Entry(spec) for name, spec in settings.models.items()}
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model-loader")
 
@@ -123,15 +127,31 @@ class Registry:
                     max_delay_s=spec.max_delay_ms / 1000,
                     max_queue=spec.max_queue,
                     metrics=self.metrics,
+                    tracing=self.tracing,
                 )
             entry.model, entry.state = model, ModelState.READY
             gc.freeze()  # the model's objects live as long as it is loaded: keep them out of every collection
-            self.metrics.model_load.labels(model=spec.name).observe(time.monotonic() - started)
+            took = time.monotonic() - started
+            self.metrics.model_load.labels(model=spec.name).observe(took)
             self.metrics.models_loaded.set(self.loaded_count())
+            about = {"model": spec.name, "duration_s": round(took, 3), "device": str(model.device)}
+            log.info(
+                "model %s: ready in %.2fs (%s on %s, %s, %.1f MB)",
+                spec.name,
+                took,
+                spec.source,
+                model.device,
+                dtype_name(model.dtype),
+                model.parameter_bytes / 2**20,
+                extra=about,
+            )
             await self._enforce_budget(keep=entry)
         except Exception as exc:
             reason = exc.message if isinstance(exc, ServeError) else f"model {entry.spec.name!r}: load failed: {exc}"
-            log.warning("model %s: %s", entry.spec.name, reason)
+            took = time.monotonic() - started
+            about = {"model": entry.spec.name, "duration_s": round(took, 3)}
+            log.error("model %s: load failed after %.2fs: %s", entry.spec.name, took, reason, extra=about)
+            self.metrics.load_failures.labels(model=entry.spec.name).inc()
             entry.state, entry.reason, entry.failed_at = ModelState.FAILED, reason, time.monotonic()
         finally:
             entry.loading = None
@@ -159,6 +179,7 @@ class Registry:
             log.error("preload %s failed: %s", spec.name, exc.message)
 
     async def unload(self, name: str) -> None:
+        started = time.monotonic()
         entry = self.entries[name]
         if entry.loading is not None:
             await asyncio.shield(entry.loading)
@@ -175,7 +196,8 @@ class Registry:
             gc.freeze()
             if on_cuda:
                 torch.cuda.empty_cache()
-            log.info("model %s: unloaded", name)
+            took = time.monotonic() - started
+            log.info("model %s: unloaded in %.2fs", name, took, extra={"model": name, "duration_s": round(took, 3)})
 
     async def _enforce_budget(self, *, keep: Entry) -> None:
         budget_mb = self.settings.server.memory_budget_mb
@@ -187,7 +209,12 @@ class Registry:
         while used > budget_mb * 2**20 and idle:
             victim = idle.pop(0)
             used -= sizes[victim]
-            log.info("model %s: evicted (least recently used) to stay within %d MB", victim.spec.name, budget_mb)
+            log.info(
+                "model %s: evicted (least recently used) to stay within %d MB",
+                victim.spec.name,
+                budget_mb,
+                extra={"model": victim.spec.name},
+            )
             await self.unload(victim.spec.name)
         if used > budget_mb * 2**20:
             log.warning("loaded models use %.0f MB, over the %d MB budget", used / 2**20, budget_mb)

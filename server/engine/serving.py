@@ -1,8 +1,9 @@
 """The serving object the routes call: pick the model, wait for it, run items through its batcher.
 
-A call has one deadline (the route's: arrival + request_timeout_s, or the X-Request-Timeout it asked for,
-capped; a job's: per unit of work) and, when a client waits on it, an awaitable that returns when that client
-goes away: its items still queued are then dropped before they reach the model. Nothing here knows HTTP.
+A call has one deadline (a request's: arrival + request_timeout_s, or the earliest timeout its client asked for,
+each capped: an X-Request-Timeout header, the protocol's `timeout` parameter, a gRPC deadline; a job's: per unit
+of work) and, when a client waits on it, an awaitable that returns when that client goes away: its items still
+queued are then dropped before they reach the model. Nothing here knows HTTP or gRPC.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -27,6 +29,31 @@ _DROP_REASONS = {ErrorCode.TIMEOUT: "expired", ErrorCode.CLIENT_CLOSED: "disconn
 T = TypeVar("T")
 R = TypeVar("R")
 Disconnected = Callable[[], Awaitable[None]]  # returns when the client has gone away
+
+
+@dataclass
+class Timing:
+    """What a call's items cost on the model, over every infer() of the call (a flow request's tiles, a video
+    request's encodes and decode passes): how many, the longest queue wait and forward pass any of them had, the
+    largest batch, and each forward pass that carried any of them, counted once."""
+
+    items: int = 0
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+    batch_size: int = 0
+    passes: dict[int, float] = field(default_factory=dict)  # forward pass -> its duration
+
+    def add(self, outcomes: Sequence[Outcome]) -> None:
+        for o in outcomes:
+            self.items += 1
+            self.queue_s = max(self.queue_s, o.queue_s)
+            self.inference_s = max(self.inference_s, o.inference_s)
+            self.batch_size = max(self.batch_size, o.batch_size)
+            self.passes[o.batch] = o.inference_s
+
+    @property
+    def total_inference_s(self) -> float:
+        return sum(self.passes.values())
 
 
 class Call:
@@ -45,7 +72,7 @@ class Call:
         self.unit_timeout_s = unit_timeout_s  # a job: each infer() gets this long, instead of one deadline
         self.runner: Any = entry.model.runner if entry.model else None
         self.limits = service.limits
-        self.outcomes: list[Outcome] = []
+        self.timing = Timing()
 
     def runner_as(self, kind: type[R]) -> R:
         """The model's task runner, as the kind the caller works with (a model configured for another task's
@@ -61,6 +88,10 @@ class Call:
         """fn(...) as one media decode unit (at most `max_concurrent_decodes` run at once)."""
         return await self.service.decode(fn, *args, **kwargs)
 
+    def step(self, name: str, **attributes: str | int | float | bool) -> Any:
+        """A named step of this request (decode, encode) for its trace: a context manager."""
+        return self.service.tracing.step(name, **attributes)
+
     async def infer(self, items: Sequence[Any]) -> list[Any]:
         """Results of `items`, in order; they may share batches with other requests' items."""
         batcher = self.entry.batcher
@@ -72,7 +103,7 @@ class Call:
         try:
             for item in items:
                 queued.append(batcher.enqueue(item, deadline=self.deadline))
-            self.outcomes = await self._wait(queued)
+            outcomes = await self._wait(queued)
         except ServeError as exc:
             for pending in queued:
                 batcher.abandon(pending, _DROP_REASONS.get(exc.code))
@@ -81,7 +112,8 @@ class Call:
             for pending in queued:
                 batcher.abandon(pending, "disconnected")
             raise
-        return [o.result for o in self.outcomes]
+        self.timing.add(outcomes)
+        return [o.result for o in outcomes]
 
     async def _wait(self, queued: list[Pending]) -> list[Outcome]:
         # With no client to watch (a job), the watcher never returns: cancel the job to stop it.
@@ -109,13 +141,23 @@ class Call:
 class InferenceService:
     def __init__(self, *, registry: Registry, settings: Settings) -> None:
         self.registry, self.settings = registry, settings
+        self.tracing = registry.tracing
         self.limits = Limits.of(settings.server)
         # A decoded 64-megapixel image is ~200 MB: bound how many decode at once, whatever the load.
         self._decodes = anyio.CapacityLimiter(settings.server.max_concurrent_decodes or max(2, os.cpu_count() or 2))
 
     async def decode(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """fn(*args, **kwargs) on a worker thread, at most `max_concurrent_decodes` at a time (media decoding)."""
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._decodes)
+        with self.tracing.step("decode", step=getattr(fn, "__name__", "decode")):
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._decodes)
+
+    def deadline(self, started: float, *asked_s: float | None) -> float:
+        """The deadline of a request that arrived at `started` (time.monotonic()): the earliest of the timeouts its
+        client asked for (seconds; None or <= 0: not asked), each capped at request_timeout_cap_s, else
+        request_timeout_s after its arrival."""
+        server = self.settings.server
+        asked = [min(s, server.request_timeout_cap_s) for s in asked_s if s is not None and s > 0]
+        return started + (min(asked) if asked else server.request_timeout_s)
 
     def resolve(self, task: Task, model: str | None) -> ModelSpec:
         """The configured model of `task` named `model` (name, alias or source), or the task's default."""
@@ -131,8 +173,11 @@ class InferenceService:
         unit_timeout_s: float | None = None,
     ) -> AsyncIterator[Call]:
         """The ready model `spec`, loaded first if needed (within `deadline`), held for the block."""
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:  # a timeout shorter than the way here (a `timeout` of 1 µs): not the model's fault
+            raise ServeError(ErrorCode.TIMEOUT, "request timed out before inference started")
         try:
-            entry = await asyncio.wait_for(self.registry.acquire(spec), max(0.0, deadline - time.monotonic()))
+            entry = await asyncio.wait_for(self.registry.acquire(spec), left_s)
         except TimeoutError:
             raise ServeError(
                 ErrorCode.TIMEOUT, f"model {spec.name!r} is still loading; retry shortly", retry_after=5

@@ -9,14 +9,14 @@ refused before any parser sees it.
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import ErrorCode, ServeError, error_response
 from server.http.offload import Offload
-from server.http.scope import DEADLINE_KEY, STARTED_KEY
+from server.http.scope import TIMEOUT_KEY
+from server.observability.tracing import Tracing
 
 TIMEOUT_HEADER = b"x-request-timeout"
 _CHUNK = 1 << 20
@@ -74,29 +74,37 @@ def _is_json(content_type: bytes) -> bool:
 
 
 class AdmissionMiddleware:
-    def __init__(self, app: ASGIApp, *, max_json_depth: int, timeout_cap_s: float, offload: Offload) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_json_depth: int, timeout_cap_s: float, offload: Offload, tracing: Tracing
+    ) -> None:
         self.app, self.max_json_depth, self.timeout_cap_s, self.offload = app, max_json_depth, timeout_cap_s, offload
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
         try:
-            if TIMEOUT_HEADER in headers:
-                state = scope.setdefault("state", {})
-                started = state.get(STARTED_KEY, time.monotonic())
-                state[DEADLINE_KEY] = started + request_timeout(headers[TIMEOUT_HEADER], cap_s=self.timeout_cap_s)
-            # A compressed body is the route's to inflate (and limit); its bytes say nothing of its nesting.
-            if _is_json(headers.get(b"content-type", b"")) and headers.get(b"content-encoding", b"identity") in (
-                b"identity",
-                b"",
-            ):
-                receive = await self._checked_json(receive, _json_prefix(headers))
+            with self.tracing.step("admission"):
+                receive = await self._admitted(scope, receive)
         except ServeError as exc:
-            await error_response(exc)(scope, receive, send)
+            await error_response(exc, path=scope["path"])(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    async def _admitted(self, scope: Scope, receive: Receive) -> Receive:
+        """The request's timeout from its header, and a JSON body read and checked: the receive to go on with."""
+        headers = dict(scope.get("headers") or [])
+        if TIMEOUT_HEADER in headers:
+            timeout_s = request_timeout(headers[TIMEOUT_HEADER], cap_s=self.timeout_cap_s)
+            scope.setdefault("state", {})[TIMEOUT_KEY] = timeout_s
+        # A compressed body is the route's to inflate (and limit); its bytes say nothing of its nesting.
+        if _is_json(headers.get(b"content-type", b"")) and headers.get(b"content-encoding", b"identity") in (
+            b"identity",
+            b"",
+        ):
+            return await self._checked_json(receive, _json_prefix(headers))
+        return receive
 
     async def _checked_json(self, receive: Receive, prefix: int | None) -> Receive:
         """Read the whole body, refuse it if nested too deeply, and hand back a receive that replays it.

@@ -2,10 +2,11 @@
 
 With no key configured every request passes. With keys (`[server] api_keys`, PERCEIVER_SERVE_API_KEYS,
 `api_keys_file`), every route except the probes (and /metrics unless `public_metrics = false`) needs
-`Authorization: Bearer <key>` or `X-API-Key: <key>`; anything else is 401 in the one error shape with
+`Authorization: Bearer <key>` or `X-API-Key: <key>`; anything else is 401 (in the error shape of its path) with
 `WWW-Authenticate: Bearer`. Keys are compared as SHA-256 digests with `hmac.compare_digest`, against every
-configured key, so neither the match nor its position shows in the timing. Keys are never logged. An admitted
-request carries its key's digest (never the key) in its scope: the jobs it submits belong to that key.
+configured key, so neither the match nor its position shows in the timing. Keys are never logged. The gRPC front end
+checks its `authorization` / `x-api-key` metadata with the same `KeyCheck`. An admitted HTTP request carries its
+key's digest (never the key) in its scope: the jobs it submits belong to that key.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.errors import ErrorCode, error_payload
+from server.errors import ErrorCode, ServeError, error_response
 from server.http.scope import KEY_DIGEST_KEY, METRICS, PROBES
 from server.settings import API_KEY, ServerSettings, SettingsError
 
@@ -69,10 +69,15 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     return api_key
 
 
-class AuthMiddleware:
-    def __init__(self, app: ASGIApp, *, keys: Iterable[str], public: frozenset[str]) -> None:
-        self.app, self.public = app, public
+class KeyCheck:
+    """The configured keys, as digests; `refusal` says why a presented key is refused (None: allowed)."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
         self._digests = [_digest(k.encode("ascii")) for k in keys]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
 
     def allows(self, key: bytes | None) -> bool:
         if key is None:
@@ -82,25 +87,32 @@ class AuthMiddleware:
             found |= hmac.compare_digest(digest, known)
         return found
 
+    def refusal(self, key: bytes | None, *, how: str) -> ServeError | None:
+        """None when `key` passes; else the 401 to answer. `how` says how this transport sends a key."""
+        if not self.enabled or self.allows(key):
+            return None
+        if key is None:
+            return ServeError(ErrorCode.UNAUTHORIZED, f"an API key is required: send {how}")
+        return ServeError(ErrorCode.UNAUTHORIZED, "the API key is not valid")
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, *, keys: Iterable[str], public: frozenset[str]) -> None:
+        self.app, self.public, self.check = app, public, KeyCheck(keys)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._digests or scope["path"] in self.public:
+        if scope["type"] != "http" or not self.check.enabled or scope["path"] in self.public:
             await self.app(scope, receive, send)
             return
         key = presented_key(scope.get("headers") or [])
-        if key is not None and self.allows(key):
-            scope.setdefault("state", {})[KEY_DIGEST_KEY] = _digest(key).hex()
+        refused = self.check.refusal(key, how="'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+        if refused is None:
+            if key is not None:
+                scope.setdefault("state", {})[KEY_DIGEST_KEY] = _digest(key).hex()
             await self.app(scope, receive, send)
             return
-        if key is None:
-            message, challenge = (
-                "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-                'Bearer realm="perceiver-serve"',
-            )
-        else:
-            message, challenge = "the API key is not valid", 'Bearer realm="perceiver-serve", error="invalid_token"'
-        response = JSONResponse(
-            error_payload(ErrorCode.UNAUTHORIZED, message), status_code=401, headers={"WWW-Authenticate": challenge}
-        )
+        challenge = 'Bearer realm="perceiver-serve"' + ("" if key is None else ', error="invalid_token"')
+        response = error_response(refused, {"WWW-Authenticate": challenge}, path=scope["path"])
         await response(scope, receive, send)
 
 

@@ -15,7 +15,8 @@ is a mixin over uvicorn's protocol classes (`uvicorn.Config(http=protocol_class(
   still reading it, the app answers 408 itself: server.http.middleware).
 - at shutdown, a connection waiting for headers gets 503 rather than a bare close.
 
-Every answer is the app's JSON error shape, with `Connection: close`, and the connection closes after it.
+Every answer is the JSON error shape of the request's path once its request line is read (the protocol's under
+/v2), the app's before, with `Connection: close`, and the connection closes after it.
 A client that comes back at once after each cut cannot be told from a new one: a flood of those is for a
 connection-rate limit in front of the server; the guard keeps the descriptors bounded meanwhile.
 """
@@ -48,6 +49,7 @@ class ConnectionGuard(ABC):
 
     limits: ClassVar[ConnectionLimits]
     table: ClassVar[ConnectionTable]
+    answer_headers: ClassVar[tuple[tuple[bytes, bytes], ...]] = ()  # on every answer the guard gives itself
     # Provided by the uvicorn protocol.
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
@@ -63,6 +65,7 @@ class ConnectionGuard(ABC):
         self._body_cycle: Any = None  # the request whose body the body timer waits for
         self._body_overdue = False
         self._done = False  # answered by the guard, or lost: nothing more to do
+        self._path = ""  # of the request being read, once its request line is (for the error shape)
         self.settled = False  # has had a chance to send its headers: may be evicted
 
     # ------------------------------------------------------------------ uvicorn protocol interface
@@ -220,11 +223,11 @@ class ConnectionGuard(ABC):
         self._finish()
         if self.transport.is_closing():
             return
-        response = error_response(error, headers={"Connection": "close"})
+        response = error_response(error, headers={"Connection": "close"}, path=self._path)
         lines = [f"HTTP/1.1 {response.status_code} {http.HTTPStatus(response.status_code).phrase}\r\n".encode()]
         lines += [
             name + b": " + value + b"\r\n"
-            for name, value in [*self.server_state.default_headers, *response.raw_headers]
+            for name, value in [*self.server_state.default_headers, *response.raw_headers, *self.answer_headers]
         ]
         self.transport.write(b"".join(lines) + b"\r\n" + response.body)
         self.transport.close()
@@ -255,12 +258,13 @@ class GuardedHttpTools(ConnectionGuard, HttpToolsProtocol):
         if self._done:
             return
         super().on_message_begin()
-        self._message_complete = False
+        self._message_complete, self._path = False, ""
         self._request_begun()
 
     def on_url(self, url: bytes) -> None:
         if not self._done:
             super().on_url(url)
+            self._path = self.url.split(b"?", 1)[0].decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._done:
@@ -328,7 +332,14 @@ class GuardedH11(ConnectionGuard, H11Protocol):
 _IMPLEMENTATIONS: dict[str, type[ConnectionGuard]] = {"httptools": GuardedHttpTools, "h11": GuardedH11}
 
 
-def protocol_class(limits: ConnectionLimits, http_impl: Literal["httptools", "h11"] = "httptools") -> type[Any]:
-    """A protocol class for one server (`uvicorn.Config(http=...)`): its own connection table and limits."""
+def protocol_class(
+    limits: ConnectionLimits,
+    http_impl: Literal["httptools", "h11"] = "httptools",
+    *,
+    answer_headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> type[Any]:
+    """A protocol class for one server (`uvicorn.Config(http=...)`): its own connection table and limits, and
+    `answer_headers` on the answers the guard gives itself (the app's middleware never sees those)."""
     base = _IMPLEMENTATIONS[http_impl]
-    return type(base.__name__, (base,), {"__module__": __name__, "limits": limits, "table": ConnectionTable()})
+    namespace = {"__module__": __name__, "limits": limits, "table": ConnectionTable(), "answer_headers": answer_headers}
+    return type(base.__name__, (base,), namespace)

@@ -14,23 +14,30 @@ from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from server.engine.serving import Call, InferenceService
-from server.http.scope import DEADLINE_KEY, MODEL_KEY, STARTED_KEY
+from server.http.random_weights import HEADER as RANDOM_WEIGHTS
+from server.http.scope import CALL_KEY, MODEL_KEY, STARTED_KEY, TIMEOUT_KEY
+from server.observability import logs
 from server.settings import Task
 
 OFF_LOOP_ENTRIES = 256  # answers with more ranked entries than this are built on a worker thread
 
 
 @asynccontextmanager
-async def open_call(request: Request, service: InferenceService, task: Task, model: str | None) -> AsyncIterator[Call]:
+async def open_call(
+    request: Request, service: InferenceService, task: Task, model: str | None, *, timeout_s: float | None = None
+) -> AsyncIterator[Call]:
     """The model of `task` named `model` (the default when None) for this request: its deadline (arrival +
-    request_timeout_s, or X-Request-Timeout as admitted), and items dropped if the client goes away."""
+    request_timeout_s, or the earlier of X-Request-Timeout as admitted and `timeout_s`, the body's own timeout,
+    within the cap), and items dropped if the client goes away."""
     spec = service.resolve(task, model)
     state = request.scope.setdefault("state", {})
     state[MODEL_KEY] = spec.name  # the metrics' label, whatever happens next
-    deadline = (
-        state.get(DEADLINE_KEY) or state.get(STARTED_KEY, time.monotonic()) + service.settings.server.request_timeout_s
-    )
+    context = logs.current()
+    if context is not None:
+        context.model = spec.name  # on every line logged from here on
+    deadline = service.deadline(state.get(STARTED_KEY, time.monotonic()), state.get(TIMEOUT_KEY), timeout_s)
     async with service.open(spec, deadline=deadline, disconnected=functools.partial(_disconnected, request)) as call:
+        state[CALL_KEY] = call
         yield call
 
 
@@ -41,15 +48,19 @@ async def _disconnected(request: Request) -> None:
 
 
 def answer_headers(call: Call) -> dict[str, str]:
-    """The model that answered, how long its items queued and ran, and the largest batch they ran in."""
-    spec, outcomes = call.entry.spec, call.outcomes
+    """The model that answered and what the request's items cost on it (docs/server.md, Routes): how many items
+    (tiles, windows, passes), the longest any of them queued, the longest forward pass any of them ran in, those
+    passes added up (each counted once), and the largest batch."""
+    spec, timing = call.entry.spec, call.timing
     headers = {"X-Model": spec.name}
-    if outcomes:
-        headers["X-Queue-Time-Ms"] = f"{max(o.queue_s for o in outcomes) * 1000:.2f}"
-        headers["X-Inference-Time-Ms"] = f"{max(o.inference_s for o in outcomes) * 1000:.2f}"
-        headers["X-Batch-Size"] = str(max(o.batch_size for o in outcomes))
+    if timing.items:
+        headers["X-Items"] = str(timing.items)
+        headers["X-Queue-Time-Ms"] = f"{timing.queue_s * 1000:.2f}"
+        headers["X-Inference-Time-Ms"] = f"{timing.inference_s * 1000:.2f}"
+        headers["X-Inference-Total-Ms"] = f"{timing.total_inference_s * 1000:.2f}"
+        headers["X-Batch-Size"] = str(timing.batch_size)
     if spec.random_weights:
-        headers["X-Perceiver-Random-Weights"] = "true"
+        headers[RANDOM_WEIGHTS] = "true"
     return headers
 
 
@@ -61,8 +72,9 @@ def json_bytes(value: Any) -> bytes:
 async def json_answer(build: Callable[[], Any], *, entries: int, call: Call) -> Response:
     """The JSON response of `build()` with the call's headers: built on a worker thread when it holds more than
     OFF_LOOP_ENTRIES entries (the limits have bounded it; the event loop stays free while it is built)."""
-    if entries > OFF_LOOP_ENTRIES:
-        content = await run_in_threadpool(lambda: json_bytes(build()))
-    else:
-        content = json_bytes(build())
+    with call.service.tracing.step("encode", entries=entries):
+        if entries > OFF_LOOP_ENTRIES:
+            content = await run_in_threadpool(lambda: json_bytes(build()))
+        else:
+            content = json_bytes(build())
     return Response(content, media_type="application/json", headers=answer_headers(call))

@@ -1,5 +1,6 @@
-"""Plain ASGI middleware: request id, shutdown refusal, body-size limit, body deadline, in-flight gauge,
-request metrics, last-resort 500, and an answer for a request cut off by shutdown.
+"""Plain ASGI middleware: request id, access log, request span, shutdown refusal, body-size limit, body deadline,
+in-flight gauge, request metrics, last-resort 500, and an answer for a request cut off by shutdown. Every error is
+rendered by `server.errors.error_response` for the request's path (the protocol's shape under /v2).
 
 Order (outermost first): RequestMiddleware -> AuthMiddleware (server/http/auth.py) -> AdmissionMiddleware
 (server/http/admission.py) -> FastAPI routes. Each rejects what it can from the headers alone, before a body is read.
@@ -11,7 +12,6 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
@@ -19,18 +19,28 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.engine.lifecycle import Lifecycle
 from server.engine.metrics import Metrics
-from server.errors import ErrorCode, ServeError, code_for_status, error_payload, error_response
-from server.http.scope import MODEL_KEY, NOT_WORK, STARTED_KEY
+from server.errors import ErrorCode, ServeError, code_for_status, error_response
+from server.http.access import Exchange, Observation
+from server.http.scope import CALL_KEY, MODEL_KEY, NOT_WORK, STARTED_KEY
+from server.observability.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
 
 class RequestMiddleware:
     def __init__(
-        self, app: ASGIApp, *, metrics: Metrics, lifecycle: Lifecycle, max_body_bytes: int, body_timeout_s: float
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        lifecycle: Lifecycle,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        tracing: Tracing,
+        access_log: bool = True,
     ) -> None:
         self.app, self.metrics, self.lifecycle, self.max_body_bytes = app, metrics, lifecycle, max_body_bytes
-        self.body_timeout_s = body_timeout_s
+        self.body_timeout_s, self.tracing, self.access_log = body_timeout_s, tracing, access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,52 +53,57 @@ class RequestMiddleware:
         state[STARTED_KEY] = started
         headers = dict(scope.get("headers") or [])
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        path = scope["path"]
+        work = path not in NOT_WORK
+        seen = Observation(scope, request_id, started=started, traced=work, tracing=self.tracing)
         status = {"code": 500, "sent": False}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
-                message = {
-                    **message,
-                    "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))],
-                }
+                message = {**message, "headers": [*message.get("headers", []), *seen.headers]}
+            seen.exchange.sent(message)
             await send(message)
 
-        work = scope["path"] not in NOT_WORK
         if work:
             self.metrics.inflight.inc()
         try:
-            refused = self._refused(headers) if work else None
+            refused = self._refused(headers, path) if work else None
             if refused is not None:
                 await refused(scope, receive, send_with_id)
             else:
-                await self.app(scope, self._limited(receive, body_deadline), send_with_id)
+                await self.app(scope, self._limited(receive, body_deadline, seen.exchange), send_with_id)
         except HTTPException as exc:  # raised by the body limits while a middleware inside this one read the body
             if not status["sent"]:
-                body = error_payload(code_for_status(exc.status_code), str(exc.detail), exc.status_code)
-                response = JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+                error = ServeError(code_for_status(exc.status_code), str(exc.detail))
+                response = error_response(error, exc.headers, path=path, status=exc.status_code)
                 await response(scope, receive, send_with_id)
         except asyncio.CancelledError:
             # Only the server cancels a request: at the end of the shutdown grace period (or of the event loop).
-            # Whatever it was doing, it gets an answer in the one error shape before the cancellation goes on.
+            # Whatever it was doing, it gets an answer in its error shape before the cancellation goes on.
             if not status["sent"]:
-                await self._cancelled()(scope, receive, send_with_id)
+                await self._cancelled(path)(scope, receive, send_with_id)
             raise
         except Exception:
-            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            log.exception("unhandled error on %s %s", scope.get("method"), path)
             if not status["sent"]:
-                body = error_payload(ErrorCode.INTERNAL, "internal server error")
-                await JSONResponse(body, status_code=500)(scope, receive, send_with_id)
+                internal = error_response(ServeError(ErrorCode.INTERNAL, "internal server error"), path=path)
+                await internal(scope, receive, send_with_id)
         finally:
             if work:
                 self.metrics.inflight.dec()
-            self._observe(scope, state, status["code"], time.monotonic() - started)
+            route = getattr(scope.get("route"), "path", None)
+            model = state.get(MODEL_KEY, "")
+            self._observe(route, model, status["code"], time.monotonic() - started, work=work)
+            seen.finish(route, model, status["code"], state.get(CALL_KEY), access_log=self.access_log)
 
-    def _refused(self, headers: dict[bytes, bytes]) -> JSONResponse | None:
+    def _refused(self, headers: dict[bytes, bytes], path: str) -> JSONResponse | None:
         """503 while shutting down, 413 for a declared Content-Length over the limit; None admits."""
         if self.lifecycle.draining:
-            body = error_payload(ErrorCode.NOT_READY, "the server is shutting down; retry on another instance")
-            return JSONResponse(body, status_code=503, headers={"Retry-After": "1", "Connection": "close"})
+            draining = ServeError(
+                ErrorCode.NOT_READY, "the server is shutting down; retry on another instance", retry_after=1
+            )
+            return error_response(draining, {"Connection": "close"}, path=path)
         try:
             length = int(headers.get(b"content-length", b"0"))
         except ValueError:
@@ -96,16 +111,17 @@ class RequestMiddleware:
         if length <= self.max_body_bytes:
             return None
         message = f"request body is {length} bytes; at most {self.max_body_bytes} are accepted"
-        return JSONResponse(error_payload(ErrorCode.PAYLOAD_TOO_LARGE, message), status_code=413)
+        return error_response(ServeError(ErrorCode.PAYLOAD_TOO_LARGE, message), path=path)
 
-    def _cancelled(self) -> JSONResponse:
+    def _cancelled(self, path: str) -> JSONResponse:
         if self.lifecycle.draining:
             message = "the server shut down before the request finished; retry on another instance"
         else:
             message = "the request was cancelled before it finished; retry"
-        return error_response(ServeError(ErrorCode.NOT_READY, message, retry_after=1), headers={"Connection": "close"})
+        cancelled = ServeError(ErrorCode.NOT_READY, message, retry_after=1)
+        return error_response(cancelled, {"Connection": "close"}, path=path)
 
-    def _limited(self, receive: Receive, deadline: float) -> Receive:
+    def _limited(self, receive: Receive, deadline: float, exchange: Exchange) -> Receive:
         """`receive` with the body-size limit, and the body deadline until the body is complete (after it,
         receive waits for the disconnect, which may come as late as the request's own deadline)."""
         seen, complete = 0, False
@@ -125,14 +141,13 @@ class RequestMiddleware:
                 ) from None
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             seen += len(message.get("body", b""))
+            exchange.bytes_in = seen
             if seen > self.max_body_bytes:
                 raise HTTPException(413, f"request body exceeds {self.max_body_bytes} bytes")
             return message
 
         return limited
 
-    def _observe(self, scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
-        route = getattr(scope.get("route"), "path", None) or "other"
-        model = state.get(MODEL_KEY, "")
-        self.metrics.requests.labels(route=route, model=model, status=str(status)).inc()
-        self.metrics.request_duration.labels(route=route, model=model).observe(seconds)
+    def _observe(self, route: str | None, model: str, status: int, seconds: float, *, work: bool) -> None:
+        # Probes and scrapes are counted, but they are not the latency anyone waits on.
+        self.metrics.observe_request(route or "other", model, status, seconds, timed=work)

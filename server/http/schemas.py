@@ -18,9 +18,18 @@ class _Parameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Target = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
 class FillMaskParameters(_Parameters):
-    top_k: TopK | None = Field(None, description="Candidates per [MASK] (default 5)")
-    targets: None = Field(None, description="Not supported by byte-level models; leave unset")
+    top_k: TopK | None = Field(None, description="Candidates per [MASK] (per run of [MASK]s with targets; default 5)")
+    targets: Target | Annotated[list[Target], Field(min_length=1, max_length=1000)] | None = Field(
+        None,
+        description=(
+            "Candidate strings: each fills a run of consecutive [MASK]s as long as its UTF-8 bytes, scored by the "
+            "product of its bytes' probabilities in one decode; the answer ranks them per run"
+        ),
+    )
 
 
 class FillMaskRequest(BaseModel):

@@ -12,11 +12,13 @@ from __future__ import annotations
 from server.media.audio import Audio, decode_audio, filter_reach, resample, sniff_audio
 from server.media.encoders import pyav_available, write_mp4, write_wav
 from server.media.image import decode_image, probe_image
-from server.media.video import decode_video, fit_frames, sniff_container
+from server.media.video import Video, decode_clip, decode_video, fit_frames, sniff_container
 
 __all__ = [
     "Audio",
+    "Video",
     "decode_audio",
+    "decode_clip",
     "decode_image",
     "decode_video",
     "filter_reach",

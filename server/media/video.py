@@ -15,6 +15,8 @@ import math
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, cast
 
 import numpy as np
@@ -53,15 +55,29 @@ CONTAINERS: dict[str, tuple[Callable[[bytes], bool], str]] = {
 }
 
 
+MAX_FRAME_RATE = 1000  # frames per second a container may declare and be believed
+
+
+@dataclass(frozen=True)
+class Video:
+    frames: np.ndarray  # (T, h, w, 3) uint8 RGB
+    frame_rate: Fraction | None  # the container's (average) frame rate; None for arrays, or an implausible one
+
+
 def decode_video(data: bytes, *, size: tuple[int, int], limits: VideoLimits = DEFAULT_LIMITS.video) -> np.ndarray:
     """Bytes of a .npy/.npz array (T, H, W, 3) uint8 or of an allowed container -> frames (T, h, w, 3)
     uint8 RGB, centre-cropped to the aspect of `size` = (h, w) and resized to it."""
+    return decode_clip(data, size=size, limits=limits).frames
+
+
+def decode_clip(data: bytes, *, size: tuple[int, int], limits: VideoLimits = DEFAULT_LIMITS.video) -> Video:
+    """`decode_video`'s frames, and the frame rate the container declares (arrays declare none)."""
     if not data:
         raise ServeError(ErrorCode.INVALID_INPUT, "the video part is empty")
     if data.startswith(_NPY_MAGIC):
-        return fit_frames(_read_npy(io.BytesIO(data), len(data), limits), size)
+        return Video(fit_frames(_read_npy(io.BytesIO(data), len(data), limits), size), None)
     if data.startswith(_ZIP_MAGIC):
-        return fit_frames(_read_npz(data, limits), size)
+        return Video(fit_frames(_read_npz(data, limits), size), None)
     return _decode_container(data, size=size, limits=limits)
 
 
@@ -211,7 +227,7 @@ def _decoder_options(limits: VideoLimits) -> dict[str, str]:
     return {"max_pixels": str(limits.max_frame_pixels * 2)}
 
 
-def _decode_container(data: bytes, *, size: tuple[int, int], limits: VideoLimits) -> np.ndarray:
+def _decode_container(data: bytes, *, size: tuple[int, int], limits: VideoLimits) -> Video:
     name = sniff_container(data)
     if name is None or name not in limits.containers:
         what = f"a {name} container, which is not accepted here" if name else "not a recognised format"
@@ -243,13 +259,21 @@ def _decode_container(data: bytes, *, size: tuple[int, int], limits: VideoLimits
         context.options = _decoder_options(limits)
         context.thread_type = "AUTO"
         try:
-            return _fit_stream(_frames(container, stream, limits), size)
+            return Video(_fit_stream(_frames(container, stream, limits), size), _frame_rate(stream))
         except (av.FFmpegError, ValueError, EOFError, MemoryError) as exc:
             raise ServeError(
                 ErrorCode.INVALID_INPUT,
                 f"video could not be decoded (corrupt, or frames over "
                 f"{limits.max_frame_pixels} pixels, max_video_frame_pixels): {_say(exc)}",
             ) from None
+
+
+def _frame_rate(stream: Any) -> Fraction | None:
+    """The stream's average frame rate (else FFmpeg's guess) when it is a plausible one."""
+    for rate in (stream.average_rate, stream.guessed_rate):
+        if rate is not None and 0 < rate <= MAX_FRAME_RATE:
+            return Fraction(rate)
+    return None
 
 
 def _frames(container: Any, stream: Any, limits: VideoLimits) -> Iterator[np.ndarray]:

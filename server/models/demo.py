@@ -18,7 +18,7 @@ from server.settings import Settings, Task, build_settings
 
 log = logging.getLogger(__name__)
 
-VERSION = "v1"  # bump when the presets below change, so stale demo folders are not reused
+VERSION = "v2"  # bump when the models below change, so stale demo folders are not reused
 DEMO_IMAGE_LABELS = {
     str(i): name
     for i, name in enumerate(
@@ -36,31 +36,49 @@ class DemoModel:
     aliases: list[str] = field(default_factory=list)
 
 
+# Named as the catalog's models (server/models/catalog.py), aliases included, so that every documented request
+# (`?model=fourier`, `/v2/models/language-perceiver`...) works against the demo as written; the demo-* names of
+# earlier versions stay as aliases. There is no catalog text classifier: the demo's has its own name.
 DEMO_MODELS: tuple[DemoModel, ...] = (  # model_core presets, with labels to show
-    DemoModel("demo-fill-mask", Task.FILL_MASK, preset_config("language-perceiver-demo")),
+    DemoModel(
+        "language-perceiver", Task.FILL_MASK, preset_config("language-perceiver-demo"), aliases=["demo-fill-mask"]
+    ),
     DemoModel(
         "demo-classify-text",
         Task.TEXT_CLASSIFICATION,
         preset_config("language-perceiver-classifier-demo", id2label={"0": "negative", "1": "positive"}),
     ),
     DemoModel(
-        "demo-vision-conv",
+        "vision-perceiver-conv",
         Task.IMAGE_CLASSIFICATION,
         preset_config("vision-perceiver-conv-tiny", id2label=DEMO_IMAGE_LABELS),
-        aliases=["conv"],
+        aliases=["conv", "demo-vision-conv"],
     ),
     DemoModel(
-        "demo-vision-fourier",
+        "vision-perceiver-learned",
+        Task.IMAGE_CLASSIFICATION,
+        preset_config("vision-perceiver-learned-tiny", id2label=DEMO_IMAGE_LABELS),
+        default=False,
+        aliases=["learned"],
+    ),
+    DemoModel(
+        "vision-perceiver-fourier",
         Task.IMAGE_CLASSIFICATION,
         preset_config("vision-perceiver-fourier-tiny", id2label=DEMO_IMAGE_LABELS),
         default=False,
-        aliases=["fourier"],
+        aliases=["fourier", "demo-vision-fourier"],
     ),
-    DemoModel("demo-optical-flow", Task.OPTICAL_FLOW, preset_config("optical-flow-perceiver-demo")),
     DemoModel(
-        "demo-multimodal",
+        "optical-flow-perceiver",
+        Task.OPTICAL_FLOW,
+        preset_config("optical-flow-perceiver-demo"),
+        aliases=["demo-optical-flow"],
+    ),
+    DemoModel(
+        "multimodal-perceiver",
         Task.VIDEO_AUTOENCODING,
         preset_config("multimodal-perceiver-demo", id2label={str(i): f"action {i}" for i in range(5)}),
+        aliases=["demo-multimodal"],
     ),
 )
 
@@ -104,5 +122,6 @@ def demo_settings(settings: Settings) -> Settings:
             "aliases": demo.aliases,
             "random_weights": True,
         }
-    server = settings.server.model_dump(mode="json", exclude={"catalog"})
+    # Python mode: SecretStr values (API keys) go through as they are; JSON mode would mask them as "**********".
+    server = settings.server.model_dump(exclude={"catalog"})
     return build_settings({"server": {**server, "catalog": False}, "models": models})

@@ -128,5 +128,6 @@ async def _answer(call: Call, clip: Clip, wanted: Wanted, progress: Progress | N
         top_k=wanted.top_k,
         progress=progress.update if progress is not None else None,
     )
-    rendered = await run_in_threadpool(render, result, wanted, model=call.entry.spec.name)
+    with call.step("encode"):
+        rendered = await run_in_threadpool(render, result, wanted, model=call.entry.spec.name)
     return JobResult(rendered.body, rendered.media_type, {**rendered.headers, **answer_headers(call)})

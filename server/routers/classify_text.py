@@ -31,7 +31,8 @@ async def classify_text(
     params = body.parameters
     async with open_call(request, service, Task.TEXT_CLASSIFICATION, model) as call:
         runner = call.runner_as(TextClassificationRunner)
-        items = prepare_each(texts, runner.prepare)
+        with call.step("decode", step="tokenize"):
+            items = prepare_each(texts, runner.prepare)
         entries = runner.labels.check(
             service.limits, rows=len(items), top_k=params.top_k or len(runner.labels), what="texts"
         )

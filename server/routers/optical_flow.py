@@ -51,5 +51,6 @@ async def optical_flow(
     frame1, frame2 = await decode_frame_pair(service.decode, data1, data2, flow_image_limits(service.limits))
     async with open_call(request, service, Task.OPTICAL_FLOW, model) as call:
         flow = await estimate_flow(call, frame1, frame2)
-    content = await run_in_threadpool(encode_flow, flow, fmt)
+    with call.step("encode", format=fmt.value):
+        content = await run_in_threadpool(encode_flow, flow, fmt)
     return Response(content, media_type=MEDIA_TYPES[fmt], headers=answer_headers(call))

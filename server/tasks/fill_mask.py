@@ -1,4 +1,10 @@
-"""fill-mask: byte-level masked LM. Each [MASK] is one UTF-8 byte; only masked positions are decoded."""
+"""fill-mask: byte-level masked LM. Each [MASK] is one UTF-8 byte; only masked positions are decoded.
+
+`targets` (the transformers pipeline's parameter): for a byte-level model a target is a string, which fills a run
+of consecutive [MASK]s as long as its UTF-8 bytes. Its score is the product of its bytes' probabilities at the
+run's positions, all from one decode (the masks are predicted together, each given the unmasked text only), and
+the candidates of each run are ranked by it.
+"""
 
 from __future__ import annotations
 
@@ -115,6 +121,48 @@ class FillMaskRunner:
             )
         return per_mask[0] if len(per_mask) == 1 else per_mask
 
+    def check_targets(self, item: FillMaskItem, targets: Sequence[str]) -> None:
+        """Every run of masks must have a target of its byte length (422 before the model runs)."""
+        lengths = {len(t.encode()) for t in targets}
+        for run in mask_runs(item.positions):
+            if len(run) not in lengths:
+                offered = ", ".join(sorted({f"{n} bytes" for n in lengths}))
+                raise ServeError(
+                    ErrorCode.INVALID_INPUT,
+                    f"a run of {len(run)} [MASK]s has no target of {len(run)} bytes (targets: {offered}); a "
+                    "target fills a run of consecutive [MASK]s one byte each",
+                )
+
+    def respond_targets(
+        self, item: FillMaskItem, logits: torch.Tensor, targets: Sequence[str], *, top_k: int
+    ) -> Answer:
+        """Per run of masks, the targets of its byte length ranked by the product of their bytes' probabilities;
+        HF's candidate shape: one run -> a list of candidates, several -> a list per run."""
+        log_probs = logits.float().log_softmax(dim=-1)  # (P, V)
+        offsets = [m.start() for m in re.finditer(re.escape(MASK), item.text)]
+        per_run: list[list[dict[str, Any]]] = []
+        for run in mask_runs(item.positions):
+            start, end = offsets[run[0]], offsets[run[-1]] + len(MASK)
+            scored = []
+            for target in dict.fromkeys(targets):  # once each, in the order given (ties keep it)
+                ids = [self.byte_offset + b for b in target.encode()]
+                if len(ids) == len(run):
+                    scored.append((float(log_probs[run, ids].sum().exp()), target, ids[0]))
+            scored.sort(key=lambda entry: -entry[0])
+            per_run.append(
+                [
+                    {
+                        "score": score,
+                        "token": first,
+                        "token_str": target,
+                        "sequence": item.text[:start] + target + item.text[end:],
+                        "run": {"start": start, "end": end, "fill": target},
+                    }
+                    for score, target, first in scored[:top_k]
+                ]
+            )
+        return per_run[0] if len(per_run) == 1 else per_run
+
     def _bytes(self, token: int) -> bytes:
         if token >= self.byte_offset:
             return bytes([token - self.byte_offset])
@@ -122,31 +170,45 @@ class FillMaskRunner:
 
     def _runs(self, item: FillMaskItem, result: MaskScores, offsets: list[int]) -> list[dict[str, Any]]:
         """The run of each mask: consecutive [MASK]s, filled with their top candidates."""
-        groups: list[list[int]] = []
-        for j, pos in enumerate(item.positions):
-            if groups and item.positions[groups[-1][-1]] == pos - 1:
-                groups[-1].append(j)
-            else:
-                groups.append([j])
         by_mask: list[dict[str, Any]] = []
-        for group in groups:
+        for group in mask_runs(item.positions):
             fill = b"".join(self._bytes(result.tokens[j][0]) for j in group).decode("utf-8", errors="replace")
             run = {"start": offsets[group[0]], "end": offsets[group[-1]] + len(MASK), "fill": fill}
             by_mask += [run] * len(group)
         return by_mask
 
 
-def check_answer(items: Sequence[FillMaskItem], limits: Limits, *, top_k: int) -> int:
-    """Refuse (413) an answer over the candidate or size limits; returns its number of candidates.
+def mask_runs(positions: Sequence[int]) -> list[list[int]]:
+    """Indexes (into `positions`) of each run of consecutive mask positions."""
+    runs: list[list[int]] = []
+    for j, position in enumerate(positions):
+        if runs and positions[runs[-1][-1]] == position - 1:
+            runs[-1].append(j)
+        else:
+            runs.append([j])
+    return runs
+
+
+def check_answer(
+    items: Sequence[FillMaskItem], limits: Limits, *, top_k: int, targets: Sequence[str] | None = None
+) -> int:
+    """Refuse (413) an answer over the candidate or size limits; returns its number of candidates (top_k per mask,
+    or with `targets` at most top_k per run of masks).
 
     Every candidate repeats its input in `sequence`, so the size is candidates x input length."""
-    candidates = sum(len(i.positions) * top_k for i in items)
-    masks = max(len(i.positions) for i in items)
-    limits.check_candidates(candidates, f"{len(items)} text(s) x up to {masks} [MASK]s x top_k {top_k}")
+
+    def slots(item: FillMaskItem) -> int:
+        return len(item.positions) if targets is None else len(mask_runs(item.positions))
+
+    per_slot = top_k if targets is None else min(top_k, len(set(targets)))
+    candidates = sum(slots(i) * per_slot for i in items)
+    masks = max(slots(i) for i in items)
+    what = "[MASK]s" if targets is None else "runs of [MASK]s"
+    limits.check_candidates(candidates, f"{len(items)} text(s) x up to {masks} {what} x top_k {per_slot}")
     size = 0
     for item in items:
         text_bytes = len(json.dumps(item.text, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-        size += len(item.positions) * top_k * (text_bytes + _CANDIDATE_BYTES)
+        size += slots(item) * per_slot * (text_bytes + _CANDIDATE_BYTES)
     limits.check_answer(
         size,
         f"{candidates} candidates, each repeating its text",

@@ -37,6 +37,9 @@ from server.limits import DEFAULT_LIMITS, AudioLimits, Limits, VideoLimits
 from server.tasks.labels import DEFAULT_TOP_K, Labels
 
 SAMPLE_RATE = AudioVideoProcessing().sample_rate  # the model family's audio rate
+# The frame rate of a clip that declares none (.npy/.npz frames): the published model's training clips' (48 kHz
+# audio, 1920 samples a frame).
+DEFAULT_FRAME_RATE = Fraction(25)
 DECODE_BUDGET_BYTES = DEFAULT_LIMITS.decode_budget_bytes  # decoder activations per pass (decode_budget_mb)
 MAX_CHUNKS = 128  # the finest chunking of one window's outputs (the published model's)
 ANSWER_OVERHEAD_BYTES = 64 * 1024  # an answer's headers, JSON keys and containers, beyond its arrays and labels
@@ -53,6 +56,7 @@ class Clip:
     num_frames: int  # frames of the input clip, before filling
     window_frames: int  # F
     audio_source: AudioSource
+    frame_rate: Fraction = DEFAULT_FRAME_RATE  # the input's, as its container declares it
 
     @property
     def windows(self) -> int:
@@ -95,7 +99,7 @@ class Autoencoded:
     video: np.ndarray | None  # (T, H, W, 3) uint8, the input's T frames
     audio: np.ndarray | None  # (T * samples_per_frame,) float32 at SAMPLE_RATE
     audio_source: AudioSource
-    fps: Fraction  # SAMPLE_RATE / samples_per_frame: the rate that keeps the tracks in sync
+    fps: Fraction  # the input clip's frame rate: a reconstruction plays as long as the clip
 
 
 class VideoAutoencodingRunner:
@@ -140,10 +144,6 @@ class VideoAutoencodingRunner:
         # One window's decode passes: model_core's plan, each pass a unit of work on the batcher.
         self.passes = [points for _, points in passes(chunks, self.chunks_per_pass)]
 
-    @property
-    def fps(self) -> Fraction:
-        return Fraction(SAMPLE_RATE, self.samples_per_frame)
-
     # -- preparation (CPU work: call off the event loop)
 
     def prepare(
@@ -154,7 +154,8 @@ class VideoAutoencodingRunner:
         video_limits: VideoLimits = DEFAULT_LIMITS.video,
         audio_limits: AudioLimits = DEFAULT_LIMITS.audio,
     ) -> Clip:
-        frames = media.decode_video(video, size=self.size, limits=video_limits)  # (T, h, w, 3)
+        clip = media.decode_clip(video, size=self.size, limits=video_limits)
+        frames = clip.frames  # (T, h, w, 3)
         count = len(frames)
         windows = math.ceil(count / self.window_frames)
         fill = windows * self.window_frames - count
@@ -168,7 +169,7 @@ class VideoAutoencodingRunner:
             )
             samples[: len(decoded.samples)] = decoded.samples
             source = "provided"
-        return Clip(frames, samples, count, self.window_frames, source)
+        return Clip(frames, samples, count, self.window_frames, source, clip.frame_rate or DEFAULT_FRAME_RATE)
 
     def encode_item(self, clip: Clip, window: int) -> EncodeItem:
         first, samples = window * self.window_frames, self.window_frames * self.samples_per_frame
@@ -319,7 +320,7 @@ async def autoencode(
         video=None if video is None else video.reshape(-1, h, w, 3)[:keep],
         audio=None if audio is None else audio[: keep * runner.samples_per_frame],
         audio_source=clip.audio_source,
-        fps=runner.fps,
+        fps=clip.frame_rate,
     )
 
 

@@ -53,7 +53,8 @@ class Tensor:
     name: str
     datatype: str
     array: np.ndarray  # shape is the tensor's shape
-    binary: bool = False  # arrived in the binary section (BYTES: raw bytes, not JSON strings)
+    binary: bool = False  # arrived raw: the binary section, gRPC contents (BYTES: raw bytes, not JSON strings)
+    content_type: str | None = None  # KServe's content type of its BYTES elements, as the request gives it
 
     @property
     def shape(self) -> list[int]:
@@ -76,6 +77,13 @@ class Tensor:
         array = np.empty(len(values), dtype=object)
         array[:] = [v.encode() for v in values]
         return cls(name, "BYTES", array.reshape(shape))
+
+    @classmethod
+    def raw_bytes(cls, name: str, values: Sequence[bytes], shape: Sequence[int]) -> Tensor:
+        """A BYTES tensor of raw elements (encoded files, or text as bytes), row-major."""
+        array = np.empty(len(values), dtype=object)
+        array[:] = list(values)
+        return cls(name, "BYTES", array.reshape(shape), binary=True)
 
     def to_torch(self) -> torch.Tensor:
         import torch

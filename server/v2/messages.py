@@ -1,28 +1,19 @@
-"""Inference request body -> (request, named input tensors); output tensors -> response body.
+"""HTTP inference request body -> (request, named input tensors); output tensors -> response body.
 
 CPU work (JSON and tensor decoding of bodies up to max_body_mb): call off the event loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 from pydantic import ValidationError
 
 from server.errors import ErrorCode, ServeError, describe_validation
 from server.v2.binary import Tensor, decode_binary, decode_json, decompress, encode_binary, encode_json, split_body
 from server.v2.protocol import InferenceRequest
-
-
-@dataclass(frozen=True)
-class Output:
-    """One output as the request wants it back."""
-
-    name: str
-    binary: bool
-    classification: int | None = None
 
 
 def read_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, dict[str, Tensor]]:
@@ -58,6 +49,8 @@ def read_request(body: bytes, header_length: str | None) -> tuple[InferenceReque
             )
         else:
             inputs[spec.name] = decode_json(spec.name, spec.datatype, spec.shape, spec.data)
+        if spec.parameters.content_type is not None:
+            inputs[spec.name] = dataclasses.replace(inputs[spec.name], content_type=spec.parameters.content_type)
     if offset != len(binary):
         raise ServeError(ErrorCode.BAD_REQUEST, f"{len(binary) - offset} bytes follow the binary inputs")
     return request, inputs
@@ -66,21 +59,25 @@ def read_request(body: bytes, header_length: str | None) -> tuple[InferenceReque
 def decode_body(
     body: bytes, encoding: str | None, header_length: str | None, *, max_body_bytes: int, max_rows: int
 ) -> tuple[InferenceRequest, dict[str, Tensor]]:
-    """An inference request body as sent (gzip/deflate or not) -> (request without its JSON data, tensors).
-
-    Every BYTES input is one element per row (text, an encoded file), so one holding more than `max_rows`
-    elements is refused here, before it is handed on. May run in the body-parsing helper process
+    """An inference request body as sent (gzip/deflate or not) -> (request without its JSON data, tensors), rows
+    checked (`check_rows`). May run in the body-parsing helper process
     (server.http.offload): what it returns is small to hand back, numeric data as arrays, not lists."""
     request, inputs = read_request(decompress(body, encoding, max_body_bytes), header_length)
+    check_rows(inputs, max_rows)
+    for spec in request.inputs:
+        spec.data = None  # decoded into `inputs`
+    return request, inputs
+
+
+def check_rows(inputs: Mapping[str, Tensor], max_rows: int) -> None:
+    """Every BYTES input is one element per row (text, an encoded file): refuse one holding more than
+    `max_rows` (max_inputs) elements before it is handed on."""
     for tensor in inputs.values():
         if tensor.datatype == "BYTES" and tensor.array.size > max_rows:
             raise ServeError(
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"{tensor.array.size} inputs in one request (rows of {tensor.name!r}); at most {max_rows} (max_inputs)",
             )
-    for spec in request.inputs:
-        spec.data = None  # decoded into `inputs`
-    return request, inputs
 
 
 def write_response(

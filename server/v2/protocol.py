@@ -1,11 +1,15 @@
-"""Open Inference Protocol (KServe v2) REST payloads, plus the parameters of Triton's binary tensor data and
-classification extensions and this server's own request parameters."""
+"""Open Inference Protocol (KServe v2) payloads, shared by HTTP and gRPC: a gRPC request's parameters are validated
+by the same models. Parameters: the protocol's standard ones (Triton's binary tensor data, classification,
+sequence and scheduling parameters, KServe's `content_type` and `headers`), and this server's own. An unknown
+parameter is refused (400) naming the known ones: ours change the answer, and a misspelt one silently ignored
+would answer another question than the one asked."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from server.http.schemas import Function
 
@@ -35,8 +39,44 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class InputParameters(_Strict):
+SHARED_MEMORY = "shared_memory_"  # Triton's shared-memory parameters' prefix: not supported here
+
+
+class _Parameters(_Strict):
+    """Parameters: the known ones typed, None = absent; an unknown one refused with what is known."""
+
+    where: ClassVar[str] = "request"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        unknown = sorted(str(k) for k in data if k not in cls.model_fields)
+        if any(name.startswith(SHARED_MEMORY) for name in unknown):
+            raise PydanticCustomError(
+                "shared_memory", "shared memory is not supported: send the tensor data in the request"
+            )
+        if unknown:
+            raise PydanticCustomError(
+                "unknown_parameter",
+                "unknown {where} parameter(s) {unknown}; known: {known}",
+                {"where": cls.where, "unknown": ", ".join(unknown), "known": ", ".join(cls.model_fields)},
+            )
+        return data
+
+
+class InputParameters(_Parameters):
+    where = "input"
     binary_data_size: int | None = Field(None, ge=0, description="Bytes of this input in the binary section")
+    content_type: str | None = Field(
+        None,
+        max_length=32,
+        description=(
+            'KServe\'s content type of a BYTES input: "str" (UTF-8 text), "base64" or "pillow_image" (base64 of '
+            "an encoded file); default: text as sent, files raw in binary data and base64 in JSON"
+        ),
+    )
 
 
 class RequestInput(_Strict):
@@ -47,7 +87,8 @@ class RequestInput(_Strict):
     data: list[Any] | None = Field(None, description="Row-major elements, flat or nested; absent for binary inputs")
 
 
-class OutputParameters(_Strict):
+class OutputParameters(_Parameters):
+    where = "output"
     binary_data: bool | None = Field(None, description="Return this output in the binary section")
     classification: int | None = Field(
         None,
@@ -64,11 +105,22 @@ class RequestOutput(_Strict):
     parameters: OutputParameters = OutputParameters()
 
 
-class RequestParameters(_Strict):
-    binary_data_output: bool = Field(False, description="Every output in the binary section unless it says otherwise")
+class RequestParameters(_Parameters):
+    binary_data_output: bool | None = Field(
+        None, description="Every output in the binary section unless it says otherwise"
+    )
+    timeout: int | None = Field(
+        None, ge=0, description="Microseconds the request may take (the request's deadline, capped); 0: unset"
+    )
+    priority: int | None = Field(None, ge=0, description="Accepted, ignored: one queue per model, first come first")
+    sequence_id: int | str | None = Field(None, description="Accepted, ignored: every model here is stateless")
+    sequence_start: bool | None = Field(None, description="Accepted, ignored")
+    sequence_end: bool | None = Field(None, description="Accepted, ignored")
+    content_type: str | None = Field(None, max_length=32, description="KServe's request codec: accepted, ignored")
+    headers: dict[str, Any] | None = Field(None, description="Forwarded headers: accepted, ignored")
     top_k: int | None = Field(None, ge=1, le=1000, description="Entries of `labels` / fill-mask candidates per mask")
     function_to_apply: Function | None = Field(None, description="Scores of `labels` (default: the model's)")
-    output_datatype: FloatDatatype = Field("FP32", description="Datatype of the floating-point outputs")
+    output_datatype: FloatDatatype | None = Field(None, description="Datatype of the floating-point outputs (FP32)")
 
 
 class InferenceRequest(_Strict):
@@ -139,3 +191,15 @@ INFER_BODY: dict[str, Any] = {
         },
     }
 }
+
+
+class RepositoryIndexRequest(_Strict):
+    repository_name: str | None = Field(None, description="Ignored: the configuration is the one repository")
+    ready: bool | None = Field(None, description="Only the models that are ready")
+
+
+class RepositoryRequest(_Strict):
+    """A load or unload request: Triton's `parameters` (a load's `config` and `file:` overrides are refused)."""
+
+    repository_name: str | None = Field(None, description="Ignored: the configuration is the one repository")
+    parameters: dict[str, Any] = {}

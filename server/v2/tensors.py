@@ -83,6 +83,7 @@ def check_answer(limits: Limits, options: Options, planned: Mapping[str, Planned
 
 class TaskTensors(Protocol):
     classifiable: frozenset[str]  # outputs whose last axis holds classes (the classification extension)
+    required: frozenset[str]  # inputs every request has (the others are alternative forms: optional)
 
     def inputs(self, runner: Any | None) -> list[TensorMetadata]:
         """The input tensors; dims known only once the model is loaded (runner not None) are -1 before."""
@@ -133,8 +134,21 @@ def elements(tensor: Tensor) -> list[bytes]:
     return list(tensor.array.reshape(-1))
 
 
+TEXT_TYPES = frozenset({"str"})  # KServe content types of text elements
+FILE_TYPES = frozenset({"base64", "pillow_image"})  # ... of encoded files, base64 in whatever transport
+
+
+def _content_type(tensor: Tensor, accepted: frozenset[str]) -> None:
+    if tensor.content_type is not None and tensor.content_type not in accepted:
+        raise bad(
+            f"input {tensor.name!r}: content_type {tensor.content_type!r} does not fit it; "
+            f"it takes {' or '.join(repr(t) for t in sorted(accepted))}, or none"
+        )
+
+
 def strings(tensor: Tensor) -> list[str]:
-    """UTF-8 text rows."""
+    """UTF-8 text rows (content_type "str", or none)."""
+    _content_type(tensor, TEXT_TYPES)
     out = []
     for i, value in enumerate(elements(tensor)):
         try:
@@ -145,9 +159,11 @@ def strings(tensor: Tensor) -> list[str]:
 
 
 def files(tensor: Tensor) -> list[bytes]:
-    """Encoded files (images): raw bytes in the binary section, base64 strings in JSON."""
+    """Encoded files (images): raw bytes in the binary section and gRPC, base64 strings in JSON; base64 in any
+    transport with content_type "base64" or "pillow_image" (KServe's and MLServer's names)."""
+    _content_type(tensor, FILE_TYPES)
     rows = elements(tensor)
-    if tensor.binary:
+    if tensor.binary and tensor.content_type is None:
         return rows
     note = " (in JSON an encoded file is base64; or send it raw in the binary section)"
     return each(tensor.name, rows, lambda value: decode_base64(value, field="the file", note=note))

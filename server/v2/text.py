@@ -89,6 +89,7 @@ class TextClassificationTensors:
     """Outputs: logits FP32 [N, C]; labels BYTES [N, k] "score:index:label" (k: top_k, default C)."""
 
     classifiable = frozenset({"logits"})
+    required = frozenset[str]()  # text, or input_ids (+ attention_mask)
 
     def inputs(self, runner: TextClassificationRunner | None) -> list[TensorMetadata]:
         return text_inputs()
@@ -103,7 +104,8 @@ class TextClassificationTensors:
     async def infer(self, call: Call, rows: Sequence[TextRow], options: Options) -> dict[str, Tensor]:
         runner = call.runner_as(TextClassificationRunner)
         plan = plan_classifier(call, len(rows), runner.labels, options, default_top_k=len(runner.labels))
-        items = await run_in_threadpool(_prepare, rows, runner.prepare, runner.prepare_ids)
+        with call.step("decode", step="tokenize"):
+            items = await run_in_threadpool(_prepare, rows, runner.prepare, runner.prepare_ids)
         return classified(torch.stack(await call.infer(items)), runner.labels, options, plan)  # logits (N, C)
 
     def classes(self, runner: TextClassificationRunner, output: str) -> list[str] | None:
@@ -116,6 +118,7 @@ class FillMaskTensors:
     token_ids INT64 [N, P, k] (-1 = padding); scores FP32 [N, P, k] (softmax); tokens BYTES [N, P, k]."""
 
     classifiable = frozenset({"logits"})
+    required = frozenset[str]()  # text, or input_ids (+ attention_mask)
 
     def inputs(self, runner: FillMaskRunner | None) -> list[TensorMetadata]:
         return text_inputs()
@@ -136,12 +139,13 @@ class FillMaskTensors:
     async def infer(self, call: Call, rows: Sequence[TextRow], options: Options) -> dict[str, Tensor]:
         runner = call.runner_as(FillMaskRunner)
         masks = call.limits.max_masks_per_text
-        items = await run_in_threadpool(
-            _prepare,
-            rows,
-            lambda text: runner.prepare(text, max_masks=masks),
-            lambda ids: runner.prepare_ids(ids, max_masks=masks),
-        )
+        with call.step("decode", step="tokenize"):
+            items = await run_in_threadpool(
+                _prepare,
+                rows,
+                lambda text: runner.prepare(text, max_masks=masks),
+                lambda ids: runner.prepare_ids(ids, max_masks=masks),
+            )
         n, width, vocab = len(items), max(len(i.positions) for i in items), runner.vocab_size
         top_k = runner.top_k(options.top_k)
         check_answer(

@@ -51,6 +51,7 @@ class ImageClassificationTensors:
     """Outputs: logits FP32 [N, C]; labels BYTES [N, k] "score:index:label" (k: top_k, default 5)."""
 
     classifiable = frozenset({"logits"})
+    required = frozenset[str]()  # image, or pixel_values
 
     def inputs(self, runner: ImageClassificationRunner | None) -> list[TensorMetadata]:
         height, width = runner.pixel_size if runner else (None, None)
@@ -90,6 +91,7 @@ class OpticalFlowTensors:
     Output: flow FP32 [N, H, W, 2] in pixels from frame1 to frame2 ([..., 0] right +, [..., 1] down +)."""
 
     classifiable = frozenset[str]()
+    required = frozenset({"frame1", "frame2"})
 
     def inputs(self, runner: Any | None) -> list[TensorMetadata]:
         return [v2t.meta("frame1", "BYTES", None), v2t.meta("frame2", "BYTES", None)]
@@ -157,6 +159,7 @@ class VideoAutoencodingTensors:
     (optionally as a background job). One request of fixed-shape tensors fits none of that."""
 
     classifiable = frozenset[str]()
+    required = frozenset[str]()
 
     def inputs(self, runner: Any | None) -> list[TensorMetadata]:
         return []

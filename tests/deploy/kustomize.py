@@ -11,7 +11,13 @@ render k8s/ with this. It supports exactly:
 - `patches`: strategic-merge patches (`path` or inline `patch`, no `target`), matched to a
   resource by apiVersion group, kind and name; `$patch: delete` at the top level removes the
   resource. Maps merge recursively, `null` deletes a key, lists in LIST_MERGE_KEYS merge by
-  their key as the Kubernetes types declare, lists in LIST_REPLACE are replaced.
+  their key as the Kubernetes types declare, lists in LIST_REPLACE are replaced;
+- `namespace`: set on every resource but the cluster-scoped kinds of CLUSTER_SCOPED; a Namespace
+  object is renamed to it (as kustomize does); a resource with `subjects` (RoleBinding...) raises;
+- `images`: entries with `name` and `newName`, `newTag` and/or `digest` (not both of the last two),
+  applied to the `image` of every container and init container.
+
+Transformers run in kustomize's order: patches, then namespace, then images.
 
 Anything else (another kustomization field, a patch touching a list not classified here)
 raises UnsupportedFeature instead of being rendered wrongly. Where kubectl is installed,
@@ -29,7 +35,19 @@ from typing import Any
 import yaml
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
-SUPPORTED_FIELDS = {"apiVersion", "kind", "resources", "patches", "configMapGenerator"}
+SUPPORTED_FIELDS = {"apiVersion", "kind", "resources", "patches", "configMapGenerator", "namespace", "images"}
+# Kinds without a namespace, among those a deployment might carry (kustomize leaves them unnamespaced).
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "PersistentVolume",
+    "StorageClass",
+    "PriorityClass",
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+}
 
 # Lists whose Kubernetes type declares patchStrategy=merge, with their patchMergeKey.
 LIST_MERGE_KEYS = {
@@ -170,6 +188,56 @@ def _rename_config_map_refs(resources: list[dict[str, Any]], renames: dict[str, 
             ref["name"] = renames[ref["name"]]
 
 
+def _set_namespace(resources: list[dict[str, Any]], namespace: str) -> None:
+    for r in resources:
+        if r["kind"] == "Namespace":
+            r["metadata"]["name"] = namespace
+        elif "subjects" in r:
+            raise UnsupportedFeature(f"namespace with {r['kind']} subjects")
+        elif r["kind"] not in CLUSTER_SCOPED:
+            r["metadata"]["namespace"] = namespace
+
+
+def _split_image(image: str) -> tuple[str, str]:
+    """'repo/name:tag@digest' -> ('repo/name', ':tag@digest'); a registry port is not a tag."""
+    at = image.find("@")
+    head, digest = (image[:at], image[at:]) if at >= 0 else (image, "")
+    colon = head.rfind(":")
+    if colon > head.rfind("/"):
+        return head[:colon], head[colon:] + digest
+    return head, digest
+
+
+def _set_images(node: Any, entries: list[dict[str, Any]]) -> None:
+    for entry in entries:
+        unknown = set(entry) - {"name", "newName", "newTag", "digest"}
+        if unknown or ("newTag" in entry and "digest" in entry):
+            raise UnsupportedFeature(f"images entry fields {sorted(entry)}")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers") and isinstance(value, list):
+                for c in value:
+                    if isinstance(c, dict) and isinstance(c.get("image"), str):
+                        c["image"] = _new_image(c["image"], entries)
+            _set_images(value, entries)
+    elif isinstance(node, list):
+        for item in node:
+            _set_images(item, entries)
+
+
+def _new_image(image: str, entries: list[dict[str, Any]]) -> str:
+    name, rest = _split_image(image)
+    for entry in entries:
+        if entry["name"] != name:
+            continue
+        if "digest" in entry:
+            rest = "@" + entry["digest"]
+        elif "newTag" in entry:
+            rest = ":" + str(entry["newTag"])
+        return entry.get("newName", name) + rest
+    return image
+
+
 def render(directory: str | Path) -> list[dict[str, Any]]:
     """The resources `kubectl kustomize DIRECTORY` would output (order aside)."""
     directory = Path(directory)
@@ -199,6 +267,10 @@ def render(directory: str | Path) -> list[dict[str, Any]]:
         cm["metadata"]["name"] = f"{original}-{config_map_hash(cm)}"
         renames[original] = cm["metadata"]["name"]
     _rename_config_map_refs(resources, renames)
+    if "namespace" in kustomization:
+        _set_namespace(resources, kustomization["namespace"])
+    if "images" in kustomization:
+        _set_images(resources, kustomization["images"])
 
     keys = [_key(r) for r in resources]
     duplicates = {k for k in keys if keys.count(k) > 1}

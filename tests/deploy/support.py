@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import re
 import shlex
 import socket
@@ -31,6 +32,7 @@ VENV_BIN = Path(sys.executable).parent
 # schemas). Raise it deliberately, together with the pinned kubernetes-validate.
 K8S_VERSION = "1.32.0"
 OVERLAYS = ("base", "overlays/gpu", "overlays/cpu", "overlays/gpu-keda")
+KSERVE = "kserve"  # the ServingRuntime and an example InferenceService, for clusters that run KServe
 GPU_OVERLAYS = ("overlays/gpu", "overlays/gpu-keda")
 HPA_OVERLAYS = ("base", "overlays/gpu", "overlays/cpu")
 SERVER_CONTAINER = "server"
@@ -63,6 +65,23 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return one(docs, "Deployment")["spec"]["template"]["spec"]
+
+
+def kserve_filled(args: list[str], isvc: dict[str, Any]) -> list[str]:
+    """A ServingRuntime container's args as KServe fills them for `isvc` (its name, labels and annotations; the
+    Go-template forms the runtime uses: {{.Name}}, {{.Labels.key}}, {{.Annotations.key}})."""
+    meta = isvc["metadata"]
+    values = {
+        "Name": meta["name"],
+        **{f"Labels.{k}": v for k, v in meta.get("labels", {}).items()},
+        **{f"Annotations.{k}": v for k, v in meta.get("annotations", {}).items()},
+    }
+
+    def fill(match: re.Match[str]) -> str:
+        assert match.group(1) in values, f"the InferenceService gives no {match.group(1)}"
+        return values[match.group(1)]
+
+    return [re.sub(r"\{\{\s*\.([A-Za-z0-9_.]+)\s*\}\}", fill, arg) for arg in args]
 
 
 def container(docs: list[dict[str, Any]], name: str = SERVER_CONTAINER) -> dict[str, Any]:
@@ -194,18 +213,28 @@ def pyproject() -> dict[str, Any]:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
-def console_script(name: str = CLI) -> Path:
-    path = VENV_BIN / name
-    assert path.exists(), (
-        f"{path} is missing: install the project into this venv (scripts/bootstrap test, i.e. pip install -e '.[test]')"
-    )
-    return path
+def cli_command() -> list[str]:
+    """How the tests run `perceiver-serve`: this checkout's `server.cli:main` (where the console script points,
+    test_cli_is_the_project_console_script), through this interpreter with the checkout first on the path, so a
+    venv installed from another checkout cannot answer for this one."""
+    return [sys.executable, "-m", "server"]
+
+
+def checkout_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` with this checkout first on the import path (the tests' CLI runs outside its folder)."""
+    return {**env, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])}
 
 
 @functools.cache
 def cli_help(*subcommand: str) -> str:
-    """`perceiver-serve [SUBCOMMAND] --help`, run through the installed console script."""
-    proc = subprocess.run([str(console_script()), *subcommand, "--help"], capture_output=True, text=True, timeout=120)
+    """`perceiver-serve [SUBCOMMAND] --help`, run as the image would run it."""
+    proc = subprocess.run(
+        [*cli_command(), *subcommand, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=checkout_env(dict(os.environ)),
+    )
     assert proc.returncode == 0, f"perceiver-serve {' '.join(subcommand)} --help failed:\n{proc.stderr[-2000:]}"
     return proc.stdout
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,8 +113,31 @@ def test_grafana_is_provisioned() -> None:
     (provider,) = yaml.safe_load((provisioning / "dashboards" / "dashboards.yml").read_text())["providers"]
     dashboards_dir = mounts[provider["options"]["path"]]
     assert (dashboards_dir / "perceiver-serve.json").is_file()
+    dashboard = _dashboard()
+    # No datasource uid is written into the dashboard: every panel and query uses the $datasource variable, which
+    # Grafana fills with the provisioned (default) Prometheus here, and with whatever the operator picks elsewhere.
+    (choice,) = [v for v in dashboard["templating"]["list"] if v["name"] == "datasource"]
+    assert choice["type"] == "datasource" and choice["query"] == datasource["type"] and datasource["isDefault"]
+    for panel in dashboard["panels"]:
+        for where in (panel, *panel["targets"]):
+            assert where["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+    assert '"uid": "prometheus"' not in (DOCKER / "grafana" / "dashboards" / "perceiver-serve.json").read_text()
+
+
+def test_dashboard_filters_by_namespace_pod_model_and_route() -> None:
+    variables = {v["name"]: v for v in _dashboard()["templating"]["list"]}
+    assert {"datasource", "namespace", "pod", "model", "route"} <= set(variables)
+    for name in ("namespace", "pod", "model", "route"):
+        # "All" must also match series without the label (compose has no namespace or pod labels).
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*", name
+        assert perceiver_metrics_in(variables[name]["definition"]), name
     for panel in _dashboard()["panels"]:
-        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for name in ("namespace", "pod"):
+                assert f'{name}=~"${name}"' in expr, (panel["title"], expr)
+            if "route" in expr or "perceiver_requests_total" in expr or "request_duration" in expr:
+                assert 'route=~"$route"' in expr and 'model=~"$model"' in expr, (panel["title"], expr)
 
 
 def test_dashboard_queries_use_exported_metrics() -> None:
@@ -126,14 +150,61 @@ def test_dashboard_queries_use_exported_metrics() -> None:
             missing = names - set(exported)
             assert not missing, f"{panel['title']}: the server exports no {sorted(missing)}"
             used |= names
-    # What people came to look at: request rate, latency percentiles, queue depth, batch size, GPU memory.
+    # What people came to look at: request rate by status, latency percentiles, queue wait, batch size, in-flight,
+    # load time, device memory, and the 429 and 504 rates.
     assert {
         "perceiver_requests_total",
         "perceiver_request_duration_seconds_bucket",
+        "perceiver_queue_wait_seconds_bucket",
         "perceiver_queue_depth",
         "perceiver_batch_size_sum",
-        "perceiver_device_memory_bytes",
+        "perceiver_device_memory_used_bytes",
+        "perceiver_device_memory_capacity_bytes",
         "perceiver_inflight_requests",
+        "perceiver_model_load_seconds_sum",
     } <= used
     exprs = " ".join(t["expr"] for p in _dashboard()["panels"] for t in p["targets"])
-    assert "histogram_quantile(0.99" in exprs and "histogram_quantile(0.5" in exprs
+    for quantile in ("0.5", "0.95", "0.99"):
+        assert f"histogram_quantile({quantile}, sum by (le) (rate(perceiver_request_duration_seconds_bucket" in exprs
+    assert 'status="429"' in exprs and 'status="504"' in exprs and "sum by (status)" in exprs
+
+
+# ------------------------------------------------------------------ safe defaults
+
+LOOPBACK_BIND = "${BIND_ADDRESS:-127.0.0.1}:"
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY", re.IGNORECASE)
+
+
+def test_ports_are_published_on_loopback_unless_asked() -> None:
+    published = [(name, port) for name, s in compose()["services"].items() for port in s.get("ports", [])]
+    shared = compose()["x-perceiver"]["ports"]
+    assert published and shared
+    for name, port in published:
+        assert isinstance(port, str) and port.startswith(LOOPBACK_BIND), f"{name}: {port}"
+        host_port, container_port = port[len(LOOPBACK_BIND) :].split(":")
+        assert host_port == container_port, f"{name}: {port}"
+
+
+def test_no_secret_has_a_default() -> None:
+    """A password is required from the environment (compose stops with the message), never defaulted."""
+    for name, service in compose()["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if SECRET_NAME.search(key) and value:
+                # `${VAR:?message}` (required) or `${VAR:-}` (empty when unset), nothing else.
+                assert re.fullmatch(r"\$\{[A-Z_]+(:\?[^}]+|:-)\}", str(value)), f"{name}: {key}={value}"
+    grafana = compose()["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?.+\}", grafana), grafana
+
+
+def test_required_versions_are_stated_alike() -> None:
+    """The compose file's header and docs/deploy.md name the same Compose and Engine versions."""
+    header = (DOCKER / "docker-compose.yml").read_text().split("\nname:")[0]
+    deploy_doc = (DOCKER.parent / "docs" / "deploy.md").read_text()
+    compose_version = re.search(r"Docker Compose v(\d+\.\d+\.\d+)", header)
+    engine_version = re.search(r"Docker Engine (\d+\.\d+)", header)
+    assert compose_version and engine_version, "state the versions the file needs in its header"
+    assert f"Compose v{compose_version[1]}" in deploy_doc and f"Engine {engine_version[1]}" in deploy_doc
+    # start_interval (used in the healthcheck) needs Engine 25.0 and Compose 2.20.2.
+    assert "start_interval" in compose()["x-perceiver"]["healthcheck"]
+    assert tuple(map(int, compose_version[1].split("."))) >= (2, 20, 2)
+    assert float(engine_version[1]) >= 25.0

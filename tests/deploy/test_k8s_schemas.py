@@ -16,7 +16,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from tests.deploy.support import K8S_VERSION, OVERLAYS, SCHEMAS, one, rendered
+from tests.deploy.support import K8S_VERSION, KSERVE, OVERLAYS, SCHEMAS, one, rendered
 
 
 @cache
@@ -41,7 +41,7 @@ def validate(doc: dict[str, Any]) -> str:
     return "kubernetes " + kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", [*OVERLAYS, KSERVE])
 def test_rendered_manifests_validate(overlay: str) -> None:
     docs = rendered(overlay)
     assert docs
@@ -59,13 +59,14 @@ def test_rendered_manifests_validate(overlay: str) -> None:
 
 
 def test_crd_objects_use_the_vendored_schemas() -> None:
-    kinds = {(d["apiVersion"], d["kind"]) for overlay in OVERLAYS for d in rendered(overlay)}
-    assert ("monitoring.coreos.com/v1", "ServiceMonitor") in kinds
-    assert ("keda.sh/v1alpha1", "ScaledObject") in kinds
+    kinds = {(d["apiVersion"], d["kind"]) for overlay in [*OVERLAYS, KSERVE] for d in rendered(overlay)}
     assert set(vendored_schemas()) == {
         ("monitoring.coreos.com/v1", "ServiceMonitor"),
         ("keda.sh/v1alpha1", "ScaledObject"),
+        ("serving.kserve.io/v1alpha1", "ServingRuntime"),
+        ("serving.kserve.io/v1beta1", "InferenceService"),
     }
+    assert set(vendored_schemas()) <= kinds
 
 
 # The validation must be able to fail: each of these is a real mistake it has to catch.
@@ -109,6 +110,12 @@ def test_broken_deployment_fails(mutate) -> None:
         ("ScaledObject", "overlays/gpu-keda", lambda d: d["spec"].update(maxReplicas=8)),
         ("ScaledObject", "overlays/gpu-keda", lambda d: d["spec"]["triggers"][0].pop("metadata")),
         ("ScaledObject", "overlays/gpu-keda", lambda d: d["spec"].update(pollingInterval="15")),
+        ("ServingRuntime", KSERVE, lambda d: d["spec"]["supportedModelFormats"][0].update(autoselect=True)),
+        ("ServingRuntime", KSERVE, lambda d: d["spec"]["containers"][0]["ports"][0].update(containerPort="8080")),
+        ("ServingRuntime", KSERVE, lambda d: d["spec"]["containers"][0]["livenessProbe"]["grpc"].pop("port")),
+        ("InferenceService", KSERVE, lambda d: d["spec"]["predictor"]["model"].update(storageURI="s3://x")),
+        ("InferenceService", KSERVE, lambda d: d["spec"]["predictor"]["model"]["modelFormat"].pop("name")),
+        ("InferenceService", KSERVE, lambda d: d["spec"]["predictor"].update(minReplicas="1")),
     ],
     ids=[
         "sm-unknown-field",
@@ -117,6 +124,12 @@ def test_broken_deployment_fails(mutate) -> None:
         "so-unknown-field",
         "so-missing-metadata",
         "so-wrong-type",
+        "sr-unknown-field",
+        "sr-wrong-type",
+        "sr-missing-required",
+        "isvc-unknown-field",
+        "isvc-missing-required",
+        "isvc-wrong-type",
     ],
 )
 def test_broken_custom_resource_fails(kind: str, overlay: str, mutate) -> None:

@@ -20,20 +20,24 @@ from tests.deploy.support import (
     GPU_OVERLAYS,
     HPA_OVERLAYS,
     K8S,
+    KSERVE,
     OVERLAYS,
     all_of,
     cli_help,
     compose,
     config_map_toml,
     container,
+    dockerfile_instructions,
     duration_s,
     effective_command,
     env_of,
     exported_metrics,
+    final_stage,
     healthcheck,
     image_env,
     image_exec,
     image_user,
+    kserve_filled,
     long_options,
     mentions_option,
     one,
@@ -80,7 +84,9 @@ def test_image_runs_the_cli_under_tini() -> None:
     dockerfile = (DOCKER / "Dockerfile").read_text()
     assert re.search(r"apt-get install [^\n]*\btini=", dockerfile), "ENTRYPOINT needs Debian's tini package"
     assert all(mentions_option(cli_help(), opt) for opt in long_options(cmd))
-    assert option_values(cmd, "--host") == ["0.0.0.0"]
+    # Host and port from the settings' environment, which the HEALTHCHECK reads too.
+    assert not option_values(cmd, "--host") and not option_values(cmd, "--port")
+    assert image_env()["PERCEIVER_SERVE_HOST"] == "0.0.0.0"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -314,9 +320,17 @@ def test_keda_scaledobject_matches_the_hpa_it_replaces() -> None:
 
 
 def test_image_healthcheck_cache_and_offline() -> None:
+    from server.settings import ENV_PREFIX, ServerSettings
+
     options, argv = healthcheck()
     assert "/health/live" in " ".join(argv)
     assert argv[0] == "python"
+    # It follows the configured port: the variable the server's `port` setting is read from.
+    port_variable = ENV_PREFIX + "PORT"
+    assert "port" in ServerSettings.model_fields
+    assert f"os.environ.get('{port_variable}'" in argv[-1] and ":8000/" not in argv[-1]
+    exposed = [rest.split() for ins, rest in dockerfile_instructions() if ins == "EXPOSE"]
+    assert exposed == [[image_env()[port_variable], image_env()["PERCEIVER_SERVE_GRPC_PORT"]]]
     assert duration_s(options["start-period"]) >= 30
     env = image_env()
     assert "HF_HUB_OFFLINE" in env and env["HF_HOME"].startswith("/cache/")
@@ -339,3 +353,79 @@ def test_dockerignore_keeps_what_the_image_copies() -> None:
             for named in line.split()[1:-1]:
                 source = named.rstrip("/").rstrip("*")
                 assert (source in included and (DOCKER.parent / source).exists()) or source == "README.md", source
+
+
+# ------------------------------------------------------------------ gRPC
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_grpc_port_is_served_and_exposed(overlay: str) -> None:
+    docs = rendered(overlay)
+    server = container(docs)
+    ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    assert ports["grpc"] == int(option_values(server["args"], "--grpc-port")[0]) != ports["http"]
+    (grpc,) = [p for p in one(docs, "Service")["spec"]["ports"] if p["targetPort"] == "grpc"]
+    assert grpc["appProtocol"] == "kubernetes.io/h2c"
+
+
+def test_the_image_and_compose_serve_grpc_on_8001() -> None:
+    assert image_env()["PERCEIVER_SERVE_GRPC_PORT"] == "8001"  # the CMD takes its ports from the environment
+    exposed = {port for ins, rest in final_stage(dockerfile_instructions()) if ins == "EXPOSE" for port in rest.split()}
+    assert {"8000", "8001"} <= exposed
+    for name, service in compose()["services"].items():
+        if "perceiver" in name:
+            published = [port.rsplit(":", 2)[-2:] for port in service["ports"]]
+            assert option_values(service["command"], "--grpc-port") == ["8001"] and ["8001", "8001"] in published
+
+
+# ------------------------------------------------------------------ KServe
+
+
+def _kserve() -> tuple[dict[str, Any], dict[str, Any]]:
+    docs = rendered(KSERVE)
+    return one(docs, "ServingRuntime"), one(docs, "InferenceService")
+
+
+def test_the_serving_runtime_runs_the_image_as_the_deployment_does() -> None:
+    runtime, _ = _kserve()
+    (server,) = runtime["spec"]["containers"]
+    deployed = container(rendered("base"))
+    assert server["image"] == deployed["image"]
+    for key in ("allowPrivilegeEscalation", "readOnlyRootFilesystem", "runAsNonRoot", "capabilities"):
+        assert server["securityContext"][key] == deployed["securityContext"][key], key
+    assert server["securityContext"]["runAsUser"] == int(image_user().split(":")[0])
+    mounts = {m["mountPath"]: m["name"] for m in server["volumeMounts"]}
+    assert any(v["name"] == mounts["/tmp"] and "emptyDir" in v for v in runtime["spec"]["volumes"])
+    argv = effective_command(server)
+    assert argv[:3] == ["/usr/bin/tini", "--", CLI]
+    assert all(mentions_option(cli_help(), o) for o in long_options(argv[3:]))
+    ports = [(p["name"], p["containerPort"]) for p in server["ports"]]
+    assert ports[0] == ("http", int(option_values(argv, "--port")[0]))  # KServe's HTTP endpoint: the first port
+    assert ("grpc", int(option_values(argv, "--grpc-port")[0])) in ports  # "grpc": KServe marks it h2c
+    assert {"v2", "grpc-v2"} <= set(runtime["spec"]["protocolVersions"])
+    assert server["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": ports[0][1]}
+    assert server["startupProbe"]["httpGet"] == server["readinessProbe"]["httpGet"]
+    assert _seconds(server["startupProbe"]) >= MIN_STARTUP_BUDGET_S
+    from server.v2.grpc.health import LIVENESS
+
+    assert server["livenessProbe"]["grpc"] == {"port": ports[1][1], "service": LIVENESS}
+
+
+def test_the_inference_service_uses_the_runtime_which_serves_its_model() -> None:
+    from server.cli import serve_settings
+
+    runtime, isvc = _kserve()
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    formats = {(f["name"], f["version"]) for f in runtime["spec"]["supportedModelFormats"]}
+    assert (model["modelFormat"]["name"], model["modelFormat"]["version"]) in formats
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    # Knative's serverless mode gives a container one port: both need the Standard (raw) mode.
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    (server,) = runtime["spec"]["containers"]
+    settings = serve_settings(kserve_filled(server["args"], isvc)[1:])
+    name = isvc["metadata"]["name"]
+    assert list(settings.models) == [name]  # that model only: no catalog
+    served = settings.models[name]
+    assert (served.task.value, served.source) == (isvc["metadata"]["annotations"]["perceiverTask"], "/mnt/models")
+    assert settings.server.preload == [name] and settings.server.grpc_port == 8081

@@ -112,3 +112,39 @@ def test_cli_refuses_a_remote_target_before_sending_anything(tmp_path: Path) -> 
 def test_non_http_targets_are_refused(url: str) -> None:
     with pytest.raises(TargetError, match="not an http"):
         check_target(url, allow_remote=True)
+
+
+@pytest.mark.slow
+def test_observability_comparison_traces_and_logs_the_second_server(config_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    doc = run(
+        [
+            "--config",
+            str(config_file),
+            "--routes",
+            "/fill-mask",
+            "--concurrency",
+            "1,2",
+            "--max-requests",
+            "8",
+            "--duration-s",
+            "20",
+            "--payloads",
+            "4",
+            "--no-inprocess",
+            "--compare",
+            "observability",
+            "--out",
+            str(out),
+        ]
+    )
+    assert {r["variant"] for r in doc["rows"]} == {BATCHING, "observed"}
+    cost = doc["observability_cost"]
+    assert set(cost["throughput_ratio"]) == {"/fill-mask c=1", "/fill-mask c=2"} and cost["geomean"] > 0
+    (note,) = [n for n in doc["notes"] if n.startswith("OTLP receiver")]
+    assert int(note.split(": ")[1].split()[0]) > 0  # the traced server exported its spans
+    observed_log = (out / "servers" / "server-observed.log").read_text().splitlines()
+    access = [json.loads(line) for line in observed_log if '"server.access"' in line]
+    assert len(access) >= 16 and {a["route"] for a in access} >= {"/fill-mask"}
+    quiet_log = (out / "servers" / f"server-{BATCHING}.log").read_text()
+    assert "server.access" not in quiet_log

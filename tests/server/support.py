@@ -32,6 +32,18 @@ def assert_error(response: httpx.Response, status: int, code: str, *needles: str
     return body
 
 
+def assert_v2_error(response: httpx.Response, status: int, *needles: str) -> str:
+    """The response is the Open Inference Protocol's error, {"error": "message"}, with this status; returns the
+    message, which names every needle."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str), body
+    assert "Traceback" not in response.text
+    for needle in needles:
+        assert needle in body["error"], (needle, body)
+    return body["error"]
+
+
 R = TypeVar("R")
 
 

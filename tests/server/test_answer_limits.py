@@ -16,7 +16,7 @@ import pytest
 from server.app import build_app
 from server.settings import Settings
 from tests.server.crafted import image_file
-from tests.server.support import assert_error, open_client
+from tests.server.support import assert_error, assert_v2_error, open_client
 
 pytestmark = pytest.mark.anyio
 MASK = "[MASK]"
@@ -27,14 +27,6 @@ def v2_text(text: list[str], **parameters: Any) -> dict[str, Any]:
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(text)], "data": text}],
         "parameters": parameters,
     }
-
-
-def v2_error(response: httpx.Response, status: int, *needles: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and isinstance(body["error"], str), body
-    for needle in needles:
-        assert needle in body["error"], body
 
 
 @pytest.fixture
@@ -56,7 +48,7 @@ async def test_masks_per_text_are_bounded_on_every_text_path(app_with: Callable[
         assert_error(r, 413, "payload_too_large", "5 [MASK]s", "at most 4", "max_masks_per_text")
         r = await client.post("/fill-mask", json={"inputs": ["a" + MASK, "b" + MASK * 9]})
         assert_error(r, 413, "payload_too_large", "inputs[1]", "max_masks_per_text")
-        v2_error(
+        assert_v2_error(
             await client.post("/v2/models/mlm/infer", json=v2_text(["x" + MASK * 6])),
             413,
             "text[0]",
@@ -67,7 +59,7 @@ async def test_masks_per_text_are_bounded_on_every_text_path(app_with: Callable[
             "/v2/models/mlm/infer",
             json={"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, len(ids)], "data": ids}]},
         )
-        v2_error(r, 413, "input_ids[0]", "mask tokens", "max_masks_per_text")
+        assert_v2_error(r, 413, "input_ids[0]", "mask tokens", "max_masks_per_text")
 
 
 # ---------------------------------------------------------------------------------------- ranked entries
@@ -79,6 +71,8 @@ async def test_masks_per_text_are_bounded_on_every_text_path(app_with: Callable[
         ({"inputs": "a" + MASK * 5, "parameters": {"top_k": 5}}, 25),  # masks x top_k
         ({"inputs": ["a" + MASK * 2] * 3, "parameters": {"top_k": 4}}, 24),  # texts x masks x top_k
         ({"inputs": "a" + MASK, "parameters": {"top_k": 1000}}, 262),  # top_k counts as the vocabulary at most
+        # With targets: texts x runs x the targets each run ranks (top_k at most).
+        ({"inputs": ["a" + MASK * 2 + "b" + MASK] * 7, "parameters": {"targets": ["xy", "z", "w"]}}, 42),
     ],
 )
 async def test_fill_mask_candidates_are_bounded(app_with: Callable[..., Any], payload: dict, entries: int) -> None:
@@ -91,6 +85,9 @@ async def test_candidates_at_the_limit_are_answered(app_with: Callable[..., Any]
     async with app_with(max_candidates=20) as client:
         r = await client.post("/fill-mask", json={"inputs": "a" + MASK * 5, "parameters": {"top_k": 4}})
         assert r.status_code == 200 and [len(c) for c in r.json()] == [4] * 5
+        many_masks = {"inputs": "a" + MASK * 100, "parameters": {"targets": ["x" * 100, "y" * 100]}}  # one run
+        r = await client.post("/fill-mask", json=many_masks)
+        assert r.status_code == 200 and [c["token_str"][0] for c in r.json()] in (["x", "y"], ["y", "x"])
 
 
 async def test_label_lists_are_bounded(app_with: Callable[..., Any]) -> None:
@@ -101,8 +98,8 @@ async def test_label_lists_are_bounded(app_with: Callable[..., Any]) -> None:
         assert r.status_code == 200 and all(len(labels) == 2 for labels in r.json())
         rows = {"name": "text", "datatype": "BYTES", "shape": [8], "data": ["nice"] * 8}
         asked = {"inputs": [rows], "outputs": [{"name": "logits", "parameters": {"classification": 3}}]}
-        v2_error(await client.post("/v2/models/sentiment/infer", json=asked), 413, "max_candidates")
-        v2_error(
+        assert_v2_error(await client.post("/v2/models/sentiment/infer", json=asked), 413, "max_candidates")
+        assert_v2_error(
             await client.post("/v2/models/mlm/infer", json=v2_text(["a" + MASK * 5], top_k=5)), 413, "max_candidates"
         )
         only_logits = {**v2_text(["a" + MASK * 5], top_k=5), "outputs": [{"name": "logits"}]}
@@ -147,7 +144,7 @@ async def test_flow_answer_size_is_bounded_from_the_headers(
         assert_error(r, 413, "payload_too_large", "200x160", "max_response_mb", "format=npy")
         body = {name: base64.b64encode(data).decode() for name, data in frames.items()}
         pair = [{"name": n, "datatype": "BYTES", "shape": [2], "data": [body[n]] * 2} for n in ("frame1", "frame2")]
-        v2_error(
+        assert_v2_error(
             await client.post("/v2/models/flow/infer", json={"inputs": pair}),
             413,
             "max_response_mb",
@@ -159,7 +156,7 @@ async def test_v2_answer_size_counts_the_encoding_asked_for(app_with: Callable[.
     rows = ["a" + MASK * 10] * 4  # logits [4, 10, 262]: ~250 KB as JSON numbers, 42 KB binary
     async with app_with(max_response_mb=0.1) as client:
         as_json = {**v2_text(rows), "outputs": [{"name": "logits"}]}
-        v2_error(await client.post("/v2/models/mlm/infer", json=as_json), 413, "max_response_mb")
+        assert_v2_error(await client.post("/v2/models/mlm/infer", json=as_json), 413, "max_response_mb")
         binary = {**v2_text(rows, binary_data_output=True), "outputs": [{"name": "logits"}]}
         r = await client.post("/v2/models/mlm/infer", json=binary)
         assert r.status_code == 200 and int(r.headers["Inference-Header-Content-Length"]) < len(r.content)
@@ -286,7 +283,7 @@ async def test_v2_image_headers_are_checked_before_the_model(app_with: Callable[
     files = [base64.b64encode(data).decode() for data in (image_file(), png_claiming(5000, 5000))]
     payload = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": files}]}
     async with app_with(max_image_pixels=1_000_000) as client:
-        v2_error(await client.post("/v2/models/conv/infer", json=payload), 413, "image[1]", "5000x5000")
+        assert_v2_error(await client.post("/v2/models/conv/infer", json=payload), 413, "image[1]", "5000x5000")
         listed = (await client.get("/v1/models")).json()["models"]
     assert next(m for m in listed if m["name"] == "conv")["status"] == "unloaded"
 

@@ -30,7 +30,9 @@ METRIC_NAMES = [
     "perceiver_inflight_requests",
     "perceiver_model_load_seconds",
     "perceiver_models_loaded",
-    "perceiver_device_memory_bytes",
+    "perceiver_device_memory_used_bytes",
+    "perceiver_device_memory_capacity_bytes",
+    "perceiver_model_load_failures_total",
     "perceiver_requests_dropped_total",
 ]
 
@@ -133,7 +135,7 @@ async def test_image_model_choice(client: httpx.AsyncClient) -> None:
         (
             "post",
             "/fill-mask",
-            {"json": {"inputs": "x[MASK]", "parameters": {"targets": ["a"]}}},
+            {"json": {"inputs": "x[MASK]", "parameters": {"targets": [""]}}},
             422,
             "invalid_input",
             "targets",
@@ -233,7 +235,8 @@ async def test_metrics_exposition(client: httpx.AsyncClient) -> None:
     assert 'perceiver_requests_total{model="mlm",route="/fill-mask",status="200"} 1.0' in text
     assert 'perceiver_requests_total{model="mlm",route="/fill-mask",status="422"} 1.0' in text
     assert "perceiver_models_loaded 1.0" in text and "perceiver_inflight_requests 0.0" in text
-    assert 'perceiver_device_memory_bytes{device="cpu",kind="allocated"}' in text
+    assert 'perceiver_device_memory_used_bytes{device="cpu",kind="rss"}' in text
+    assert 'perceiver_device_memory_capacity_bytes{device="cpu"}' in text
 
 
 async def test_two_apps_have_separate_metrics(make_settings: Callable[..., Settings]) -> None:

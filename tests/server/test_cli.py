@@ -25,6 +25,12 @@ def test_invalid_config_exits_2_with_a_clear_message(tmp_path: Path, capsys: pyt
     assert "server.port" in err and "models.m.max_queue" in err and "Traceback" not in err
 
 
+def test_a_model_on_the_command_line_is_checked_as_the_files_are(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main("--model", "isvc", "no-such-task", "/mnt/models", "--grpc-port", "0") == 2
+    err = capsys.readouterr().err
+    assert "models.isvc.task" in err and "server.grpc_port" in err
+
+
 def test_env_config_path_is_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -38,7 +44,8 @@ def test_env_config_path_is_used(
 def test_download_offline_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_main("download", "language-perceiver") == 1
     err = capsys.readouterr().err
-    assert "FAILED language-perceiver" in err and "HF_HUB_OFFLINE" in err
+    assert "FAILED language-perceiver" in err and "unset HF_HUB_OFFLINE" in err
+    assert "perceiver-serve download" not in err  # no advice to run the command that just failed
 
 
 def test_download_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:

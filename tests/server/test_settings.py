@@ -63,6 +63,19 @@ def test_precedence_file_env_cli(tmp_path: Path) -> None:
     assert (settings.server.host, settings.server.port, settings.server.log_level) == ("0.0.0.0", 9003, "error")
 
 
+def test_models_given_beside_the_file_join_its_own_and_replace_the_catalog(tmp_path: Path) -> None:
+    path = tmp_path / "serve.toml"
+    path.write_text('[models.mlm]\ntask = "fill-mask"\nsource = "a/b"\n')
+    extra = {"isvc": {"task": "text-classification", "source": "/mnt/models"}}
+    settings = load_settings(path, environ={}, models=extra)
+    assert list(settings.models) == ["mlm", "isvc"] and settings.models["isvc"].source == "/mnt/models"
+    assert list(load_settings(environ={}, models=extra).models) == ["isvc"]
+    with pytest.raises(SettingsError, match="models.isvc.task"):
+        load_settings(environ={}, models={"isvc": {"task": "", "source": "/mnt/models"}})
+    grpc = load_settings(environ={"PERCEIVER_SERVE_GRPC_PORT": "8001"}).server.grpc_port
+    assert grpc == 8001 and load_settings(environ={}).server.grpc_port is None  # off unless asked
+
+
 def test_catalog_kept_alongside_configured_models() -> None:
     settings = build_settings(
         {"server": {"catalog": True}, "models": {"mine": {"task": "fill-mask", "source": "me/mine", "default": True}}}

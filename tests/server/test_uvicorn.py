@@ -52,6 +52,10 @@ def test_inference_client_works_unchanged(live: str, online_client: None) -> Non
     assert isinstance(best.token, int) and best.sequence.startswith("Hello ") and 0 < best.score <= 1
     per_mask = InferenceClient(model=f"{live}/fill-mask").fill_mask("a[MASK][MASK]b", top_k=2)
     assert len(per_mask) == 2 and len(per_mask[0]) == 2
+    ranked = InferenceClient(model=f"{live}/fill-mask").fill_mask("Hello [MASK][MASK]rld", targets=["wo", "Wo", "ye"])
+    assert sorted(c.token_str for c in ranked) == ["Wo", "wo", "ye"]  # one run of two masks: two-byte targets
+    assert [c.score for c in ranked] == sorted((c.score for c in ranked), reverse=True)
+    assert {c.sequence for c in ranked} == {"Hello world", "Hello World", "Hello yerld"}
     labels = InferenceClient(model=f"{live}/classify-text").text_classification("what a film", top_k=2)
     assert len(labels) == 2 and {x.label for x in labels} <= TEXT_LABELS
     client = InferenceClient(model=f"{live}/classify-image")

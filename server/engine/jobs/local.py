@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
+from server.engine.jobs import events
 from server.engine.jobs.kinds import Execute
 from server.engine.jobs.records import (
     Job,
@@ -78,7 +79,8 @@ class JobStore:
         if self.execute is None:
             raise ServeError(ErrorCode.INTERNAL, "this job store runs no job descriptions")
         check_request(request, max_result_bytes=self.limits.max_result_bytes)
-        return self.submit(request.kind, functools.partial(self.execute, request), total=request.total, owner=owner)
+        work = functools.partial(self.execute, request)
+        return self.submit(request.kind, work, total=request.total, owner=owner, model=request.model)
 
     async def find(self, job_id: str, *, owner: str | None, with_result: bool = False) -> Job:
         job = self.get(job_id)
@@ -96,13 +98,14 @@ class JobStore:
         if active >= capacity:
             raise overloaded(active, capacity, job_s=self._job_s, slots=self.limits.max_running)
 
-    def submit(self, kind: str, work: Work, *, total: int = 0, owner: str | None = None) -> Job:
+    def submit(self, kind: str, work: Work, *, total: int = 0, owner: str | None = None, model: str = "") -> Job:
         """Accept a job of `total` units of work (429 when full); it starts when a running slot frees."""
         self.check_capacity()
-        job = Job(
-            id=secrets.token_urlsafe(16), kind=kind, created_at=time.time(), progress=Progress(0, total), owner=owner
-        )
+        job_id = secrets.token_urlsafe(16)
+        progress = Progress(0, total, job=(job_id, kind, model))
+        job = Job(id=job_id, kind=kind, created_at=time.time(), progress=progress, owner=owner, model=model)
         self._jobs[job.id] = job
+        events.submitted(job.id, kind, model, total=total)
         self.metrics.jobs_queued.labels(kind=kind).inc()
         job.task = asyncio.get_running_loop().create_task(self._run(job, work), name=f"job-{kind}")
         return job
@@ -120,6 +123,7 @@ class JobStore:
         self._forget(job)
         if job.active:
             self.metrics.jobs_finished.labels(kind=job.kind, status="cancelled").inc()
+            events.cancelled(job.id, job.kind, job.model)
         if job.task is not None and not job.task.done():
             job.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -140,6 +144,7 @@ class JobStore:
             async with self._slots:
                 queued.dec()
                 job.status = JobStatus.RUNNING
+                events.started(job.id, job.kind, job.model)
                 with self.metrics.jobs_running.labels(kind=job.kind).track_inprogress():
                     started = self.clock()
                     result = await work(job.progress)
@@ -159,6 +164,7 @@ class JobStore:
         finally:
             job.finished = self.clock()
         self.metrics.jobs_finished.labels(kind=job.kind, status=job.status.value).inc()
+        events.settled(job.id, job.kind, job.model, error=job.error, seconds=time.time() - job.created_at)
 
     def _store(self, job: Job, result: JobResult) -> None:
         size = len(result.body)

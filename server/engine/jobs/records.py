@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from server.engine.jobs import events
 from server.errors import ErrorCode, ServeError
 
 JsonValue = str | int | float | bool | None
@@ -37,9 +38,12 @@ class JobResult:
 class Progress:
     done: int = 0
     total: int = 0
+    job: tuple[str, str, str] | None = field(default=None, repr=False, compare=False)  # (id, kind, model): logged
 
     def update(self, done: int, total: int) -> None:
         self.done, self.total = done, total
+        if self.job is not None:
+            events.progressed(*self.job, done=done, total=total)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class Job:
     finished: float | None = None  # the store's clock
     task: Any = None  # the in-process store's asyncio.Task
     owner: str | None = None  # the SHA-256 (hex) of the API key that submitted it; None without keys
+    model: str = ""  # the configured model it runs on (for the log; "" where the store did not read it)
 
     @property
     def active(self) -> bool:

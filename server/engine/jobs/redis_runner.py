@@ -21,6 +21,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from server.engine.jobs import events
 from server.engine.jobs.kinds import Execute
 from server.engine.jobs.records import JobRequest, JobResult, JobStatus, Progress, result_too_large
 from server.engine.jobs.redis_link import RedisJobs, error_json, text
@@ -145,7 +146,7 @@ class JobRunner:
                 reply = await pending
                 if text(reply[0]) == "job":
                     claimed = Claimed.of(reply)
-                    self._running[claimed.id] = Running(claimed, Progress(0, claimed.request.total))
+                    self._running[claimed.id] = Running(claimed, _progress(claimed))
             raise
 
     async def _wait_for_work(self, last_id: str) -> None:
@@ -157,7 +158,7 @@ class JobRunner:
             await asyncio.sleep(RETRY_S)
 
     def _launch(self, claimed: Claimed) -> None:
-        running = Running(claimed, Progress(0, claimed.request.total))
+        running = Running(claimed, _progress(claimed))
         self._running[claimed.id] = running
         running.task = asyncio.get_running_loop().create_task(self._run(running), name=f"job-{claimed.request.kind}")
 
@@ -168,6 +169,7 @@ class JobRunner:
         if claimed.abandoned:
             log.info("job %s: claimed from a stopped replica; it runs again (attempt %d)", claimed.id, claimed.attempt)
             self.metrics.jobs_claimed.labels(kind=kind).inc()
+        events.started(claimed.id, kind, claimed.request.model, attempt=claimed.attempt)
         try:
             with self.metrics.jobs_running.labels(kind=kind).track_inprogress():
                 started = time.monotonic()
@@ -224,6 +226,8 @@ class JobRunner:
             log.info("job %s: cancelled or taken over meanwhile; the result from here is dropped", claimed.id)
         else:
             self.metrics.jobs_finished.labels(kind=claimed.request.kind, status=status.value).inc()
+            request = claimed.request
+            events.settled(claimed.id, request.kind, request.model, error=error, seconds=elapsed_ms / 1000)
 
     # -- heartbeats
 
@@ -264,3 +268,7 @@ class JobRunner:
         if not self._failing:
             log.warning("job store: cannot reach Redis (%s: %s); retrying", type(exc).__name__, exc)
         self._failing, self.problem = True, f"the job store (Redis) cannot be reached ({type(exc).__name__})"
+
+
+def _progress(claimed: Claimed) -> Progress:
+    return Progress(0, claimed.request.total, job=(claimed.id, claimed.request.kind, claimed.request.model))

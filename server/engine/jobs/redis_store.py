@@ -15,7 +15,7 @@ import secrets
 
 from redis.asyncio import Redis
 
-from server.engine.jobs import records
+from server.engine.jobs import events, records
 from server.engine.jobs.kinds import Execute
 from server.engine.jobs.records import Job, JobRequest, JobResult, JobStatus, Progress
 from server.engine.jobs.redis_link import PREFIX, RedisJobs, error_from, reaching_redis, replica_name, text
@@ -91,7 +91,9 @@ class RedisJobStore:
                 retry_after=max(1.0, self.limits.heartbeat_s),
             )
         created = int(reply[1]) / 1000
-        return Job(job_id, request.kind, created, progress=Progress(0, request.total), owner=owner)
+        events.submitted(job_id, request.kind, request.model, total=request.total)
+        progress = Progress(0, request.total)
+        return Job(job_id, request.kind, created, progress=progress, owner=owner, model=request.model)
 
     async def find(self, job_id: str, *, owner: str | None, with_result: bool = False) -> Job:
         with reaching_redis():
@@ -124,6 +126,7 @@ class RedisJobStore:
             had = await self.redis.run("cancel", job_id)
         if text(had) in (JobStatus.QUEUED, JobStatus.RUNNING):
             self.metrics.jobs_finished.labels(kind=job.kind, status="cancelled").inc()
+            events.cancelled(job_id, job.kind, job.model)
 
     def _check_room(self, active: int, slots: int, job_ms: int) -> None:
         capacity = slots + self.limits.max_queued

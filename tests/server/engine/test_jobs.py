@@ -237,3 +237,43 @@ async def test_too_many_jobs_answer_429_before_the_clip_is_read(make_settings, c
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
         assert refused.json()["error"]["code"] == "overloaded"
         await app.state.jobs.close()
+
+
+def job_events(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, str, str]]:
+    """(message, job_id, kind, model) of each job event logged."""
+    return [
+        (r.getMessage(), r.job_id, r.kind, r.model)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "server.engine.jobs"
+    ]
+
+
+async def test_job_events_are_logged_with_the_job_kind_and_model(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="server.engine.jobs")
+    store, release = JobStore(), asyncio.Event()
+    release.set()
+    done = store.submit("test", work_until(release, steps=2), total=2, model="m")
+
+    async def broken(progress: Progress) -> JobResult:
+        raise ServeError(ErrorCode.INVALID_INPUT, "bad clip")
+
+    failed = store.submit("test", broken, total=1, model="m")
+    await asyncio.gather(done.task, failed.task)
+    held = asyncio.Event()
+    stopped = store.submit("test", work_until(held), total=3, model="m")
+    await settle()
+    await store.cancel(stopped.id)
+    events = job_events(caplog)
+    assert all(kind == "test" and model == "m" for _, _, kind, model in events)
+    assert [m for m, i, _, _ in events if i == done.id] == [
+        f"job {done.id} submitted: test on m, 2 unit(s) of work",
+        f"job {done.id} running",
+        f"job {done.id}: 0/2",
+        f"job {done.id}: 1/2",
+        f"job {done.id}: 2/2",
+        next(m for m, i, _, _ in events if i == done.id and "finished in" in m),
+    ]
+    assert any(i == failed.id and "failed after" in m and m.endswith(": bad clip") for m, i, _, _ in events)
+    assert [m for m, i, _, _ in events if i == stopped.id][-1] == f"job {stopped.id} cancelled"
+    failure = next(r for r in caplog.records if getattr(r, "job_id", "") == failed.id and "failed" in r.getMessage())
+    assert failure.error_code == "invalid_input"  # type: ignore[attr-defined]

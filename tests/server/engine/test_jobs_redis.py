@@ -358,3 +358,22 @@ async def test_a_password_from_a_file(tmp_path) -> None:
         for store in stores:
             await store.close()
         server.stop()
+
+
+async def test_job_events_are_logged_by_the_replicas_that_see_them(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="server.engine.jobs")
+    work = Work()
+    work.gate.set()
+    async with replicas(redis_url, work, "a", "b") as (a, b):
+        accepted = await a.enqueue(job("one"), owner=None)
+        await until(lambda: _is(b, accepted.id, JobStatus.DONE))
+        work.gate.clear()  # the next job waits: it is cancelled while queued or running
+        cancelled = await a.enqueue(job("two"), owner=None)
+        await b.cancel(cancelled.id)
+    lines = [(r.getMessage(), r.kind, r.model) for r in caplog.records if getattr(r, "job_id", "") == accepted.id]
+    assert lines[0] == (f"job {accepted.id} submitted: test on video, 3 unit(s) of work", "test", "video")
+    assert (f"job {accepted.id} running", "test", "video") in lines
+    assert any(m.startswith(f"job {accepted.id} finished in") for m, _, _ in lines)
+    assert any(r.getMessage() == f"job {cancelled.id} cancelled" for r in caplog.records)

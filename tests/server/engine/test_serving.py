@@ -138,3 +138,14 @@ async def test_media_decodes_run_at_most_max_concurrent_decodes_at_a_time(
         )
     assert [r.status_code for r in answers] == [200] * 6
     assert peak == limit
+
+
+def test_timing_counts_each_forward_pass_once() -> None:
+    from server.engine.batching import Outcome
+    from server.engine.serving import Timing
+
+    timing = Timing()
+    timing.add([Outcome(None, 0.01, 0.2, 3, batch=1), Outcome(None, 0.02, 0.2, 3, batch=1)])  # two tiles, one pass
+    timing.add([Outcome(None, 0.5, 0.1, 1, batch=2)])  # a later pass
+    assert (timing.items, timing.queue_s, timing.inference_s, timing.batch_size) == (3, 0.5, 0.2, 3)
+    assert timing.total_inference_s == pytest.approx(0.3)

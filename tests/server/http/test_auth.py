@@ -17,11 +17,12 @@ import uvicorn
 from model_core import save_pretrained
 from server.app import build_app
 from server.engine.loading import load_model
-from server.http.auth import AuthMiddleware
+from server.http.auth import KeyCheck
+from server.observability import logs
 from server.settings import ModelSpec, Settings, SettingsError, load_settings
 from tests.server.conftest import free_port, wait_ready
 from tests.server.crafted import image_file, nested_json
-from tests.server.support import assert_error, open_client
+from tests.server.support import assert_error, assert_v2_error, open_client
 
 pytestmark = pytest.mark.anyio
 KEY, OTHER_KEY = "k3y-Alpha-0123456789abcdef", "k3y-Bravo-fedcba9876543210"
@@ -40,7 +41,11 @@ async def client(keyed: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncCli
 
 
 def assert_unauthorized(response: httpx.Response, *needles: str) -> None:
-    assert_error(response, 401, "unauthorized", *needles)
+    """A 401 in the error shape of its path: the protocol's under /v2."""
+    if response.url.path.startswith("/v2"):
+        assert_v2_error(response, 401, *needles)
+    else:
+        assert_error(response, 401, "unauthorized", *needles)
     assert response.headers["WWW-Authenticate"].startswith("Bearer ")
 
 
@@ -50,13 +55,11 @@ async def test_every_route_but_the_probes_needs_a_key(client: httpx.AsyncClient)
     assert len(operations) >= 8
     for method, path in operations:
         r = await client.request(method, path.replace("{name}", "mlm").replace("{version}", "1"))
-        if path in ("/health/live", "/health/ready", "/metrics", "/v2/health/live"):
-            assert r.status_code == 200, path
-        elif path == "/v2/health/ready":
-            assert r.status_code in (200, 503) and r.status_code != 401, path  # a probe, open like /health/ready
+        if path in ("/health/live", "/health/ready", "/metrics", "/v2/health/live", "/v2/health/ready"):
+            assert r.status_code == 200, path  # probes are open
         else:
             assert_unauthorized(r, "API key is required")
-    for path in ("/openapi.json", "/docs", "/no-such-route", "/health/../v1/models", "/health/live/"):
+    for path in ("/openapi.json", "/docs", "/no-such-route", "/health/../v1/models", "/health/live/", "/v2/nope"):
         assert_unauthorized(await client.get(path))
 
 
@@ -111,10 +114,10 @@ def test_every_key_is_compared_whichever_matches(monkeypatch: pytest.MonkeyPatch
     real = hmac.compare_digest
     monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append(True) or real(a, b))
     keys = [KEY, OTHER_KEY, "k3y-Charlie-0123456789ab"]
-    auth = AuthMiddleware(None, keys=keys, public=frozenset())  # type: ignore[arg-type]
+    check = KeyCheck(keys)
     for key, allowed in ((KEY, True), (OTHER_KEY, True), ("k3y-Delta-0123456789abcd", False), ("", False)):
         calls.clear()
-        assert auth.allows(key.encode()) is allowed
+        assert check.allows(key.encode()) is allowed
         assert len(calls) == 3
 
 
@@ -174,8 +177,14 @@ def test_keys_and_authorization_headers_are_never_logged(
         for name in ("uvicorn", "uvicorn.access", "uvicorn.error"):
             logging.getLogger(name).removeHandler(caplog.handler)
     server_side = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]  # not the client's
-    logged = "\n".join(f"{r.getMessage()} {r.args} {r.exc_text or ''}" for r in server_side)
-    assert "POST /fill-mask" in logged  # the access log ran, at debug level
+    # Every field of every record: the message, its arguments, the traceback and the structured fields that the
+    # JSON format writes out (the access and error lines carry theirs as extra fields).
+    logged = "\n".join(
+        f"{r.getMessage()} {r.args} {r.exc_text or ''} {logs.JSONFormatter().format(r)}" for r in server_side
+    )
+    assert "POST /fill-mask" in logged  # the access log ran
+    assert any(r.name == logs.ACCESS_LOGGER and getattr(r, "status", None) == 401 for r in server_side)
+    assert any(r.name == "server.http.access" and getattr(r, "status", None) == 404 for r in server_side)
     for secret in (KEY, OTHER_KEY, "Bearer", "wrong-"):
         assert secret not in logged
 
@@ -252,10 +261,12 @@ async def until_preloaded(client: httpx.AsyncClient) -> None:
 
 
 def probe_message(response: httpx.Response) -> str:
-    """The message of a probe's 503: the app's error shape on /health, the v2 shape on /v2/health."""
-    assert response.status_code == 503, response.text
+    """The message of a probe's "no": 503 in the app's error shape on /health, 400 (the protocol's 4xx) in the v2
+    shape on /v2/health."""
+    v2 = response.url.path.startswith("/v2/")
+    assert response.status_code == (400 if v2 else 503), response.text
     body = response.json()
-    return body["error"]["message"] if isinstance(body["error"], dict) else body["error"]
+    return body["error"] if v2 else body["error"]["message"]
 
 
 async def test_with_keys_a_failed_preload_shows_only_its_category_on_the_open_probes(

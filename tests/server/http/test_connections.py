@@ -47,6 +47,14 @@ class Answer:
             assert needle in error["message"], (needle, error)
         return error["message"]
 
+    def v2_error(self, status: int, *needles: str) -> str:
+        """Asserts the Open Inference Protocol's error shape, {"error": "message"}, closing the connection."""
+        assert self.status == status, (self.status, self.body)
+        assert self.headers["content-type"] == "application/json" and self.headers["connection"] == "close"
+        body = json.loads(self.body)
+        assert set(body) == {"error"} and all(needle in body["error"] for needle in needles), body
+        return body["error"]
+
 
 def connect(base: str) -> socket.socket:
     host, port = base.removeprefix("http://").split(":")
@@ -207,6 +215,20 @@ def test_headers_over_the_cap_are_answered_431(guarded: str, head: bytes) -> Non
         assert answer is not None
         answer.error(431, "headers_too_large", f"{MAX_HEADER_KB} KiB")
         assert closed(sock)
+
+
+def test_under_v2_the_guard_and_the_body_deadline_answer_in_the_protocols_shape(guarded: str) -> None:
+    big = b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * (MAX_HEADER_KB * 1024) + b"\r\n\r\n"
+    stalled = (
+        b"POST /v2/models/mlm/infer HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n{"
+    )
+    for head, status, needle in ((big, 431, f"{MAX_HEADER_KB} KiB"), (stalled, 408, f"within {BODY_S:g}s")):
+        with closing(connect(guarded)) as sock:
+            sock.sendall(head)
+            answer = read_answer(sock)
+            assert answer is not None
+            answer.v2_error(status, needle)
 
 
 def test_many_small_headers_count_together(guarded: str) -> None:

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from model_core.errors import CheckpointNotFoundError
 from server.errors import ErrorCode, ServeError
-from server.models.hub import is_hub_id, locate
+from server.models.hub import _unavailable, download_failure, is_hub_id, locate, offline_variable
 from server.settings import ModelSpec, Task
 
 
@@ -133,3 +134,41 @@ def test_a_sharded_checkpoint_downloads_with_every_shard(
     assert loaded.folder.name == "0123456789abcdef0123456789abcdef01234567"
     assert set(files) <= {p.name for p in loaded.folder.iterdir()}
     assert all(any(path.endswith(name) for path in requested) for name in files)
+
+
+@pytest.mark.parametrize(
+    "environ, named",
+    [
+        ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE"),
+        ({"TRANSFORMERS_OFFLINE": "1"}, "TRANSFORMERS_OFFLINE"),
+        ({"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "1"}, None),  # huggingface_hub reads the first one present
+        ({}, None),
+    ],
+)
+def test_the_advice_names_only_what_is_set(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], named: str | None
+) -> None:
+    from huggingface_hub import constants
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", named is not None)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", "/nonexistent/hub-cache")
+    assert offline_variable() == named
+    unavailable = _unavailable(spec("org/not-cached"), CheckpointNotFoundError("no connection"))
+    message = unavailable.message
+    assert "perceiver-serve download lm" in message
+    if named:
+        assert f"{named} is set" in message and f"unset {named}" in message
+    else:
+        assert "unset" not in message and "OFFLINE" not in message and "no connection" in message
+    failure = download_failure(spec("org/not-cached"), _with_cause(unavailable))
+    assert "perceiver-serve download" not in failure and "/nonexistent/hub-cache" in failure
+    assert (f"unset {named}" in failure) if named else ("reachable" in failure and "unset" not in failure)
+
+
+def _with_cause(error: ServeError) -> ServeError:
+    error.__cause__ = CheckpointNotFoundError("no connection")
+    return error

@@ -103,3 +103,35 @@ def test_bad_token_ids_are_refused(runner: FillMaskRunner, ids: list[int], code:
     with pytest.raises(ServeError) as info:
         runner.prepare_ids(ids, max_masks=MASKS)
     assert info.value.code is code
+
+
+def test_targets_are_ranked_by_the_product_of_their_bytes_probabilities(runner: FillMaskRunner) -> None:
+    text = "a[MASK]b and [MASK][MASK][MASK]"
+    targets = ["xyz", "o", "abc", "q", "é", "abc"]  # "é" is two bytes: it fits neither run; "abc" twice counts once
+    item = runner.prepare(text, max_masks=MASKS)
+    runner.check_targets(item, targets)
+    (logits,) = run(runner, [item])  # (P, V): one decode for every mask
+    probabilities = logits.float().softmax(dim=-1)
+    one, three = runner.respond_targets(item, logits, targets, top_k=5)  # two runs: a list per run
+    assert sorted(c["token_str"] for c in one) == ["o", "q"]
+    assert sorted(c["token_str"] for c in three) == ["abc", "xyz"]
+    for candidate in one + three:
+        rows = [0] if candidate in one else [1, 2, 3]
+        ids = [b + 6 for b in candidate["token_str"].encode()]  # byte b is token b + 6
+        expected = float(torch.prod(probabilities[rows, ids]))
+        assert candidate["score"] == pytest.approx(expected, rel=1e-5) and candidate["token"] == ids[0]
+    assert [c["score"] for c in three] == sorted((c["score"] for c in three), reverse=True)
+    best = three[0]
+    assert best["sequence"] == "a[MASK]b and " + best["token_str"]  # the run filled, the other mask kept
+    assert text[best["run"]["start"] : best["run"]["end"]] == "[MASK]" * 3 and best["run"]["fill"] == best["token_str"]
+    assert len(runner.respond_targets(item, logits, targets, top_k=1)[1]) == 1
+    single = runner.prepare("a[MASK]b", max_masks=MASKS)
+    flat = runner.respond_targets(single, run(runner, [single])[0], ["o", "q"], top_k=5)
+    assert [type(c) for c in flat] == [dict, dict]  # one run: a flat list, as HF answers one mask
+
+
+def test_a_run_no_target_fits_is_refused_before_the_model(runner: FillMaskRunner) -> None:
+    item = runner.prepare("a[MASK][MASK]b", max_masks=MASKS)
+    with pytest.raises(ServeError) as info:
+        runner.check_targets(item, ["x", "xyz", "é!"])  # 1, 3 and 3 bytes; the run is 2
+    assert info.value.code is ErrorCode.INVALID_INPUT and "run of 2 [MASK]s" in info.value.message

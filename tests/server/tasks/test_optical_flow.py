@@ -108,6 +108,9 @@ async def test_large_frame_matches_the_colab_loop(client: httpx.AsyncClient, mod
     assert np.abs(expected).max() > 0
     np.testing.assert_allclose(flow, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
     assert response.headers["x-model"] == "flow" and int(response.headers["x-batch-size"]) > 1
+    # Timing headers of a multi-item request: 9 tiles; the longest pass, and every pass added up.
+    assert response.headers["x-items"] == "9"
+    assert float(response.headers["x-inference-total-ms"]) >= float(response.headers["x-inference-time-ms"]) > 0
 
 
 async def test_frame_of_one_tile_is_one_model_call(client: httpx.AsyncClient, model: torch.nn.Module) -> None:

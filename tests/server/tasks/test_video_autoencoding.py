@@ -274,6 +274,25 @@ async def test_a_body_that_is_not_multipart_is_415(make_settings, checkpoints) -
     assert response.status_code == 415 and "multipart" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("rate", [Fraction(10), Fraction(30_000, 1001)])
+async def test_the_mp4_answer_plays_at_the_clip_frame_rate(make_settings, checkpoints, rate: Fraction) -> None:
+    import av
+
+    from server import media
+
+    frames, _ = clip(3, seed=7)
+    upload = {"video": ("c.mp4", media.write_mp4(frames, None, fps=rate, sample_rate=48_000), "video/mp4")}
+    async with open_client(build_app(settings_for(make_settings, checkpoints["video"]))) as client:
+        from_mp4 = await client.post("/autoencode-video?outputs=reconstruction&format=mp4", files=upload)
+        from_npy = await client.post("/autoencode-video?outputs=reconstruction&format=mp4", files=parts(frames))
+    rates = []
+    for response in (from_mp4, from_npy):
+        assert response.status_code == 200, response.text
+        with av.open(io.BytesIO(response.content)) as container:
+            rates.append(container.streams.video[0].average_rate)
+    assert rates == [rate, 25]  # arrays declare no rate: the model family's 25 frames a second
+
+
 async def test_without_pyav_containers_and_mp4_output_are_415(make_settings, checkpoints, monkeypatch) -> None:
     from server import media
 

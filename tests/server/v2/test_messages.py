@@ -17,20 +17,37 @@ from server.v2.messages import read_request, write_response
 
 
 def triton_body(
-    inputs: list[InferInput], outputs: list[InferRequestedOutput] | None = None, **parameters: object
+    inputs: list[InferInput],
+    outputs: list[InferRequestedOutput] | None = None,
+    *,
+    scheduling: dict[str, object] | None = None,
+    **parameters: object,
 ) -> tuple[bytes, str | None]:
+    """The body tritonclient.http sends; `scheduling`: its sequence, priority and timeout arguments."""
+    asked = {"sequence_id": 0, "sequence_start": False, "sequence_end": False, "priority": 0, "timeout": None}
     body, json_size = _get_inference_request(
         inputs=inputs,
         request_id="req-1",
         outputs=outputs,
-        sequence_id=0,
-        sequence_start=False,
-        sequence_end=False,
-        priority=0,
-        timeout=None,
         custom_parameters=parameters or None,
+        **{**asked, **(scheduling or {})},
     )
     return body, None if json_size is None else str(json_size)
+
+
+def test_the_protocol_parameters_tritonclient_and_kserve_send_are_accepted() -> None:
+    text = InferInput("text", [1], "BYTES").set_data_from_numpy(np.array([b"a"], dtype=object))
+    scheduling = {"sequence_id": 7, "sequence_start": True, "priority": 3, "timeout": 250_000}
+    request, _ = read_request(*triton_body([text], scheduling=scheduling, top_k=2))
+    params = request.parameters
+    assert (params.priority, params.timeout, params.sequence_id, params.binary_data_output) == (3, 250_000, 7, True)
+    kserve = (  # KServe's InferRequest.to_rest(): model_name, content types, headers
+        b'{"id": "k", "model_name": "m", "parameters": {"content_type": "np", "headers": {"a": "b"}},'
+        b' "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"content_type": "str"},'
+        b' "data": ["hi"]}], "outputs": [{"name": "labels", "parameters": {"binary_data": false}}]}'
+    )
+    request, inputs = read_request(kserve, None)
+    assert request.parameters.content_type == "np" and inputs["text"].content_type == "str"
 
 
 def test_binary_and_json_inputs_from_tritonclient() -> None:
@@ -66,12 +83,18 @@ X = b'{"name": "x", "shape": [1], "datatype": "FP32", '
         (b'{"inputs": [' + X + b'"data": [1]}]}', b"tail", "4 bytes follow"),
         (b'{"inputs": [' + X + b'"data": [1]}, ' + X + b'"data": [2]}]}', None, "given twice"),
         (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP8", "data": [1]}]}', None, "datatype"),
-        (b'{"inputs": [' + X + b'"data": [1]}], "parameters": {"priority": 1}}', None, "parameters.priority"),
+        (
+            b'{"inputs": [' + X + b'"data": [1]}], "parameters": {"topk": 1}}',
+            None,
+            "unknown request parameter(s) topk; known: binary_data_output, timeout",
+        ),
+        (b'{"inputs": [' + X + b'"data": [1], "parameters": {"encoding": "x"}}]}', None, "unknown input parameter"),
         (
             b'{"inputs": [' + X + b'"data": [1], "parameters": {"shared_memory_region": "r"}}]}',
             None,
-            "shared_memory_region",
+            "shared memory is not supported",
         ),
+        (b'{"inputs": [' + X + b'"data": [1]}], "parameters": {"timeout": -1}}', None, "parameters.timeout"),
     ],
 )
 def test_malformed_requests_are_400_and_say_why(head: bytes, tail: bytes | None, says: str) -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 from model_core.image_processing import preprocess_images
 from server.app import build_app
 from server.settings import Settings
-from tests.server.support import open_client
+from tests.server.support import assert_v2_error, open_client
 
 pytestmark = pytest.mark.anyio
 
@@ -42,15 +42,6 @@ def outputs(response: httpx.Response) -> dict[str, np.ndarray]:
     return {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in response.json()["outputs"]}
 
 
-def v2_error(response: httpx.Response, status: int, *needles: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and isinstance(body["error"], str), body
-    for needle in needles:
-        assert needle in body["error"], body
-    return body["error"]
-
-
 @pytest.fixture
 async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
     async with open_client(build_app(make_settings(server={"max_inputs": 4}))) as c:
@@ -59,10 +50,11 @@ async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.
 
 async def test_server_metadata_and_health(client: httpx.AsyncClient) -> None:
     meta = (await client.get("/v2")).json()
-    assert meta["name"] == "perceiver-serve" and meta["extensions"] == ["binary_tensor_data", "classification"]
-    for path in ("/v2/health/live", "/v2/health/ready"):
-        r = await client.get(path)
-        assert r.status_code == 200 and r.content == b""
+    assert meta["name"] == "perceiver-serve"
+    implemented = "binary_tensor_data classification model_configuration model_repository parameters statistics"
+    assert meta["extensions"] == implemented.split()  # exactly these: no sequence, shared memory, trace, logging
+    assert (await client.get("/v2/health/live")).json() == {"live": True}  # what the KServe SDK reads
+    assert (await client.get("/v2/health/ready")).json() == {"ready": True}
 
 
 async def test_model_metadata_and_readiness(client: httpx.AsyncClient) -> None:
@@ -70,11 +62,11 @@ async def test_model_metadata_and_readiness(client: httpx.AsyncClient) -> None:
     assert before["name"] == "conv" and before["versions"] == ["1"]
     assert before["parameters"] == {"task": "image-classification", "status": "unloaded"}
     assert {t["name"]: t["shape"] for t in before["inputs"]} == {"image": [-1], "pixel_values": [-1, 3, -1, -1]}
-    v2_error(await client.get("/v2/models/conv/ready"), 503, "unloaded", "first inference request")
+    assert_v2_error(await client.get("/v2/models/conv/ready"), 400, "unloaded", "first inference request")
 
     r = await client.post("/v2/models/conv/infer", json={"inputs": [tensor("image", "BYTES", [1], [b64(png())])]})
     assert r.status_code == 200, r.text
-    assert (await client.get("/v2/models/conv/ready")).status_code == 200
+    assert (await client.get("/v2/models/conv/ready")).json() == {"name": "conv", "ready": True}
     assert (await client.get("/v2/models/conv/versions/1/ready")).status_code == 200
     after = (await client.get("/v2/models/conv/versions/1")).json()
     assert {t["name"]: (t["datatype"], t["shape"]) for t in after["inputs"] + after["outputs"]} == {
@@ -84,9 +76,9 @@ async def test_model_metadata_and_readiness(client: httpx.AsyncClient) -> None:
         "labels": ("BYTES", [-1, -1]),
     }
 
-    v2_error(await client.get("/v2/models/nope"), 404, "no model named 'nope'", "conv")
-    v2_error(await client.get("/v2/models/conv/versions/2"), 404, "only version is '1'")
-    v2_error(await client.post("/v2/models/nope/infer", json={}), 404, "no model named")
+    assert_v2_error(await client.get("/v2/models/nope"), 404, "no model named 'nope'", "conv")
+    assert_v2_error(await client.get("/v2/models/conv/versions/2"), 404, "only version is '1'")
+    assert_v2_error(await client.post("/v2/models/nope/infer", json={}), 404, "no model named")
 
 
 async def test_text_classification_matches_the_task_route(client: httpx.AsyncClient) -> None:
@@ -245,7 +237,7 @@ async def test_optical_flow_matches_the_task_route(client: httpx.AsyncClient) ->
             ]
         },
     )
-    v2_error(r, 422, "different sizes")
+    assert_v2_error(r, 422, "different sizes")
 
 
 @pytest.mark.parametrize(
@@ -292,7 +284,7 @@ async def test_optical_flow_matches_the_task_route(client: httpx.AsyncClient) ->
 async def test_bad_requests_say_what_is_wrong(
     client: httpx.AsyncClient, model: str, body: dict[str, Any], status: int, needles: list[str]
 ) -> None:
-    v2_error(await client.post(f"/v2/models/{model}/infer", json=body), status, *needles)
+    assert_v2_error(await client.post(f"/v2/models/{model}/infer", json=body), status, *needles)
 
 
 async def test_body_limits_apply(make_settings: Callable[..., Settings]) -> None:
@@ -304,15 +296,15 @@ async def test_body_limits_apply(make_settings: Callable[..., Settings]) -> None
             for _ in range(20):
                 yield b" " * 1024
 
-        v2_error(await client.post("/v2/models/mlm/infer", content=chunks()), 413, "exceeds")
+        assert_v2_error(await client.post("/v2/models/mlm/infer", content=chunks()), 413, "exceeds")
 
 
 async def test_the_server_image_limits_apply(make_settings: Callable[..., Settings]) -> None:
     async with open_client(build_app(make_settings(server={"max_image_pixels": 1000}))) as client:
         r = await client.post("/v2/models/conv/infer", json={"inputs": [tensor("image", "BYTES", [1], [b64(png())])]})
-        v2_error(r, 413, "image[0]", "at most 1000 pixels")
+        assert_v2_error(r, 413, "image[0]", "at most 1000 pixels")
         frames = [tensor(name, "BYTES", [1], [b64(png())]) for name in ("frame1", "frame2")]
-        v2_error(await client.post("/v2/models/flow/infer", json={"inputs": frames}), 413, "frame1[0]")
+        assert_v2_error(await client.post("/v2/models/flow/infer", json={"inputs": frames}), 413, "frame1[0]")
 
 
 async def test_one_request_path_shared_batches_and_metrics(

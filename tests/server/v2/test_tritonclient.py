@@ -1,9 +1,10 @@
-"""Triton's own HTTP client (tritonclient.http, binary tensor data by default) against a real server process."""
+"""Triton's own HTTP client (tritonclient.http, binary tensor data by default), unchanged, against a real server
+process with API keys on: every call carries the key through tritonclient's plugin hook."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import ml_dtypes
 import numpy as np
@@ -13,14 +14,10 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from model_core.image_processing import preprocess_images
+from server.v2.service import EXTENSIONS
+from tests.server.v2.conftest import Bearer, Live, png
 
 pytestmark = pytest.mark.slow
-
-
-def png(seed: int = 0) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def text_input(texts: list[str], *, binary: bool = True) -> triton.InferInput:
@@ -30,21 +27,16 @@ def text_input(texts: list[str], *, binary: bool = True) -> triton.InferInput:
 
 
 @pytest.fixture(scope="module")
-def client(
-    spawn_server: Callable[..., str], models_for, toml_writer, tmp_path_factory
-) -> Iterator[triton.InferenceServerClient]:
-    config = toml_writer(
-        tmp_path_factory.mktemp("config") / "serve.toml", {"server": {"device": "cpu"}, "models": models_for()}
-    )
-    base = spawn_server("--config", str(config), "--preload", "mlm", "conv", "--log-level", "warning")
-    client = triton.InferenceServerClient(url=base.removeprefix("http://"), network_timeout=60)
+def client(live: Live) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(url=live.http, network_timeout=60)
+    client.register_plugin(Bearer(live.key))
     yield client
     client.close()
 
 
 def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
     assert client.is_server_live() and client.is_server_ready()
-    assert set(client.get_server_metadata()["extensions"]) == {"binary_tensor_data", "classification"}
+    assert set(client.get_server_metadata()["extensions"]) == set(EXTENSIONS)  # the list: test_service.py
     assert client.is_model_ready("mlm") and client.is_model_ready("conv", model_version="1")
     assert not client.is_model_ready("sentiment")  # configured, loads on first use
     meta = client.get_model_metadata("conv")
@@ -54,7 +46,9 @@ def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
 
 def test_fill_mask_binary_and_json(client: triton.InferenceServerClient) -> None:
     texts = ["Hello [MASK]orld", "a[MASK][MASK]b"]
-    binary = client.infer("mlm", [text_input(texts)], request_id="r1", parameters={"top_k": 4})
+    binary = client.infer(
+        "mlm", [text_input(texts)], request_id="r1", priority=2, timeout=20_000_000, parameters={"top_k": 4}
+    )
     assert binary.get_response()["id"] == "r1"
     names = ["mask_positions", "token_ids", "scores", "tokens"]
     json_only = client.infer(
@@ -140,3 +134,52 @@ def test_compressed_requests(client: triton.InferenceServerClient) -> None:
             outputs=[triton.InferRequestedOutput("mask_positions")],
         )
         assert result.as_numpy("mask_positions").tolist() == [[7]]
+
+
+def test_configuration_statistics_and_repository(client: triton.InferenceServerClient) -> None:
+    config = client.get_model_config("conv", model_version="1")
+    assert config["name"] == "conv" and config["max_batch_size"] == 64  # max_inputs
+    assert {t["name"]: t["dims"] for t in config["output"]} == {"logits": [4], "labels": [-1]}
+    assert config["dynamic_batching"]["preferred_batch_size"] == [8]
+
+    def successes() -> int:
+        (stats,) = client.get_inference_statistics("mlm")["model_stats"]
+        return stats["inference_stats"]["success"]["count"]
+
+    before = successes()
+    client.infer("mlm", [text_input(["a[MASK]"])])
+    assert successes() == before + 1
+    every = client.get_inference_statistics()["model_stats"]
+    assert {"mlm", "sentiment", "conv"} <= {s["name"] for s in every}
+
+    states = {m["name"]: m["state"] for m in client.get_model_repository_index()}
+    assert states["mlm"] == "READY" and states["sentiment"] == "UNAVAILABLE"
+    assert not client.is_model_ready("sentiment")
+    client.load_model("sentiment")  # how a client that checks readiness first makes a model ready
+    assert client.is_model_ready("sentiment")
+    with pytest.raises(InferenceServerException) as info:
+        client.load_model("sentiment", config='{"max_batch_size": 2}')
+    assert info.value.status() == "400" and "configuration" in str(info.value)
+    client.unload_model("sentiment")
+    assert not client.is_model_ready("sentiment")
+
+
+def test_errors_before_the_routes_read_in_the_client(live: Live, client: triton.InferenceServerClient) -> None:
+    """401, 404, 405 and 413 come from the middleware and the router: the protocol's shape, so that tritonclient's
+    exception has a message (its str() raises TypeError on the app's nested error object)."""
+    bare = triton.InferenceServerClient(url=live.http)
+    assert bare.is_server_live() and bare.is_server_ready()  # the probes are open
+    with pytest.raises(InferenceServerException) as info:
+        bare.get_model_metadata("mlm")
+    assert info.value.status() == "401" and "API key is required" in str(info.value)
+    assert bare.get_model_metadata("mlm", headers={"X-API-Key": live.key})["name"] == "mlm"  # a key per call
+    with pytest.raises(InferenceServerException) as info:
+        bare.get_model_metadata("mlm", headers={"authorization": "Bearer wrong"})
+    assert info.value.status() == "401" and "not valid" in str(info.value)
+    with pytest.raises(InferenceServerException) as info:
+        client.get_trace_settings()  # not implemented here: an unknown route
+    assert info.value.status() == "404" and "Not Found" in str(info.value)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("mlm", [text_input(["[MASK]" + "x" * 5_000_000])])  # over max_body_mb
+    assert info.value.status() == "413" and "at most" in str(info.value)
+    bare.close()
