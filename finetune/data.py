@@ -94,8 +94,10 @@ def _record(
 
 
 def _read_jsonl(path: Path, content: str, text_column: str, label_column: str) -> tuple[list[Example], list[str]]:
+    if content.lstrip().startswith("["):
+        return [], [f"{path}:1: a JSON array; write one object a line (JSON Lines)"]
     examples, problems = [], []
-    for number, line in enumerate(content.splitlines(), start=1):
+    for number, line in enumerate(content.split("\n"), start=1):  # not splitlines: JSON strings may hold U+2028
         if not line.strip():
             continue
         where = f"{path}:{number}"

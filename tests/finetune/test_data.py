@@ -31,6 +31,13 @@ def test_jsonl_and_csv_give_the_same_examples(tmp_path: Path) -> None:
     assert [e.line for e in read[1].examples] == [2, 3]  # the header is line 1
 
 
+def test_lines_end_at_newlines_only_and_arrays_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.jsonl", '{"text": "one\u2028line", "label": "x"}\r\n{"text": "b", "label": "y"}\n')
+    assert [(e.text, e.line) for e in read_texts(path).examples] == [("one\u2028line", 1), ("b", 2)]
+    array = write(tmp_path / "a.json", '[{"text": "a", "label": "x"}]')
+    assert problems(array) == [f"{array}:1: a JSON array; write one object a line (JSON Lines)"]
+
+
 def test_other_column_names(tmp_path: Path) -> None:
     path = write(tmp_path / "a.jsonl", '{"review": "fine", "stars": 4}\n')
     [example] = read_texts(path, text_column="review", label_column="stars").examples
