@@ -1,7 +1,7 @@
 """Stage-1 fine-tuning cost: the frozen encoder's latents cached once per example, against the encoder run
 again for every batch of every epoch, at the published language-perceiver config (random weights).
 
-    python -m loadtest.bench_finetune                                   # 200 texts, 3 epochs (~10 min on 2 cores)
+    python -m loadtest.bench_finetune                                   # 200 texts, 3 epochs (~25 min, 2 cores)
     python -m loadtest.bench_finetune --examples 400 --epochs 10 --text-bytes 1000
     python -m loadtest.bench_finetune --preset language-perceiver-small --examples 64   # a quick look
 
