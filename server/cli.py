@@ -1,4 +1,5 @@
-"""`perceiver-serve` (also `python -m server`): serve, or `perceiver-serve download NAME...` to warm the HF cache."""
+"""`perceiver-serve` (also `python -m server`): serve; `perceiver-serve download NAME...` to warm the HF cache;
+`perceiver-serve finetune ...` to fine-tune a text classifier (the `finetune` package)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="perceiver-serve",
         description=(
-            "Serve Perceiver IO models over HTTP (and gRPC with --grpc-port). "
-            "Subcommand: `perceiver-serve download NAME...` pre-fetches hub files."
+            "Serve Perceiver IO models over HTTP (and gRPC with --grpc-port). Subcommands: `perceiver-serve download "
+            "NAME...` pre-fetches hub files; `perceiver-serve finetune --help` fine-tunes a text classifier."
         ),
     )
     p.add_argument("--config", help=f"TOML config file (default: ${CONFIG_ENV})")
@@ -271,7 +272,12 @@ class DrainingServer(uvicorn.Server):
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = download(argv[1:]) if argv[:1] == ["download"] else serve(argv)
+        if argv[:1] == ["finetune"]:
+            from finetune.cli import main as finetune
+
+            code = finetune(argv[1:])
+        else:
+            code = download(argv[1:]) if argv[:1] == ["download"] else serve(argv)
     except SettingsError as exc:
         print(f"perceiver-serve: {exc}", file=sys.stderr)
         code = 2

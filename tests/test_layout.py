@@ -1,5 +1,6 @@
 """The shape of the code: small modules, a short server/ top level, and imports that follow the request path
-downwards only (HTTP -> routes -> engine -> tasks -> media and model_core)."""
+downwards only (HTTP -> routes -> engine -> tasks -> media and model_core). Training (finetune/) stands
+beside the server: it builds on model_core alone, and only the command line reaches into it."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ LAYERS = [
     ("server.routers", "server.v2", "server.deps"),  # deps: what a route may ask for
     ("server.app", "server.cli", "server.__main__", "server"),
 ]
+TRAINING = "finetune"
+TRAINING_ENTRY = "server.cli"  # its `finetune` subcommand
 
 
 def modules(package: str) -> list[Path]:
@@ -50,7 +53,7 @@ def imports(path: Path) -> set[str]:
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
-    return {name for name in found if name.split(".")[0] in ("server", "model_core") and "." in name}
+    return {name for name in found if name.split(".")[0] in ("server", "model_core", TRAINING) and "." in name}
 
 
 @pytest.mark.parametrize("path", [*modules("server"), *modules("model_core")], ids=lambda p: str(p.relative_to(REPO)))
@@ -58,8 +61,19 @@ def test_modules_are_small_and_import_downwards(path: Path) -> None:
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_LINES, f"{lines} lines: split it"
     name = module_name(path)
-    upward = sorted(i for i in imports(path) if _is_module(i) and layer_of(i) > layer_of(name))
+    found = imports(path)
+    training = sorted(i for i in found if i.split(".")[0] == TRAINING)
+    assert not training or name == TRAINING_ENTRY, f"{name} imports training code: {training}"
+    upward = sorted(i for i in found - set(training) if _is_module(i) and layer_of(i) > layer_of(name))
     assert not upward, f"{name} (layer {layer_of(name)}) imports higher layers: {upward}"
+
+
+@pytest.mark.parametrize("path", modules(TRAINING), ids=lambda p: str(p.relative_to(REPO)))
+def test_training_modules_are_small_and_build_on_model_core_alone(path: Path) -> None:
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{lines} lines: split it"
+    server = sorted(i for i in imports(path) if i.split(".")[0] == "server")
+    assert not server, f"{module_name(path)} imports the server: {server}"
 
 
 def _is_module(name: str) -> bool:

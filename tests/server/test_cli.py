@@ -106,3 +106,14 @@ def test_the_open_file_limit_is_raised_to_fit_max_connections() -> None:
     assert "raised to 564" in lines  # 500 connections + a margin for the listener, model files and logs
     assert "capped at 256" in lines  # the hard limit: said, not failed
     assert any("max_connections = 500" in line and "ulimit -n" in line for line in lines), lines
+
+
+def test_finetune_is_a_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\nfine,a\n")
+    assert run_main("finetune", "--base", str(tmp_path), "--train", str(train), "--out", str(tmp_path / "out")) == 2
+    assert f"{train}: one label only ('a')" in capsys.readouterr().err
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "finetune", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "perceiver-serve finetune" in done.stdout and "--unfreeze" in done.stdout
