@@ -5,30 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
 from server.observability import logs
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """logs.configure changes process-wide loggers: put them back after the test."""
-    root = logging.getLogger()
-    saved = (root.level, list(root.handlers))
-    levels = {n: (logging.getLogger(n).level, logging.getLogger(n).propagate) for n in logs.OWN_LOGGERS}
-    handlers = {n: list(logging.getLogger(n).handlers) for n in logs.OWN_LOGGERS}
-    access_disabled = logging.getLogger("uvicorn.access").disabled
-    yield
-    root.setLevel(saved[0])
-    root.handlers[:] = saved[1]
-    for name, (level, propagate) in levels.items():
-        logger = logging.getLogger(name)
-        logger.setLevel(level)
-        logger.propagate = propagate
-        logger.handlers[:] = handlers[name]
-    logging.getLogger("uvicorn.access").disabled = access_disabled
 
 
 def configured(level: str = "info", fmt: logs.LogFormat | None = "json") -> io.StringIO:

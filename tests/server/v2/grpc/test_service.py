@@ -142,6 +142,7 @@ async def test_every_call_writes_one_access_line(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="server")  # whatever level an earlier test configured
     async with serving(grpc_settings(make_settings, api_keys=[KEY])) as (_, client, _http):
         headers = {"x-api-key": KEY, "x-request-id": "grpc-req-7"}
         await client.infer("mlm", [text("Hello [MASK]orld", "[MASK]")], headers=headers)
