@@ -20,7 +20,7 @@ from tests.deploy.support import (
     perceiver_metrics_in,
 )
 
-SERVER_SERVICES = ("perceiver", "perceiver-cpu")
+SERVER_SERVICES = ("perceiver", "perceiver-cpu", "perceiver-replicas")
 
 
 def _check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
@@ -182,7 +182,11 @@ def test_ports_are_published_on_loopback_unless_asked() -> None:
     for name, port in published:
         assert isinstance(port, str) and port.startswith(LOOPBACK_BIND), f"{name}: {port}"
         host_port, container_port = port[len(LOOPBACK_BIND) :].split(":")
-        assert host_port == container_port, f"{name}: {port}"
+        if "-" in host_port:  # one host port per replica
+            first, last = map(int, host_port.split("-"))
+            assert last - first + 1 == compose()["services"][name]["deploy"]["replicas"], f"{name}: {port}"
+        else:
+            assert host_port == container_port, f"{name}: {port}"
 
 
 def test_no_secret_has_a_default() -> None:
@@ -208,3 +212,25 @@ def test_required_versions_are_stated_alike() -> None:
     assert "start_interval" in compose()["x-perceiver"]["healthcheck"]
     assert tuple(map(int, compose_version[1].split("."))) >= (2, 20, 2)
     assert float(engine_version[1]) >= 25.0
+
+
+def test_replicas_share_their_jobs_through_a_redis_without_persistence() -> None:
+    services = compose()["services"]
+    replicas, redis = services["perceiver-replicas"], services["redis"]
+    assert replicas["profiles"] == redis["profiles"] == ["replicas"]
+    assert replicas["deploy"]["replicas"] >= 2
+    assert replicas["environment"]["PERCEIVER_SERVE_JOBS_URL"] == "redis://redis:6379/0"
+    assert replicas["depends_on"]["redis"]["condition"] == "service_healthy"
+    # The settings the replicas are given are valid settings.
+    from server.settings import load_settings
+
+    environ = {k: v for k, v in replicas["environment"].items() if k.startswith("PERCEIVER_SERVE_") and "$" not in v}
+    settings = load_settings(None, environ=environ)
+    assert settings.server.jobs_url is not None and settings.server.jobs_required
+    command = redis["command"]
+    assert command[command.index("--save") + 1] == "" and command[command.index("--appendonly") + 1] == "no"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"  # a job is never evicted
+    assert "ports" not in redis  # only the replicas reach it
+    # A single server keeps its jobs in process unless the operator points it at a Redis.
+    for name in ("perceiver", "perceiver-cpu"):
+        assert services[name]["environment"]["PERCEIVER_SERVE_JOBS_URL"] == "${PERCEIVER_SERVE_JOBS_URL:-}"
