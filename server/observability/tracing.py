@@ -23,13 +23,13 @@ try:
     from opentelemetry import context as otel_context
     from opentelemetry import propagate, trace
     from opentelemetry.trace import Link, NonRecordingSpan, SpanKind, Status, StatusCode
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # the otel extra is not installed: tracing stays off
     trace = None  # type: ignore[assignment]
 
 from server.settings import SettingsError
 
 SERVICE_NAME = "perceiver-serve"
+_PROPAGATED = frozenset({b"traceparent", b"tracestate", b"baggage"})  # what the propagators read (names: lowercase)
 Attributes = Mapping[str, str | int | float | bool]
 
 
@@ -51,8 +51,8 @@ class Tracing:
     def start_request(self, name: str, headers: Sequence[tuple[bytes, bytes]], attributes: Attributes) -> Any:
         """A server span for a request (the client's `traceparent` its parent), made current by `activate`."""
         assert self._tracer is not None
-        carrier = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
-        parent = propagate.extract(carrier)
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in _PROPAGATED}
+        parent = propagate.extract(carrier) if carrier else None
         return self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
 
     def activate(self, span: Any) -> Any:
@@ -75,10 +75,13 @@ class Tracing:
 
     @staticmethod
     def response_headers(span: Any) -> list[tuple[bytes, bytes]]:
-        """`traceparent` (and `tracestate`) of the request's span, for the answer."""
-        carrier: dict[str, str] = {}
-        TraceContextTextMapPropagator().inject(carrier, trace.set_span_in_context(span))
-        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items()]
+        """`traceparent` (and `tracestate`) of the request's span, for the answer (W3C Trace Context)."""
+        context = span.get_span_context()
+        parent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+        headers = [(b"traceparent", parent.encode("ascii"))]
+        if context.trace_state:
+            headers.append((b"tracestate", context.trace_state.to_header().encode("latin-1")))
+        return headers
 
     def step(self, name: str, **attributes: str | int | float | bool) -> Any:
         """A child span of the current request's span for the block; nothing outside a traced request."""
