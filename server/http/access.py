@@ -3,7 +3,8 @@
 The access line (logger `server.access`, info; probes and scrapes at debug; gRPC calls too, method `GRPC`) carries
 the request id, method, route template, status, duration, model, bytes in and out, queue and inference
 milliseconds, batch size, items and client address. An error answer adds a line of its own: every 5xx at error
-level, every 4xx at debug, with its code and message. Headers, query strings and bodies are never logged.
+level (a probe's at debug: a 503 while starting or draining is what probes are for), every 4xx at debug, with its
+code and message. Headers, query strings and bodies are never logged.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class Exchange:
         entry = self.fields(route, model, call)
         message = f"{self.method} {route or self.path} {self.status}"
         access_log.log(logging.DEBUG if self.probe else logging.INFO, message, extra=entry)
-        level = logging.ERROR if self.status >= 500 else logging.DEBUG
+        # A probe's 503 (starting up, draining) is what probes are for: at debug, as its access line.
+        level = logging.ERROR if self.status >= 500 and not self.probe else logging.DEBUG
         if self.status >= 400 and error_log.isEnabledFor(level):
             code, text = self._error()
             error_log.log(

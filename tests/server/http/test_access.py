@@ -92,6 +92,18 @@ async def test_probes_and_scrapes_log_at_debug(client: httpx.AsyncClient, caplog
     assert [r.levelno for r in access_records(caplog)] == [logging.DEBUG] * 4
 
 
+async def test_a_probe_answering_503_is_not_an_error(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    app = build_app(make_settings())
+    async with open_client(app) as client:
+        app.state.lifecycle.begin_drain()
+        assert (await client.get("/health/ready")).status_code == 503
+    (line,) = [e for e in error_records(caplog) if e.status == 503]  # type: ignore[attr-defined]
+    assert line.levelno == logging.DEBUG and "shutting down" in line.getMessage()
+
+
 async def test_a_5xx_is_logged_at_error_with_its_request_id_model_and_message(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
