@@ -62,17 +62,18 @@ def check_devices(settings: Settings) -> None:
 
 
 def cpu_threads(settings: Settings) -> int:
-    """Intra-op threads for CPU inference: `[server] cpu_threads`; else torch's own choice when OMP_NUM_THREADS
-    is set; else one fewer than torch's default (the cores), at least 1.
+    """Intra-op threads for CPU inference: `[server] cpu_threads`; else torch's own choice (every core, or
+    OMP_NUM_THREADS when set).
 
-    The spare core is for the event loop, request decoding and preprocessing. With every core in a
-    forward's parallel regions, each small op waits for a worker the scheduler has parked behind those
-    threads (or another process): on 2 busy cores a small model's forward ran ~100x slower."""
+    Every core computes: a forward's parallel regions then leave no core idle while the event loop waits. What
+    made that slow before is OpenMP's default spin-waiting: idle workers spun on the cores the event loop and
+    other processes needed, and each small op then waited for a worker pushed off its core (a small model's
+    forward ran ~10x slower at 2 threads than at 1 on 2 busy cores). `perceiver-serve` starts torch with a
+    passive wait policy (`server.cli`), under which all cores are never slower than one fewer and up to
+    ~1.7x faster on an idle machine (BENCHMARKS.md)."""
     if settings.server.cpu_threads is not None:
         return settings.server.cpu_threads
-    if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    return max(1, torch.get_num_threads() - 1)
+    return max(1, torch.get_num_threads())
 
 
 def configure_cpu_threads(settings: Settings) -> int:
