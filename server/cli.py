@@ -196,7 +196,7 @@ def _run(settings: Settings) -> None:
     gc.freeze()
     server = settings.server
     _make_room_for_connections(server.max_connections)
-    # In-flight requests get as long as the longest deadline a request may have, plus a margin. No websocket
+    # In-flight requests get the default deadline (or the cap, when one is set), plus a margin. No websocket
     # routes: an upgrade request is an ordinary request. The guard protocol bounds connections (connections.py).
     config = uvicorn.Config(
         app,
@@ -208,7 +208,7 @@ def _run(settings: Settings) -> None:
         ),
         ws="none",
         timeout_keep_alive=server.keep_alive_s,  # type: ignore[arg-type]
-        timeout_graceful_shutdown=int(server.request_timeout_cap_s) + 5,
+        timeout_graceful_shutdown=int(server.shutdown_grace_s),
         log_config=None,  # logs.configure has set up every logger, uvicorn's included
         access_log=False,  # the server's own access log (server.access) replaces uvicorn's
     )

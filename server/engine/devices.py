@@ -41,6 +41,12 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     return _DTYPES[spec]
 
 
+def device_kind(spec: ModelSpec, settings: Settings) -> str:
+    """cpu or cuda: the kind of device `spec` lands on when it loads (known before it does)."""
+    device = spec.device or settings.server.device
+    return "cpu" if device == "cpu" or not torch.cuda.is_available() else "cuda"
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
