@@ -133,6 +133,7 @@ class ServerSettings(_Strict):
     max_response_mb: float = Field(128.0, gt=0, le=16_384)  # one answer's size, estimated from the request
     max_flow_side: int = Field(4096, ge=64, le=16_384)  # optical flow: a frame's side, as sent and as run
     decode_budget_mb: float = Field(512.0, gt=0, le=65_536)  # video decode: activations of one pass, all items
+    flow_budget_mb: float = Field(1024.0, gt=0, le=65_536)  # optical flow: activations of one pass, all its tiles
     # Background jobs: running (per process) and waiting at once, then 429; results kept, and for how long.
     max_running_jobs: int = Field(2, ge=1, le=1024)
     max_queued_jobs: int = Field(16, ge=0, le=100_000)  # with jobs_url: across every replica
