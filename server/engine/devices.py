@@ -47,6 +47,14 @@ def device_kind(spec: ModelSpec, settings: Settings) -> str:
     return "cpu" if device == "cpu" or not torch.cuda.is_available() else "cuda"
 
 
+def default_timeout_s(spec: ModelSpec | None, settings: Settings) -> float:
+    """A request's deadline when its client asks for none: its model's default on the kind of device it lands on
+    (within the X-Request-Timeout cap), else the server's request_timeout_s."""
+    server = settings.server
+    own = spec.timeout_s(device_kind(spec, settings)) if spec is not None else None
+    return min(own, server.request_timeout_cap_s) if own else server.request_timeout_s
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import anyio
 
 from server.engine.batching import Outcome, Pending
-from server.engine.devices import device_kind
+from server.engine.devices import default_timeout_s
 from server.engine.registry import Entry, Registry
 from server.errors import ErrorCode, ServeError
 from server.limits import Limits
@@ -158,14 +158,7 @@ class InferenceService:
         of its model `spec` on the kind of device it lands on, else request_timeout_s after its arrival."""
         server = self.settings.server
         asked = [min(s, server.request_timeout_cap_s) for s in asked_s if s is not None and s > 0]
-        return started + (min(asked) if asked else self.default_timeout_s(spec))
-
-    def default_timeout_s(self, spec: ModelSpec | None) -> float:
-        """A request's deadline when its client asks for none: its model's default (within the cap), else the
-        server's."""
-        server = self.settings.server
-        own = spec.timeout_s(device_kind(spec, self.settings)) if spec is not None else None
-        return min(own, server.request_timeout_cap_s) if own else server.request_timeout_s
+        return started + (min(asked) if asked else default_timeout_s(spec, self.settings))
 
     def resolve(self, task: Task, model: str | None) -> ModelSpec:
         """The configured model of `task` named `model` (name, alias or source), or the task's default."""
