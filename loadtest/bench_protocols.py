@@ -32,8 +32,8 @@ import tritonclient.grpc.aio as triton_grpc
 import tritonclient.http.aio as triton_http
 
 from loadtest.payloads import encode_image, masked_text, synth_image
-from loadtest.run import _machine
 from loadtest.servers import read_config, serve, write_model_set
+from loadtest.workers import host
 
 TRANSPORTS = ("grpc", "http-binary", "http-json")
 TASKS = {"fill-mask": "fill-mask", "classify-image": "image-classification"}  # bench name -> server task
@@ -221,7 +221,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         steps = asyncio.run(sweep(server.url.removeprefix("http://"), server.grpc, models, args))
     doc = {
         "command": "python -m loadtest.bench_protocols " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "machine": {**_machine(), "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "machine": {**host(), "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "models": models,
         "steps": [{**asdict(s), "throughput": round(s.throughput, 2)} for s in steps],
         "ratios": ratios(steps),

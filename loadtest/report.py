@@ -104,6 +104,19 @@ class Row:
         )
 
 
+def throughput_ratios(rows: Sequence[Row], variant: str, baseline: str) -> dict[str, Any]:
+    """Throughput of `variant` over `baseline`, per route and concurrency measured on both, and their geometric
+    mean."""
+    base = {(r.route, r.concurrency): r.rps for r in rows if r.variant == baseline}
+    ratios = {
+        f"{r.route} c={r.concurrency}": r.rps / base[(r.route, r.concurrency)]
+        for r in rows
+        if r.variant == variant and base.get((r.route, r.concurrency))
+    }
+    geomean = math.exp(sum(math.log(v) for v in ratios.values()) / len(ratios)) if ratios else math.nan
+    return {"throughput_ratio": ratios, "geomean": geomean}
+
+
 def _rows(rows: Sequence[Row], variant: str, route: str) -> list[Row]:
     return sorted((r for r in rows if r.variant == variant and r.route == route), key=lambda r: r.concurrency)
 

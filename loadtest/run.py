@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -38,9 +37,10 @@ from loadtest import payloads as payload_lib
 from loadtest.client import BatchStats, open_clients, run_step, scrape_batches
 from loadtest.inprocess import InProcessResult
 from loadtest.otlp_sink import otlp_sink
-from loadtest.report import BATCHING, NO_BATCHING, Row, write
-from loadtest.servers import Server, read_config, serve, with_batching, write_model_set
+from loadtest.report import BATCHING, NO_BATCHING, Row, throughput_ratios, write
+from loadtest.servers import Server, read_config, serve, serve_naive, with_batching, write_model_set
 from loadtest.target import RouteTarget, TargetError, auth_headers, check_target, discover
+from loadtest.workers import host
 
 
 def _ints(text: str) -> list[int]:
@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument(
         "--models",
-        choices=["small", "real"],
+        choices=["small", "mid", "real"],
         default=None,
         help="built-in random-weight model set to serve (default: small)",
     )
@@ -85,38 +85,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compare", action="store_true", help="skip the second server")
     p.add_argument(
         "--compare",
-        choices=["batching", "observability"],
+        choices=["batching", "observability", "naive"],
         default="batching",
-        help="the second server: max_batch_size = 1 (batching), or access log and tracing on (observability)",
+        help="the second server: max_batch_size = 1 (batching), or access log and tracing on (observability); "
+        "naive: max_batch_size = 1 and the naive FastAPI + transformers peer (loadtest.naive, /fill-mask only)",
     )
     p.add_argument("--no-inprocess", action="store_true", help="skip the in-process model throughput")
     p.add_argument("--out", type=Path, default=Path("bench-results/loadtest"))
     return p
-
-
-def _machine() -> dict[str, Any]:
-    import torch
-
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor(),
-        )
-        if Path("/proc/cpuinfo").exists()
-        else ""
-    )
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-    }
 
 
 def _server_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,9 +128,10 @@ class Variant:
     server: Server | None = None  # the process, when started here (for its CPU time)
     targets: dict[str, RouteTarget] = field(default_factory=dict)
     observed: bool = False  # started with the JSON access log at info and every request traced over OTLP
+    naive: bool = False  # the naive FastAPI + transformers peer, on the fill-mask model's checkpoint
 
 
-OBSERVED = "observed"
+OBSERVED, NAIVE = "observed", "naive"
 OBSERVED_ARGS = ("--log-level", "info", "--log-format", "json")
 
 
@@ -174,6 +151,8 @@ def _variants(args: argparse.Namespace, config: dict[str, Any] | None) -> list[V
         variants.append(Variant(OBSERVED, config, observed=True))
     else:
         variants.append(Variant(NO_BATCHING, with_batching(config, max_batch_size=1)))
+    if args.compare == "naive":
+        variants.append(Variant(NAIVE, None, naive=True))
     return variants
 
 
@@ -264,7 +243,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         sink = sinks.enter_context(otlp_sink()) if any(v.observed for v in variants) else None
         with ExitStack() as stack:
             for v in variants:
-                if v.url is None:
+                if v.naive:
+                    print(f"{v.name}: starting the naive peer", flush=True)
+                    v.server = stack.enter_context(serve_naive(_mlm_source(config), workdir=args.out / "servers"))
+                    v.url = v.server.url
+                elif v.url is None:
                     print(f"{v.name}: starting a server", flush=True)
                     observing = v.observed and sink is not None
                     v.server = stack.enter_context(
@@ -287,7 +270,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             notes.append(f"OTLP receiver: {sink[1].exports} trace exports, {sink[1].bytes} bytes")
     meta = {
         "command": "python -m loadtest.run " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "machine": _machine(),
+        "machine": host(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "wall_s": round(time.time() - started, 1),
         "load_average_before": load_before,
@@ -300,7 +283,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         meta["server_cpu_threads"] = cpu_threads(build_settings(config))
     if any(v.observed for v in variants):
-        meta["observability_cost"] = observed_ratios(rows)
+        meta["observability_cost"] = throughput_ratios(rows, OBSERVED, BATCHING)
+    if any(v.naive for v in variants):
+        meta["over_naive"] = {v: throughput_ratios(rows, v, NAIVE) for v in (BATCHING, NO_BATCHING)}
     doc = write(args.out, rows, inprocess, meta)
     _print_summary(doc)
     return doc
@@ -315,16 +300,14 @@ def _traced_to(endpoint: str) -> dict[str, str]:
     }
 
 
-def observed_ratios(rows: Sequence[Row]) -> dict[str, Any]:
-    """Throughput with logs and traces on over off, per route and concurrency, and their geometric mean."""
-    quiet = {(r.route, r.concurrency): r.rps for r in rows if r.variant == BATCHING}
-    ratios = {
-        f"{r.route} c={r.concurrency}": r.rps / quiet[(r.route, r.concurrency)]
-        for r in rows
-        if r.variant == OBSERVED and quiet.get((r.route, r.concurrency))
-    }
-    geomean = math.exp(sum(math.log(v) for v in ratios.values()) / len(ratios)) if ratios else math.nan
-    return {"throughput_ratio": ratios, "geomean": geomean}
+def _mlm_source(config: dict[str, Any] | None) -> str:
+    """The checkpoint folder of the fill-mask model the server serves by default: the naive peer's weights."""
+    from server.settings import Task, build_settings
+
+    spec = build_settings(config or {}).default_model(Task.FILL_MASK)
+    if spec is None:
+        raise TargetError("--compare naive needs a fill-mask model")
+    return spec.source
 
 
 def _payloads(route: str, target: RouteTarget, args: argparse.Namespace) -> list[Any]:
@@ -372,6 +355,8 @@ def _print_summary(doc: dict[str, Any]) -> None:
         if "batching_speedup" in s:
             parts.append("batching x " + ", ".join(f"c={c}: {v:.2f}" for c, v in s["batching_speedup"].items()))
         print("; ".join(parts))
+    for variant, ratio in doc.get("over_naive", {}).items():
+        print(f"{variant} / naive peer: " + ", ".join(f"{k}: {v:.2f}" for k, v in ratio["throughput_ratio"].items()))
     cost = doc.get("observability_cost")
     if cost:
         print(f"throughput with access log and tracing / without: geomean {cost['geomean']:.3f}")

@@ -1,7 +1,11 @@
 """Servers under test: built-in model sets (random weights), TOML configs, and `perceiver-serve` subprocesses.
 
 `small`: small random models of every task (per-request overhead dominates; what batching buys).
+`mid`: a mid-size masked LM (128 latents x 512 channels, 6 latent layers, 2048 positions): its forward, not the
+per-request overhead, fills the CPU, and a peer padding to 2048 positions pays for it.
 `real`: the DeepMind configurations of language-perceiver and vision-perceiver-conv, random weights.
+
+`serve` runs perceiver-serve; `serve_naive` the naive FastAPI + transformers peer (loadtest.naive).
 """
 
 from __future__ import annotations
@@ -23,6 +27,17 @@ from typing import Any
 from loadtest.bench_model import REAL_CONFIGS
 from model_core.presets import preset_config
 
+MID_TEXT = preset_config(
+    "language-perceiver-small",
+    num_latents=128,
+    d_latents=512,
+    num_self_attends_per_block=6,
+    num_self_attention_heads=8,
+    d_model=256,
+    qk_channels=256,
+    v_channels=512,
+    max_position_embeddings=2048,
+)
 # name -> (task, config.json dict, folder under the checkpoints root)
 MODEL_SETS: dict[str, dict[str, tuple[str, dict[str, Any], str]]] = {
     "small": {
@@ -44,6 +59,7 @@ MODEL_SETS: dict[str, dict[str, tuple[str, dict[str, Any], str]]] = {
             "small-multimodal",
         ),
     },
+    "mid": {"mid-fill-mask": ("fill-mask", MID_TEXT, "mid-fill-mask")},
     # Folder names as `python -m loadtest.bench_model --checkpoints DIR` writes them, so both share DIR.
     "real": {
         "language-perceiver": ("fill-mask", REAL_CONFIGS["fill-mask"], "fill-mask"),
@@ -178,9 +194,33 @@ def serve(
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
-    log = workdir / f"{name}.log"
+    with _process(args, environ, workdir / f"{name}.log", base, name, ready_timeout_s) as pid:
+        yield Server(base, pid, grpc_target)
+
+
+@contextmanager
+def serve_naive(
+    checkpoint: str, *, workdir: Path, name: str = "naive", ready_timeout_s: float = 600
+) -> Iterator[Server]:
+    """Run the naive FastAPI + transformers peer (loadtest.naive) on `checkpoint`, on a free loopback port, with
+    torch's defaults (no thread or OpenMP settings of ours in its environment)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "loadtest.naive", "--checkpoint", checkpoint, "--port", str(port)]
+    environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    environ.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    with _process(args, environ, workdir / f"{name}.log", base, name, ready_timeout_s) as pid:
+        yield Server(base, pid)
+
+
+@contextmanager
+def _process(
+    args: list[str], environ: Mapping[str, str], log: Path, base: str, name: str, ready_timeout_s: float
+) -> Iterator[int]:
+    """`args` started with its output in `log`, waited for until `base` is ready; its pid. Stopped on exit."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=environ)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=dict(environ))
     try:
         deadline = time.monotonic() + ready_timeout_s
         while not _ready(base):
@@ -190,7 +230,7 @@ def serve(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"server {name} not ready after {ready_timeout_s:.0f}s; log: {log}")
             time.sleep(0.2)
-        yield Server(base, proc.pid, grpc_target)
+        yield proc.pid
     finally:
         _stop(proc)
 

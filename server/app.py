@@ -72,7 +72,7 @@ def build_app(settings: Settings, *, loader: Loader = load_model, tracing: Traci
         finally:
             await lifecycle.stop()  # drains: gRPC refuses new calls too
             if grpc is not None:  # calls in flight finish within their deadlines
-                await grpc.stop(grace_s=settings.server.request_timeout_cap_s + 5)
+                await grpc.stop(grace_s=settings.server.shutdown_grace_s)
             await job_store.close()
             await registry.close()
             offload.close()

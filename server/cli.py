@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -130,6 +131,7 @@ def serve(argv: Sequence[str]) -> int:
     args = _serve_parser().parse_args(argv)
     settings = _settings(args)
     logs.configure(settings.server.log_level, settings.server.log_format)
+    _passive_openmp()
     from server.engine.devices import check_devices, configure_cpu_threads
 
     check_devices(settings)
@@ -151,6 +153,17 @@ def serve(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:  # SIGINT, re-raised by uvicorn once it has shut down gracefully: a normal exit
         return 130
     return 0
+
+
+def _passive_openmp() -> None:
+    """OpenMP workers that sleep when idle instead of spinning (unless OMP_WAIT_POLICY says otherwise): with every
+    core computing (devices.cpu_threads), spinning workers would take the cores the event loop needs. OpenMP reads
+    it once, when torch loads it: torch must not be imported yet."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if "torch" in sys.modules:
+        log.warning("torch was imported before start-up set OMP_WAIT_POLICY; set it in the environment instead")
 
 
 def _check_sources(settings: Settings) -> list[str]:
@@ -183,7 +196,7 @@ def _run(settings: Settings) -> None:
     gc.freeze()
     server = settings.server
     _make_room_for_connections(server.max_connections)
-    # In-flight requests get as long as the longest deadline a request may have, plus a margin. No websocket
+    # In-flight requests get the default deadline (or the cap, when one is set), plus a margin. No websocket
     # routes: an upgrade request is an ordinary request. The guard protocol bounds connections (connections.py).
     config = uvicorn.Config(
         app,
@@ -195,7 +208,7 @@ def _run(settings: Settings) -> None:
         ),
         ws="none",
         timeout_keep_alive=server.keep_alive_s,  # type: ignore[arg-type]
-        timeout_graceful_shutdown=int(server.request_timeout_cap_s) + 5,
+        timeout_graceful_shutdown=int(server.shutdown_grace_s),
         log_config=None,  # logs.configure has set up every logger, uvicorn's included
         access_log=False,  # the server's own access log (server.access) replaces uvicorn's
     )

@@ -74,6 +74,7 @@ class Limits:
     max_response_bytes: int
     max_flow_side: int  # optical flow: a frame's side, as sent and as run
     decode_budget_bytes: int  # video decode: activations of one pass, all its items together
+    flow_budget_bytes: int  # optical flow: activations of one forward pass, all its tiles together
     image: ImageLimits
     video: VideoLimits
     audio: AudioLimits
@@ -91,6 +92,7 @@ class Limits:
             max_response_bytes=int(server.max_response_mb * 2**20),
             max_flow_side=server.max_flow_side,
             decode_budget_bytes=int(server.decode_budget_mb * 2**20),
+            flow_budget_bytes=int(server.flow_budget_mb * 2**20),
             image=ImageLimits(server.max_image_pixels, tuple(server.image_formats)),
             video=VideoLimits(
                 server.max_video_frames,

@@ -61,6 +61,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+DEFAULT_TIMEOUT_CAP_S = 600.0  # X-Request-Timeout's cap unless max_request_timeout_s says otherwise
+
+
+class DeviceTimeouts(_Strict):
+    """A model's default deadline by the kind of device it lands on (`{cpu = 300, cuda = 60}`); a kind left out
+    gets the server's request_timeout_s."""
+
+    cpu: Seconds | None = None
+    cuda: Seconds | None = None
+
+
 class ModelSpec(_Strict):
     """One `[models.NAME]` table."""
 
@@ -75,6 +87,15 @@ class ModelSpec(_Strict):
     default: bool = False
     aliases: list[Name] = []
     random_weights: bool = False
+    # The deadline of a request that asks for none (default: the server's request_timeout_s): seconds, or seconds
+    # by device kind, at most the X-Request-Timeout cap. The header still shortens or lengthens it, within the cap.
+    request_timeout_s: Seconds | DeviceTimeouts | None = None
+
+    def timeout_s(self, device_kind: str) -> float | None:
+        """This model's default deadline on a device of `device_kind` (cpu, cuda), if it has one."""
+        if isinstance(self.request_timeout_s, DeviceTimeouts):
+            return getattr(self.request_timeout_s, device_kind, None)
+        return self.request_timeout_s
 
 
 class ServerSettings(_Strict):
@@ -90,7 +111,8 @@ class ServerSettings(_Strict):
     access_log: bool = True  # one line per request (logger server.access; probes and /metrics at debug)
     memory_budget_mb: int | None = Field(None, gt=0, le=16_777_216)
     request_timeout_s: float = Field(30.0, gt=0, le=3600)
-    max_request_timeout_s: float | None = Field(None, gt=0, le=3600)  # X-Request-Timeout cap (default: the above)
+    # X-Request-Timeout cap (default: 600 s, or request_timeout_s if larger): a client may ask for more than the default
+    max_request_timeout_s: float | None = Field(None, gt=0, le=3600)
     max_body_mb: float = Field(32.0, gt=0, le=1024)
     max_inputs: int = Field(64, ge=1, le=4096)
     max_text_bytes: int = Field(65_536, ge=1, le=2**26)  # one text input, UTF-8; checked before tokenizing
@@ -111,6 +133,7 @@ class ServerSettings(_Strict):
     max_response_mb: float = Field(128.0, gt=0, le=16_384)  # one answer's size, estimated from the request
     max_flow_side: int = Field(4096, ge=64, le=16_384)  # optical flow: a frame's side, as sent and as run
     decode_budget_mb: float = Field(512.0, gt=0, le=65_536)  # video decode: activations of one pass, all items
+    flow_budget_mb: float = Field(1024.0, gt=0, le=65_536)  # optical flow: activations of one pass, all its tiles
     # Background jobs: running (per process) and waiting at once, then 429; results kept, and for how long.
     max_running_jobs: int = Field(2, ge=1, le=1024)
     max_queued_jobs: int = Field(16, ge=0, le=100_000)  # with jobs_url: across every replica
@@ -171,7 +194,13 @@ class ServerSettings(_Strict):
     @property
     def request_timeout_cap_s(self) -> float:
         """The longest deadline a request may ask for (X-Request-Timeout)."""
-        return self.max_request_timeout_s or self.request_timeout_s
+        return self.max_request_timeout_s or max(DEFAULT_TIMEOUT_CAP_S, self.request_timeout_s)
+
+    @property
+    def shutdown_grace_s(self) -> float:
+        """How long a graceful shutdown waits for requests in flight: the cap when one is set, else the default
+        deadline (a longer deadline, asked for or a model's, may be cut short by a shutdown: 503)."""
+        return (self.max_request_timeout_s or self.request_timeout_s) + 5
 
 
 class Settings(_Strict):

@@ -3,6 +3,9 @@
 Lifecycle of a request: enqueue -> wait (<= max_delay after the oldest queued request of its group,
 or until the group fills max_batch_size) -> drop if expired or abandoned -> collate -> forward ->
 split, on the thread that owns the model. The task's runner supplies the four (`server.tasks.TaskRunner`).
+
+Batching must never cost throughput: per group key, the batcher keeps the seconds per item of batched
+passes and of items run alone, and runs a batch item by item while that is cheaper (`Pays`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,38 @@ class Outcome:
     batch: int = 0  # which forward pass of its batcher: items of one pass share it
 
 
+@dataclass
+class Pays:
+    """Whether batching pays for one group key: moving averages of the seconds per item of batched passes and of
+    items run alone (from lone requests, or from batches run item by item). Until both are known, batches run
+    batched; after `EXPLORE_AFTER` batched passes with no lone timing, and every `EXPLORE_EVERY` passes after,
+    one batch runs the other way so the choice follows the load and the machine."""
+
+    EXPLORE_AFTER = 16
+    EXPLORE_EVERY = 64
+
+    batched_s: float | None = None
+    alone_s: float | None = None
+    passes: int = 0
+
+    def run_alone(self) -> bool:
+        self.passes += 1
+        if self.batched_s is None:
+            return False
+        if self.alone_s is None:
+            return self.passes >= self.EXPLORE_AFTER
+        alone = self.alone_s < self.batched_s
+        return not alone if self.passes % self.EXPLORE_EVERY == 0 else alone
+
+    def record(self, *, alone: bool, per_item_s: float) -> None:
+        old = self.alone_s if alone else self.batched_s
+        new = per_item_s if old is None else 0.8 * old + 0.2 * per_item_s
+        if alone:
+            self.alone_s = new
+        else:
+            self.batched_s = new
+
+
 @dataclass(eq=False)
 class Pending:
     item: Any
@@ -79,6 +114,7 @@ class Batcher:
         self._running_since: float | None = None
         self._finished_at = time.monotonic()  # when the collector last finished a batch
         self._batches = itertools.count(1)
+        self._pays: dict[Hashable, Pays] = {}  # per group key: whether batching pays (worker thread only)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{name}")
         # A context of its own: not that of the request whose arrival happened to load the model.
         self._task = asyncio.get_running_loop().create_task(
@@ -223,26 +259,27 @@ class Batcher:
 
     async def _run(self, batch: list[Pending]) -> None:
         started, number = time.monotonic(), next(self._batches)
-        if self.metrics:
-            for p in batch:
-                self.metrics.queue_wait.labels(model=self.name).observe(started - p.enqueued)
-            self.metrics.batch_size.labels(model=self.name).observe(len(batch))
         loop = asyncio.get_running_loop()
         self._running_since = started
         try:
-            results = await loop.run_in_executor(
-                self._executor, self._execute, [p.item for p in batch], [p.request_id for p in batch]
+            results, size = await loop.run_in_executor(
+                self._executor, self._execute, batch[0].key, [p.item for p in batch], [p.request_id for p in batch]
             )
         finally:
             self._running_since = None
         elapsed = time.monotonic() - started
+        if self.metrics:
+            for p in batch:
+                self.metrics.queue_wait.labels(model=self.name).observe(started - p.enqueued)
+            for _ in range(len(batch) // size):  # each forward pass, as it ran
+                self.metrics.batch_size.labels(model=self.name).observe(size)
         if self.tracing.enabled:
             try:
                 self.tracing.record_batch(
                     [(p.trace, p.enqueued) for p in batch],
                     started=started,
                     finished=started + elapsed,
-                    attributes={"perceiver.model": self.name, "perceiver.batch_size": len(batch)},
+                    attributes={"perceiver.model": self.name, "perceiver.batch_size": size},
                 )
             except Exception:  # a span lost, never the answers
                 log.exception("batcher %s: recording the batch's spans failed", self.name)
@@ -255,11 +292,23 @@ class Batcher:
             if isinstance(result, BaseException):
                 p.future.set_exception(result)
             else:
-                p.future.set_result(Outcome(result, started - p.enqueued, elapsed, len(batch), number))
+                p.future.set_result(Outcome(result, started - p.enqueued, elapsed, size, number))
 
-    def _execute(self, items: list[Any], request_ids: list[str]) -> list[Any]:
+    def _execute(self, key: Hashable, items: list[Any], request_ids: list[str]) -> tuple[list[Any], int]:
+        """The items' results, and the size of the forward passes they ran in: the batch's, or 1 when batching
+        does not pay for this key (`Pays`)."""
+        if len(self._pays) > 4096:  # keys are shapes and length buckets; bounded all the same
+            self._pays.clear()
+        pays = self._pays.setdefault(key, Pays())
+        alone = len(items) == 1 or pays.run_alone()
+        started = time.perf_counter()
         with torch.inference_mode():
-            return self._bisect(items, request_ids)
+            if alone:
+                results = [r for item, rid in zip(items, request_ids, strict=True) for r in self._bisect([item], [rid])]
+            else:
+                results = self._bisect(items, request_ids)
+        pays.record(alone=alone, per_item_s=(time.perf_counter() - started) / len(items))
+        return results, 1 if alone else len(items)
 
     def _bisect(self, items: list[Any], request_ids: list[str]) -> list[Any]:
         """Run a batch; on failure (out of memory included) retry its halves so only the culprit fails."""

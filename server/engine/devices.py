@@ -41,6 +41,20 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     return _DTYPES[spec]
 
 
+def device_kind(spec: ModelSpec, settings: Settings) -> str:
+    """cpu or cuda: the kind of device `spec` lands on when it loads (known before it does)."""
+    device = spec.device or settings.server.device
+    return "cpu" if device == "cpu" or not torch.cuda.is_available() else "cuda"
+
+
+def default_timeout_s(spec: ModelSpec | None, settings: Settings) -> float:
+    """A request's deadline when its client asks for none: its model's default on the kind of device it lands on
+    (within the X-Request-Timeout cap), else the server's request_timeout_s."""
+    server = settings.server
+    own = spec.timeout_s(device_kind(spec, settings)) if spec is not None else None
+    return min(own, server.request_timeout_cap_s) if own else server.request_timeout_s
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -62,17 +76,18 @@ def check_devices(settings: Settings) -> None:
 
 
 def cpu_threads(settings: Settings) -> int:
-    """Intra-op threads for CPU inference: `[server] cpu_threads`; else torch's own choice when OMP_NUM_THREADS
-    is set; else one fewer than torch's default (the cores), at least 1.
+    """Intra-op threads for CPU inference: `[server] cpu_threads`; else torch's own choice (every core, or
+    OMP_NUM_THREADS when set).
 
-    The spare core is for the event loop, request decoding and preprocessing. With every core in a
-    forward's parallel regions, each small op waits for a worker the scheduler has parked behind those
-    threads (or another process): on 2 busy cores a small model's forward ran ~100x slower."""
+    Every core computes: a forward's parallel regions then leave no core idle while the event loop waits. What
+    made that slow before is OpenMP's default spin-waiting: idle workers spun on the cores the event loop and
+    other processes needed, and each small op then waited for a worker pushed off its core (a small model's
+    forward ran ~10x slower at 2 threads than at 1 on 2 busy cores). `perceiver-serve` starts torch with a
+    passive wait policy (`server.cli`), under which all cores are never slower than one fewer and up to
+    ~1.7x faster on an idle machine (BENCHMARKS.md)."""
     if settings.server.cpu_threads is not None:
         return settings.server.cpu_threads
-    if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    return max(1, torch.get_num_threads() - 1)
+    return max(1, torch.get_num_threads())
 
 
 def configure_cpu_threads(settings: Settings) -> int:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import anyio
 
 from server.engine.batching import Outcome, Pending
+from server.engine.devices import default_timeout_s
 from server.engine.registry import Entry, Registry
 from server.errors import ErrorCode, ServeError
 from server.limits import Limits
@@ -151,13 +152,13 @@ class InferenceService:
         with self.tracing.step("decode", step=getattr(fn, "__name__", "decode")):
             return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._decodes)
 
-    def deadline(self, started: float, *asked_s: float | None) -> float:
+    def deadline(self, started: float, *asked_s: float | None, spec: ModelSpec | None = None) -> float:
         """The deadline of a request that arrived at `started` (time.monotonic()): the earliest of the timeouts its
-        client asked for (seconds; None or <= 0: not asked), each capped at request_timeout_cap_s, else
-        request_timeout_s after its arrival."""
+        client asked for (seconds; None or <= 0: not asked), each capped at request_timeout_cap_s, else the default
+        of its model `spec` on the kind of device it lands on, else request_timeout_s after its arrival."""
         server = self.settings.server
         asked = [min(s, server.request_timeout_cap_s) for s in asked_s if s is not None and s > 0]
-        return started + (min(asked) if asked else server.request_timeout_s)
+        return started + (min(asked) if asked else default_timeout_s(spec, self.settings))
 
     def resolve(self, task: Task, model: str | None) -> ModelSpec:
         """The configured model of `task` named `model` (name, alias or source), or the task's default."""

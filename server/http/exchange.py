@@ -26,16 +26,16 @@ OFF_LOOP_ENTRIES = 256  # answers with more ranked entries than this are built o
 async def open_call(
     request: Request, service: InferenceService, task: Task, model: str | None, *, timeout_s: float | None = None
 ) -> AsyncIterator[Call]:
-    """The model of `task` named `model` (the default when None) for this request: its deadline (arrival +
-    request_timeout_s, or the earlier of X-Request-Timeout as admitted and `timeout_s`, the body's own timeout,
-    within the cap), and items dropped if the client goes away."""
+    """The model of `task` named `model` (the default when None) for this request: its deadline (arrival + the
+    model's default deadline or request_timeout_s, or the earlier of X-Request-Timeout as admitted and `timeout_s`,
+    the body's own timeout, within the cap), and items dropped if the client goes away."""
     spec = service.resolve(task, model)
     state = request.scope.setdefault("state", {})
     state[MODEL_KEY] = spec.name  # the metrics' label, whatever happens next
     context = logs.current()
     if context is not None:
         context.model = spec.name  # on every line logged from here on
-    deadline = service.deadline(state.get(STARTED_KEY, time.monotonic()), state.get(TIMEOUT_KEY), timeout_s)
+    deadline = service.deadline(state.get(STARTED_KEY, time.monotonic()), state.get(TIMEOUT_KEY), timeout_s, spec=spec)
     async with service.open(spec, deadline=deadline, disconnected=functools.partial(_disconnected, request)) as call:
         state[CALL_KEY] = call
         yield call

@@ -35,6 +35,8 @@ CATALOG: tuple[dict[str, Any], ...] = (
         "source": "deepmind/optical-flow-perceiver",
         "default": True,
         "max_batch_size": 4,
+        # A 436x1024 pair is 6 tiles: ~96 s on 2 CPU cores, ~180 s with a second request beside it (BENCHMARKS.md).
+        "request_timeout_s": {"cpu": 300.0, "cuda": 60.0},
     },
     {
         "name": "multimodal-perceiver",
@@ -42,6 +44,8 @@ CATALOG: tuple[dict[str, Any], ...] = (
         "source": "deepmind/multimodal-perceiver",
         "default": True,
         "max_batch_size": 1,
+        # A 16-frame reconstruction: ~50 s on 2 CPU cores, ~80 s with a second beside it; a longer clip, longer.
+        "request_timeout_s": {"cpu": 600.0, "cuda": 120.0},
     },
 )
 

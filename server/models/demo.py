@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from model_core.presets import preset_config
+from server.models.catalog import catalog_models
 from server.settings import Settings, Task, build_settings
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,9 @@ def demo_settings(settings: Settings) -> Settings:
             "aliases": demo.aliases,
             "random_weights": True,
         }
+        timeout = catalog_models().get(demo.name, {}).get("request_timeout_s")
+        if timeout is not None:  # the catalog model's deadline: the demo's tiny tiles add up to as many seconds
+            models[demo.name]["request_timeout_s"] = timeout
     # Python mode: SecretStr values (API keys) go through as they are; JSON mode would mask them as "**********".
     server = settings.server.model_dump(exclude={"catalog"})
     return build_settings({"server": {**server, "catalog": False}, "models": models})

@@ -27,4 +27,4 @@ TASK_ROUTERS: dict[Task, APIRouter] = {
     Task.VIDEO_AUTOENCODING: autoencode_video.router,
 }
 SERVICE_ROUTERS: tuple[APIRouter, ...] = (health.router, models.router, jobs.router)
-JOB_KINDS: tuple[JobKind, ...] = (autoencode_video.JOB,)
+JOB_KINDS: tuple[JobKind, ...] = (autoencode_video.JOB, optical_flow.JOB)

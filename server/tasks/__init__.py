@@ -76,7 +76,13 @@ def _optical_flow(model: torch.nn.Module, at: Placement) -> TaskRunner:
     from server.tasks.optical_flow import OpticalFlowRunner
 
     assert isinstance(model, PerceiverForTask), "the loader checked the checkpoint's task"
-    return OpticalFlowRunner(model, device=at.device, dtype=at.dtype, max_side=at.limits.max_flow_side)
+    return OpticalFlowRunner(
+        model,
+        device=at.device,
+        dtype=at.dtype,
+        max_side=at.limits.max_flow_side,
+        budget_bytes=at.limits.flow_budget_bytes,
+    )
 
 
 def _video_autoencoding(model: torch.nn.Module, at: Placement) -> TaskRunner:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from server.engine.devices import default_timeout_s
 from server.engine.registry import Registry
 from server.settings import ModelSpec
 from server.v2.protocol import TensorMetadata
@@ -71,7 +72,7 @@ def model_config(registry: Registry, name: str, version: str | None) -> dict[str
             "max_queue_delay_microseconds": round(spec.max_delay_ms * 1000),
             "default_queue_policy": {
                 "timeout_action": "REJECT",
-                "default_timeout_microseconds": round(server.request_timeout_s * 1e6),
+                "default_timeout_microseconds": round(default_timeout_s(spec, registry.settings) * 1e6),
                 "allow_timeout_override": True,
                 "max_queue_size": spec.max_queue,
             },

@@ -148,3 +148,18 @@ def test_observability_comparison_traces_and_logs_the_second_server(config_file:
     assert len(access) >= 16 and {a["route"] for a in access} >= {"/fill-mask"}
     quiet_log = (out / "servers" / f"server-{BATCHING}.log").read_text()
     assert "server.access" not in quiet_log
+
+
+@pytest.mark.slow
+def test_naive_comparison_runs_the_peer_beside_the_server_on_the_same_weights(
+    config_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    args = ["--config", str(config_file), "--routes", "/fill-mask", "--concurrency", "2", "--max-requests", "6"]
+    args += ["--duration-s", "20", "--payloads", "4", "--no-inprocess", "--compare", "naive", "--out", str(out)]
+    doc = run(args)
+    rows = {r["variant"]: r for r in doc["rows"]}
+    assert set(rows) == {BATCHING, NO_BATCHING, "naive"}
+    assert rows["naive"]["requests"] == 6 and rows["naive"]["n_other_errors"] == 0
+    for variant in (BATCHING, NO_BATCHING):
+        assert set(doc["over_naive"][variant]["throughput_ratio"]) == {"/fill-mask c=2"}

@@ -30,6 +30,16 @@ def test_the_demo_answers_to_every_catalog_name() -> None:
     assert {"demo-fill-mask", "demo-vision-conv", "demo-optical-flow", "demo-multimodal"} <= demo_names
 
 
+def test_the_demo_flow_and_video_models_get_the_catalogs_deadlines(tmp_path: Path) -> None:
+    from server.models.demo import demo_settings
+
+    settings = demo_settings(build_settings({"server": {"demo_dir": str(tmp_path)}}))
+    catalog = build_settings({})
+    for name in ("optical-flow-perceiver", "multimodal-perceiver"):
+        assert settings.models[name].request_timeout_s == catalog.models[name].request_timeout_s is not None
+    assert settings.models["language-perceiver"].request_timeout_s is None
+
+
 @pytest.mark.slow
 def test_demo_with_keys_from_the_environment(spawn_server: Callable[..., str], tmp_path: Path) -> None:
     base = spawn_server("--demo", "--demo-dir", str(tmp_path / "demo"), env={"PERCEIVER_SERVE_API_KEYS": KEY})

@@ -161,3 +161,27 @@ def test_jobs_url_from_the_environment_and_never_echoed() -> None:
     assert "s3cret" not in str(info.value)
     with pytest.raises(SettingsError, match="jobs_required needs jobs_url"):
         build_settings({"server": {"jobs_required": True}})
+
+
+def test_model_deadlines_by_device() -> None:
+    spec = {"task": "optical-flow", "source": "some/flow"}
+    settings = build_settings({"models": {"flow": {**spec, "request_timeout_s": {"cpu": 300, "cuda": 60}}}})
+    flow = settings.models["flow"]
+    assert (flow.timeout_s("cpu"), flow.timeout_s("cuda")) == (300, 60)
+    plain = build_settings({"models": {"flow": {**spec, "request_timeout_s": 45}}}).models["flow"]
+    assert (plain.timeout_s("cpu"), plain.timeout_s("cuda")) == (45, 45)
+    with pytest.raises(SettingsError, match="request_timeout_s"):
+        build_settings({"models": {"flow": {**spec, "request_timeout_s": {"tpu": 5}}}})
+
+
+def test_catalog_flow_and_video_deadlines_fit_their_cost_and_the_cap() -> None:
+    settings = build_settings({})
+    cap = settings.server.request_timeout_cap_s
+    assert cap > settings.server.request_timeout_s  # a client may ask for more than the default
+    for name in ("optical-flow-perceiver", "multimodal-perceiver"):
+        spec = settings.models[name]
+        cpu, cuda = spec.timeout_s("cpu"), spec.timeout_s("cuda")
+        assert cpu is not None and cuda is not None
+        assert settings.server.request_timeout_s < cuda < cpu <= cap
+    assert settings.models["language-perceiver"].timeout_s("cpu") is None  # the server's default
+    assert settings.server.shutdown_grace_s == settings.server.request_timeout_s + 5

@@ -29,6 +29,7 @@ from server.errors import GRPC_STATUS, ErrorCode, ServeError, retry_headers
 from server.http.access import Exchange
 from server.http.auth import KeyCheck, presented_key
 from server.observability import logs
+from server.settings import ModelSpec
 from server.v2.grpc.messages import SERVICE_NAME
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,12 @@ class CallInfo:
         if bound is not None:
             bound.model = model
 
-    def deadline(self, service: InferenceService, timeout_s: float | None = None) -> float:
+    def deadline(
+        self, service: InferenceService, timeout_s: float | None = None, spec: ModelSpec | None = None
+    ) -> float:
         """The call's deadline: the earlier of the client's gRPC deadline and the request's own timeout, within
-        the cap; request_timeout_s when it set neither."""
-        return service.deadline(self.started, self.context.time_remaining(), timeout_s)
+        the cap; the model's default deadline (or request_timeout_s) when it set neither."""
+        return service.deadline(self.started, self.context.time_remaining(), timeout_s, spec=spec)
 
     def disconnected(self) -> Disconnected:
         return functools.partial(_cancelled, self.context)

@@ -78,7 +78,7 @@ class Servicer:
 
         @asynccontextmanager
         async def opened(model: ModelSpec, timeout_s: float | None) -> AsyncIterator[Call]:
-            deadline = call.deadline(self.service, timeout_s)
+            deadline = call.deadline(self.service, timeout_s, model)
             async with self.service.open(model, deadline=deadline, disconnected=call.disconnected()) as opened:
                 yield opened
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from server.engine.batching import Batcher
+from server.engine.batching import Batcher, Pays
 from server.engine.metrics import Metrics
 from server.errors import ErrorCode, ServeError
 
@@ -178,3 +178,52 @@ async def test_metrics_record_batches() -> None:
     assert 'perceiver_inference_duration_seconds_count{model="toy"} 1.0' in text
     assert 'perceiver_queue_wait_seconds_count{model="toy"} 4.0' in text
     await batcher.close()
+
+
+class Timed(Doubler):
+    """A forward pass of n items sleeps fixed_s + per_item_s * n**power (power 2: batching costs more per item)."""
+
+    def __init__(self, *, fixed_s: float, per_item_s: float, power: int) -> None:
+        super().__init__()
+        self.fixed_s, self.per_item_s, self.power = fixed_s, per_item_s, power
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.fixed_s + self.per_item_s * len(batch) ** self.power)
+        return super().forward(batch)
+
+
+async def batches_of_four(batcher: Batcher, count: int) -> list[int]:
+    """`count` full batches, one after the other; the batch size each item reported."""
+    sizes = []
+    for i in range(count):
+        deadline = time.monotonic() + 10
+        pendings = [batcher.enqueue(("k", 4 * i + j), deadline=deadline) for j in range(4)]
+        outcomes = await asyncio.gather(*(p.future for p in pendings))
+        assert [o.result for o in outcomes] == [2 * (4 * i + j) for j in range(4)]
+        sizes += [o.batch_size for o in outcomes]
+    return sizes
+
+
+async def test_batches_run_item_by_item_when_batching_costs_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Pays, "EXPLORE_AFTER", 2)
+    slower = Timed(fixed_s=0.0, per_item_s=0.005, power=2)  # 4 items batched: 80 ms; alone: 4 x 5 ms
+    batcher = make(slower, size=4, delay_s=0.2)
+    sizes = await batches_of_four(batcher, 5)
+    await batcher.close()
+    assert [len(b) for b in slower.batches] == [4] + [1] * 16  # batched once, then tried alone and kept
+    assert sizes == [4] * 4 + [1] * 16
+
+
+async def test_batches_stay_batched_when_batching_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Pays, "EXPLORE_AFTER", 2)
+    cheaper = Timed(fixed_s=0.02, per_item_s=0.001, power=1)  # 4 items batched: 24 ms; alone: 4 x 21 ms
+    batcher = make(cheaper, size=4, delay_s=0.2)
+    await batches_of_four(batcher, 5)
+    await batcher.close()
+    assert [len(b) for b in cheaper.batches] == [4] + [1] * 4 + [4] * 3  # tried alone once, back to batches
+
+
+def test_pays_explores_the_other_way_now_and_then() -> None:
+    pays = Pays(batched_s=1.0, alone_s=2.0)
+    runs = [pays.run_alone() for _ in range(2 * Pays.EXPLORE_EVERY)]
+    assert runs.count(True) == 2 and runs[Pays.EXPLORE_EVERY - 1]  # batching pays: alone once in EXPLORE_EVERY

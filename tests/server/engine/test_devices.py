@@ -1,4 +1,4 @@
-"""CPU thread setting: the configured count, else torch's (OMP_NUM_THREADS), else one core spared."""
+"""CPU thread setting: the configured count, else torch's (every core, or OMP_NUM_THREADS)."""
 
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ def test_omp_num_threads_is_left_to_torch(monkeypatch: pytest.MonkeyPatch) -> No
     assert cpu_threads(build_settings({})) == torch.get_num_threads()
 
 
-def test_default_spares_a_core(monkeypatch: pytest.MonkeyPatch, restore_threads: None) -> None:
+def test_default_uses_every_core(monkeypatch: pytest.MonkeyPatch, restore_threads: None) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    for available, expected in ((1, 1), (2, 1), (8, 7)):
+    for available in (1, 2, 8):
         torch.set_num_threads(available)
-        assert cpu_threads(build_settings({})) == expected
+        assert cpu_threads(build_settings({})) == available
 
 
 def test_configure_applies_it(restore_threads: None) -> None:

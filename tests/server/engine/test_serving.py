@@ -149,3 +149,19 @@ def test_timing_counts_each_forward_pass_once() -> None:
     timing.add([Outcome(None, 0.5, 0.1, 1, batch=2)])  # a later pass
     assert (timing.items, timing.queue_s, timing.inference_s, timing.batch_size) == (3, 0.5, 0.2, 3)
     assert timing.total_inference_s == pytest.approx(0.3)
+
+
+def test_a_model_default_deadline_is_for_its_device_and_within_the_cap(make_settings: Callable[..., Settings]) -> None:
+    from types import SimpleNamespace
+
+    from server.engine.serving import InferenceService
+
+    models = {"flow": {"task": "optical-flow", "source": "x/flow", "request_timeout_s": {"cpu": 300, "cuda": 60}}}
+    for cap, expected in ((None, 300.0), (100.0, 100.0)):
+        server = {"device": "cpu", "request_timeout_s": 30, "max_request_timeout_s": cap}
+        settings = make_settings(server=server, models=models)
+        service = InferenceService(registry=SimpleNamespace(tracing=None), settings=settings)  # type: ignore[arg-type]
+        spec = settings.models["flow"]
+        assert service.deadline(10.0, spec=spec) == 10.0 + expected
+        assert service.deadline(10.0, None, 5.0, spec=spec) == 15.0  # asked for: the client's
+        assert service.deadline(10.0) == 40.0  # no model: the server's

@@ -66,7 +66,9 @@ def test_request_timeout_header_is_capped(value: bytes, seconds: float) -> None:
 def test_a_timeout_cap_below_the_default_timeout_is_refused_at_start_up() -> None:
     with pytest.raises(SettingsError, match="max_request_timeout_s"):
         load_settings(environ={"PERCEIVER_SERVE_REQUEST_TIMEOUT_S": "30", "PERCEIVER_SERVE_MAX_REQUEST_TIMEOUT_S": "5"})
-    assert load_settings(environ={}).server.request_timeout_cap_s == 30  # by default a client may only shorten
+    # By default a client may ask for more than the default deadline, up to 600 s.
+    assert load_settings(environ={}).server.request_timeout_cap_s == 600
+    assert load_settings(environ={"PERCEIVER_SERVE_REQUEST_TIMEOUT_S": "900"}).server.request_timeout_cap_s == 900
 
 
 @pytest.fixture
@@ -256,6 +258,33 @@ async def test_request_timeout_header_extends_and_shortens_the_deadline(
         assert gate.forwards == 1  # the two that timed out in the queue never reached the model
         metrics = (await client.get("/metrics")).text
         assert read_metric(metrics, "perceiver_requests_dropped_total", model="mlm", reason="expired") == 2
+
+
+async def test_a_model_default_deadline_replaces_the_server_default(
+    make_settings: Callable[..., Settings], gate, checkpoints
+) -> None:
+    models = {
+        "mlm": {"task": "fill-mask", "source": str(checkpoints["mlm"]), "max_batch_size": 1, "max_delay_ms": 0},
+        "patient": {
+            "task": "fill-mask",
+            "source": str(checkpoints["mlm"]),
+            "max_batch_size": 1,
+            "max_delay_ms": 0,
+            "request_timeout_s": {"cpu": 20.0},
+        },
+    }
+    settings = make_settings(server={"request_timeout_s": 0.3, "preload": ["mlm", "patient"]}, models=models)
+    app = build_app(settings, loader=gate.loader)
+    async with open_client(app) as client:
+        while (await client.get("/health/ready")).status_code != 200:
+            await asyncio.sleep(0.05)
+        patient = asyncio.create_task(client.post("/fill-mask?model=patient", json=MASKED))
+        assert await asyncio.to_thread(gate.entered.wait, 10)
+        await asyncio.sleep(0.5)  # past the server's default 0.3 s
+        hasty = await client.post("/fill-mask?model=patient", json=MASKED, headers={"X-Request-Timeout": "0.1"})
+        assert_error(hasty, 504, "timeout")  # the header still shortens it
+        gate.open.set()
+        assert (await patient).status_code == 200  # the model's own 20 s on the CPU
 
 
 def wav(seconds: float, rate: int = 8_000) -> bytes:

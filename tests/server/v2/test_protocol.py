@@ -121,6 +121,19 @@ async def test_model_configuration(client: httpx.AsyncClient) -> None:
     assert_v2_error(await client.get("/v2/models/conv/versions/2/config"), 404, "only version")
 
 
+async def test_the_configured_default_timeout_is_the_models_own(
+    make_settings: Callable[..., Settings], checkpoints
+) -> None:
+    models = {
+        "mlm": {"task": "fill-mask", "source": str(checkpoints["mlm"])},
+        "flow": {"task": "optical-flow", "source": str(checkpoints["flow"]), "request_timeout_s": {"cpu": 45}},
+    }
+    async with open_client(build_app(make_settings(server={"request_timeout_s": 30}, models=models))) as client:
+        for name, seconds in (("mlm", 30), ("flow", 45)):
+            config = (await client.get(f"/v2/models/{name}/config")).json()
+            assert config["dynamic_batching"]["default_queue_policy"]["default_timeout_microseconds"] == seconds * 10**6
+
+
 async def test_statistics_are_the_metrics_numbers(client: httpx.AsyncClient, read_metric) -> None:
     for texts in (["a[MASK]"], ["b[MASK]", "cc[MASK]"]):
         assert (await client.post("/v2/models/mlm/infer", json=text(*texts))).status_code == 200
