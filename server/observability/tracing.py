@@ -64,6 +64,9 @@ class Tracing:
 
     @staticmethod
     def finish_request(span: Any, *, route: str | None, status: int, attributes: Attributes) -> None:
+        if not span.is_recording():  # not sampled (OTEL_TRACES_SAMPLER): nothing to name or record
+            span.end()
+            return
         if route:
             span.update_name(f"{span.name.split(' ', 1)[0]} {route}")
             span.set_attribute("http.route", route)
@@ -85,7 +88,7 @@ class Tracing:
 
     def step(self, name: str, **attributes: str | int | float | bool) -> Any:
         """A child span of the current request's span for the block; nothing outside a traced request."""
-        if self._tracer is None or not trace.get_current_span().get_span_context().is_valid:
+        if self._tracer is None or not trace.get_current_span().is_recording():  # untraced, or not sampled
             return nullcontext()
         return self._tracer.start_as_current_span(name, attributes=attributes)
 
@@ -94,7 +97,7 @@ class Tracing:
         if self._tracer is None:
             return None
         context = trace.get_current_span().get_span_context()
-        return context if context.is_valid else None
+        return context if context.is_valid and context.trace_flags.sampled else None
 
     def record_batch(
         self, requests: Sequence[tuple[Any, float]], *, started: float, finished: float, attributes: Attributes

@@ -12,6 +12,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 from server.app import build_app
 from server.observability.tracing import Tracing, TracingError, from_environment
@@ -128,6 +129,26 @@ async def test_tracing_off_adds_no_header(make_settings: Callable[..., Settings]
     async with open_client(build_app(make_settings(), tracing=Tracing())) as c:
         r = await c.post("/fill-mask", json={"inputs": "x[MASK]"}, headers={"traceparent": f"00-{CLIENT_TRACE}-a-01"})
     assert r.status_code == 200 and "traceparent" not in r.headers
+
+
+async def test_requests_the_sampler_drops_answer_as_usual_and_record_nothing(
+    make_settings: Callable[..., Settings], exporter: InMemorySpanExporter
+) -> None:
+    """With a sampler (OTEL_TRACES_SAMPLER), most requests are not sampled: their spans are non-recording. They must
+    be answered as any other, say they were not sampled, and record nothing; a sampled client's trace still is."""
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with open_client(build_app(make_settings(), tracing=Tracing(provider))) as c:
+        texts = ["a[MASK]", "bb[MASK]", "ccc[MASK]"]
+        answers = await asyncio.gather(*(c.post("/fill-mask", json={"inputs": t}) for t in texts))
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        assert all(int(a.headers["traceparent"][-2:], 16) & 1 == 0 for a in answers)  # the sampled flag is off
+        assert exporter.get_finished_spans() == ()
+        sampled = f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"  # the client's sampled trace: parent-based keeps it
+        r = await c.post("/fill-mask", json={"inputs": "d[MASK]"}, headers={"traceparent": sampled})
+    assert r.status_code == 200 and r.headers["traceparent"].startswith(f"00-{CLIENT_TRACE}-")
+    names = sorted(s.name for s in exporter.get_finished_spans())
+    assert "POST /fill-mask" in names and "forward" in names and "queue" in names
 
 
 # ---------------------------------------------------------------- configuration by OTEL_* variables
