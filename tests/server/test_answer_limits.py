@@ -341,24 +341,24 @@ def test_v2_large_images_in_one_tensor_cost_one_image_at_a_time(live: tuple[str,
     from tests.server.crafted import png_bomb
 
     base, pid = live
-    picture = png_bomb(4000)
-    payload = {
-        "inputs": [
-            {"name": "image", "datatype": "BYTES", "shape": [16], "data": [base64.b64encode(picture).decode()] * 16}
-        ],
-        "outputs": [{"name": "labels"}],
-    }
+
+    def payload(picture: bytes) -> dict[str, Any]:
+        data = [base64.b64encode(picture).decode()] * 16
+        return {
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [16], "data": data}],
+            "outputs": [{"name": "labels"}],
+        }
+
     with httpx.Client(base_url=base, timeout=120) as client:
-        assert (
-            client.post("/classify-image", content=image_file(), headers={"Content-Type": "image/png"}).status_code
-            == 200
-        )  # warm
+        # Warm with 16 small images: the peak then holds the batch of 16's forward, whatever the thread count.
+        assert client.post("/v2/models/conv/infer", json=payload(image_file())).status_code == 200
         before = peak_rss_mb(pid)
-        r = client.post("/v2/models/conv/infer", json=payload)
+        r = client.post("/v2/models/conv/infer", json=payload(png_bomb(4000)))
         growth = peak_rss_mb(pid) - before
     assert r.status_code == 200, r.text
     assert [o["shape"] for o in r.json()["outputs"]] == [[16, 4]]
-    assert growth < 250, f"peak RSS grew {growth:.0f} MB (16 images at once would be ~1 GB)"
+    # What is left is decoding: ~100 MB one image at a time (48 MB as RGB, and its shrinking); ~770 MB all at once.
+    assert growth < 200, f"decoding grew the peak RSS by {growth:.0f} MB (16 images at once would be ~770 MB)"
 
 
 def test_limits_are_settings() -> None:
