@@ -8,7 +8,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from loadtest.loopback import QuietHandler, loopback_server
 
 
 @dataclass
@@ -23,7 +24,7 @@ def otlp_sink() -> Iterator[tuple[str, Received]]:
     received = Received()
     lock = threading.Lock()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             with lock:
@@ -34,14 +35,5 @@ def otlp_sink() -> Iterator[tuple[str, Received]]:
             self.send_header("Content-Length", "0")  # an empty ExportTraceServiceResponse: all accepted
             self.end_headers()
 
-        def log_message(self, format: str, *args: object) -> None:  # quiet
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", received
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(Handler) as url:
+        yield url, received

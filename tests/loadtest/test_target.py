@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from loadtest.loopback import QuietHandler, loopback_server
 from loadtest.payloads import ModelShapes
 from loadtest.target import TargetError, auth_headers, discover
 from tests.server.conftest import CONFIGS
@@ -39,7 +38,7 @@ def fake_server(tmp_path: Path) -> Iterator[tuple[str, list[dict[str, str]]]]:
     }
     seen: list[dict[str, str]] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             seen.append(dict(self.headers))
             body = json.dumps(bodies[self.path]).encode()
@@ -49,16 +48,8 @@ def fake_server(tmp_path: Path) -> Iterator[tuple[str, list[dict[str, str]]]]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
+    with loopback_server(Handler) as url:
+        yield url, seen
 
 
 def test_routes_need_both_the_route_and_a_model(fake_server: tuple[str, list[dict[str, str]]]) -> None:

@@ -4,11 +4,11 @@ folder per repository, with the headers huggingface_hub reads (a 404 says EntryN
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from loadtest.loopback import QuietHandler, loopback_server
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -18,7 +18,7 @@ def fake_hub(repos: dict[str, dict[str, bytes]]) -> Iterator[tuple[str, list[str
     """(endpoint URL, the paths requested), serving repo id -> {file name: content}."""
     requested: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_HEAD(self) -> None:
             self._answer(body=False)
 
@@ -45,17 +45,8 @@ def fake_hub(repos: dict[str, dict[str, bytes]]) -> Iterator[tuple[str, list[str
             if body:
                 self.wfile.write(data)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", requested
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(Handler) as url:
+        yield url, requested
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
