@@ -56,6 +56,19 @@ class Timing:
     def total_inference_s(self) -> float:
         return sum(self.passes.values())
 
+    def figures(self) -> dict[str, int | float]:
+        """What the answer's timing headers and the access line report: milliseconds to 2 decimals, and counts.
+        Empty when no item reached the model."""
+        if not self.items:
+            return {}
+        return {
+            "items": self.items,
+            "queue_ms": round(self.queue_s * 1000, 2),
+            "inference_ms": round(self.inference_s * 1000, 2),
+            "inference_total_ms": round(self.total_inference_s * 1000, 2),
+            "batch_size": self.batch_size,
+        }
+
 
 class Call:
     """One request's (or one job's) use of one model."""

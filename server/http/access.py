@@ -117,15 +117,7 @@ def call_timings(call: Any) -> dict[str, Any]:
     and forward pass any of them had, the forward passes that carried them added up, the largest batch they ran
     in, and how many there were. Empty when it reached no model."""
     timing = getattr(call, "timing", None)
-    if timing is None or not timing.items:
-        return {}
-    return {
-        "queue_ms": round(timing.queue_s * 1000, 2),
-        "inference_ms": round(timing.inference_s * 1000, 2),
-        "inference_total_ms": round(timing.total_inference_s * 1000, 2),
-        "batch_size": timing.batch_size,
-        "items": timing.items,
-    }
+    return timing.figures() if timing is not None else {}
 
 
 class Observation:

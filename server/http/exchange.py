@@ -47,18 +47,23 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+_TIMING_HEADERS = {
+    "items": "X-Items",
+    "queue_ms": "X-Queue-Time-Ms",
+    "inference_ms": "X-Inference-Time-Ms",
+    "inference_total_ms": "X-Inference-Total-Ms",
+    "batch_size": "X-Batch-Size",
+}
+
+
 def answer_headers(call: Call) -> dict[str, str]:
     """The model that answered and what the request's items cost on it (docs/server.md, Routes): how many items
     (tiles, windows, passes), the longest any of them queued, the longest forward pass any of them ran in, those
     passes added up (each counted once), and the largest batch."""
-    spec, timing = call.entry.spec, call.timing
+    spec = call.entry.spec
     headers = {"X-Model": spec.name}
-    if timing.items:
-        headers["X-Items"] = str(timing.items)
-        headers["X-Queue-Time-Ms"] = f"{timing.queue_s * 1000:.2f}"
-        headers["X-Inference-Time-Ms"] = f"{timing.inference_s * 1000:.2f}"
-        headers["X-Inference-Total-Ms"] = f"{timing.total_inference_s * 1000:.2f}"
-        headers["X-Batch-Size"] = str(timing.batch_size)
+    for name, value in call.timing.figures().items():
+        headers[_TIMING_HEADERS[name]] = f"{value:.2f}" if isinstance(value, float) else str(value)
     if spec.random_weights:
         headers[RANDOM_WEIGHTS] = "true"
     return headers
