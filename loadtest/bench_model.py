@@ -17,6 +17,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,7 +51,9 @@ def _fill_mask_inputs(batch: int):
     return [ids] * batch, positions
 
 
-def _worker(task: str, impl: str, dtype_name: str, batch: int, folder: str, repeats: int, hf_chunks: int) -> dict:
+def _worker(
+    task: str, impl: str, dtype_name: str, batch: int, folder: str, repeats: int, hf_chunks: int, flops: bool = False
+) -> dict:
     torch.manual_seed(0)
     dtype = getattr(torch, dtype_name)
     if impl == "ours":
@@ -62,8 +65,31 @@ def _worker(task: str, impl: str, dtype_name: str, batch: int, folder: str, repe
 
         arch = REAL_CONFIGS[task]["architectures"][0]
         model = getattr(transformers, arch).from_pretrained(folder, dtype=dtype).eval()
-    g = torch.Generator().manual_seed(0)
     extra: dict = {}
+    run = _call(task, impl, model, batch, dtype, hf_chunks, extra)
+    with torch.inference_mode():
+        run()  # warm-up
+        times, peaks = [], []
+        for _ in range(repeats):
+            gc.collect()
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                out = run()
+                times.append(time.perf_counter() - t0)
+            peaks.append(mem.delta_mb)
+            del out
+        cost = _cost(run, dtype, 128 / hf_chunks if "extrapolated_from_chunks" in extra else 1) if flops else {}
+    latency = min(times)
+    if "extrapolated_from_chunks" in extra:
+        latency *= 128 / hf_chunks
+    if cost:
+        cost["fraction_of_peak"] = cost["gflop"] / latency / cost["peak_gflop_s"]
+    return dict(latency_s=latency, peak_mb=max(peaks), **cost, **extra)
+
+
+def _call(task: str, impl: str, model: Any, batch: int, dtype: torch.dtype, hf_chunks: int, extra: dict) -> Any:
+    """The call measured: `impl`'s forward on the task's inputs, as its docs drive it."""
+    g = torch.Generator().manual_seed(0)
     if task == "fill-mask":
         from model_core.tokenizer import ByteTokenizer
 
@@ -95,21 +121,14 @@ def _worker(task: str, impl: str, dtype_name: str, batch: int, folder: str, repe
             measured = chunks[:hf_chunks]
             run = lambda: [model(inputs=inputs, subsampled_output_points=c).logits for c in measured]
             extra["extrapolated_from_chunks"] = hf_chunks
-    with torch.inference_mode():
-        run()  # warm-up
-        times, peaks = [], []
-        for _ in range(repeats):
-            gc.collect()
-            with PeakRSS() as mem:
-                t0 = time.perf_counter()
-                out = run()
-                times.append(time.perf_counter() - t0)
-            peaks.append(mem.delta_mb)
-            del out
-    latency = min(times)
-    if "extrapolated_from_chunks" in extra:
-        latency *= 128 / hf_chunks
-    return dict(latency_s=latency, peak_mb=max(peaks), **extra)
+    return run
+
+
+def _cost(run: Any, dtype: torch.dtype, scale: float) -> dict[str, float]:
+    """FLOPs of one more call (counted, untimed; x `scale` where the timing is extrapolated) and the matmul peak."""
+    from loadtest.flops import count_flops, matmul_peak
+
+    return {"gflop": count_flops(run) * scale / 1e9, "peak_gflop_s": matmul_peak(dtype, torch.get_num_threads()) / 1e9}
 
 
 def _spawn(args: list[str]) -> dict:
@@ -128,11 +147,13 @@ def main() -> None:
     p.add_argument("--hf-chunks", type=int, default=4, help="transformers video chunks measured (of 128)")
     p.add_argument("--checkpoints", default=None, help="folder for the random checkpoints (default: temp)")
     p.add_argument("--out", default="bench-results/model.json")
-    p.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
+    p.add_argument("--flops", action="store_true", help="FLOPs per call and the share of the dtype's matmul peak")
+    p.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        task, impl, dtype, batch, folder, repeats, hf_chunks = a.worker
-        print(json.dumps(_worker(task, impl, dtype, int(batch), folder, int(repeats), int(hf_chunks))))
+        task, impl, dtype, batch, folder, repeats, hf_chunks, flops = a.worker
+        result = _worker(task, impl, dtype, int(batch), folder, int(repeats), int(hf_chunks), flops == "1")
+        print(json.dumps(result))
         return
     root = Path(a.checkpoints or tempfile.mkdtemp(prefix="perceiver-bench-"))
     rows = []
@@ -142,7 +163,9 @@ def main() -> None:
         for dtype in a.dtypes.split(","):
             for batch in batches:
                 res = {
-                    impl: _spawn([task, impl, dtype, batch, folder, str(a.repeats), str(a.hf_chunks)])
+                    impl: _spawn(
+                        [task, impl, dtype, batch, folder, str(a.repeats), str(a.hf_chunks), str(int(a.flops))]
+                    )
                     for impl in ("ours", "transformers")
                 }
                 row = dict(
@@ -155,6 +178,12 @@ def main() -> None:
                     ours_peak_mb=res["ours"]["peak_mb"],
                     transformers_peak_mb=res["transformers"]["peak_mb"],
                     memory_ratio=res["ours"]["peak_mb"] / max(res["transformers"]["peak_mb"], 1e-9),
+                    **{
+                        f"{impl}_{k}": r[k]
+                        for impl, r in res.items()
+                        for k in ("gflop", "fraction_of_peak", "peak_gflop_s")
+                        if k in r
+                    },
                     note="; ".join(
                         [f"{impl} failed: {r['error']}" for impl, r in res.items() if "error" in r]
                         + [
@@ -169,7 +198,7 @@ def main() -> None:
                     f"{task:13s} {dtype:9s} b={batch:2s} ours {row['ours_s']:8.3f}s  transformers "
                     f"{row['transformers_s']:8.3f}s  latency x{row['latency_ratio']:.2f}  peak "
                     f"{row['ours_peak_mb']:8.0f} / {row['transformers_peak_mb']:8.0f} MB  "
-                    f"memory x{row['memory_ratio']:.2f} {row['note']}",
+                    f"memory x{row['memory_ratio']:.2f} {_peak_text(row)}{row['note']}",
                     flush=True,
                 )
     if "fill-mask" in a.tasks and "bfloat16" in a.dtypes:
@@ -177,6 +206,16 @@ def main() -> None:
         print(f"fill-mask bfloat16 top-1 agreement with float32: {rows[-1]['value']:.3f}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(dict(machine=machine(), rows=rows), indent=2))
+
+
+def _peak_text(row: dict[str, Any]) -> str:
+    if "ours_gflop" not in row:
+        return ""
+    theirs = row.get("transformers_fraction_of_peak", float("nan"))
+    return (
+        f"{row['ours_gflop']:.1f} / {row.get('transformers_gflop', float('nan')):.1f} GFLOP, "
+        f"{row['ours_fraction_of_peak']:.0%} / {theirs:.0%} of the {row['ours_peak_gflop_s']:.0f} GFLOP/s peak "
+    )
 
 
 def _bf16_agreement(root: Path) -> float:

@@ -122,11 +122,22 @@ async def _drive(app: Any, case: Case) -> tuple[dict[str, Any], Outputs]:
                         lambda: post(path, params, files), case.requests, concurrency
                     )
                     runs.append(timings(latencies, wall_s, concurrency))
+            cost = await _cost(case, lambda: post(path, params, files)) if case.flops else {}
     assert last is not None
     return (
-        dict(runs=runs, peak_delta_mb=mem.delta_mb, peak_rss_mb=max_rss_mb(), threads=torch.get_num_threads()),
+        dict(runs=runs, peak_delta_mb=mem.delta_mb, peak_rss_mb=max_rss_mb(), threads=torch.get_num_threads(), **cost),
         _parse(case.task, last.content),
     )
+
+
+async def _cost(case: Case, send: Callable[[], Awaitable[Any]]) -> dict[str, float]:
+    """FLOPs of one more request (untimed: counting slows it), and the matmul peak to compare throughput with."""
+    from loadtest.flops import counting_forwards, matmul_peak
+
+    with counting_forwards() as totals:
+        await send()
+    peak = matmul_peak(getattr(torch, case.dtype), torch.get_num_threads())
+    return {"gflop_per_request": sum(totals) / 1e9, "peak_gflop_s": peak / 1e9}
 
 
 async def _concurrent(
@@ -221,6 +232,8 @@ def _row(case: Case, ours: dict[str, Any], theirs: dict[str, Any], agree: dict[s
                 ours_peak_delta_mb=ours.get("peak_delta_mb", nan),
                 transformers_peak_delta_mb=theirs.get("peak_delta_mb", nan),
                 threads=case.threads,
+                ours_gflop_per_request=ours.get("gflop_per_request", nan),
+                ours_fraction_of_peak=ours_rps * ours.get("gflop_per_request", nan) / ours.get("peak_gflop_s", nan),
                 tiles=theirs.get("tiles"),
                 agreement=agree,
                 note="; ".join(notes),
@@ -245,7 +258,9 @@ def _print(row: dict[str, Any]) -> None:
         f"{row['ours_requests_per_s']:7.4f} req/s  transformers {row['transformers_p50_s']:8.2f}s "
         f"{row['transformers_requests_per_s']:7.4f} req/s  latency x{row['latency_ratio']:.2f}  "
         f"throughput x{row['throughput_ratio']:.2f}  peak RSS {row['ours_peak_rss_mb']:6.0f} / "
-        f"{row['transformers_peak_rss_mb']:6.0f} MB  {_agreement_text(row['agreement'])}  {row['note']}",
+        f"{row['transformers_peak_rss_mb']:6.0f} MB  {_agreement_text(row['agreement'])}  "
+        f"{row['ours_gflop_per_request']:.0f} GFLOP/request, {row['ours_fraction_of_peak']:.0%} of matmul peak  "
+        f"{row['note']}",
         flush=True,
     )
 
@@ -294,6 +309,7 @@ def main() -> None:
         default=Case.max_batch_size,
         help="ours: the model's batch limit (a 368x496 flow tile takes ~1.1 GB in float32 on CPU)",
     )
+    p.add_argument("--flops", action="store_true", help="ours: FLOPs per request and the share of matmul peak")
     p.add_argument("--checkpoints", default=None, help="folder for the random checkpoints (default: temp)")
     p.add_argument("--out", default="bench-results/routes.json")
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
@@ -324,6 +340,7 @@ def main() -> None:
                     (height, width),
                     a.threads,
                     a.max_batch_size,
+                    a.flops,
                 )
                 for row in compare(case, Path(workdir)):
                     rows.append(row)

@@ -33,6 +33,7 @@ class Case:
     flow_size: tuple[int, int] = SINTEL
     threads: int = field(default_factory=torch.get_num_threads)  # torch intra-op threads, both sides
     max_batch_size: int = 6  # ours: the model's batch limit (flow: ~1.1 GB a float32 tile on CPU)
+    flops: bool = False  # ours: one more request, its FLOPs counted, and the machine's matmul peak measured
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

@@ -91,6 +91,7 @@ def parser() -> argparse.ArgumentParser:
         "naive: max_batch_size = 1 and the naive FastAPI + transformers peer (loadtest.naive, /fill-mask only)",
     )
     p.add_argument("--no-inprocess", action="store_true", help="skip the in-process model throughput")
+    p.add_argument("--flops", action="store_true", help="FLOPs per request and the share of matmul peak per route")
     p.add_argument("--out", type=Path, default=Path("bench-results/loadtest"))
     return p
 
@@ -286,6 +287,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         meta["observability_cost"] = throughput_ratios(rows, OBSERVED, BATCHING)
     if any(v.naive for v in variants):
         meta["over_naive"] = {v: throughput_ratios(rows, v, NAIVE) for v in (BATCHING, NO_BATCHING)}
+    if args.flops and config is not None:
+        from loadtest.flops import peak_fractions
+
+        meta["matmul_peak"] = peak_fractions(config, payloads, rows, variant=BATCHING)
     doc = write(args.out, rows, inprocess, meta)
     _print_summary(doc)
     return doc
@@ -357,6 +362,12 @@ def _print_summary(doc: dict[str, Any]) -> None:
         print("; ".join(parts))
     for variant, ratio in doc.get("over_naive", {}).items():
         print(f"{variant} / naive peer: " + ", ".join(f"{k}: {v:.2f}" for k, v in ratio["throughput_ratio"].items()))
+    peak = doc.get("matmul_peak")
+    for route, p in (peak or {}).get("routes", {}).items():
+        print(
+            f"{route}: {p['gflop_per_request']:.3f} GFLOP/request x {p['saturation_rps']:.2f} req/s = "
+            f"{p['fraction_of_peak']:.1%} of the {peak['dtype']} matmul peak ({peak['peak_gflop_s']:.1f} GFLOP/s)"
+        )
     cost = doc.get("observability_cost")
     if cost:
         print(f"throughput with access log and tracing / without: geomean {cost['geomean']:.3f}")

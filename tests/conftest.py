@@ -28,3 +28,14 @@ def restore_logging() -> Iterator[None]:
         logger.propagate = propagate
         logger.handlers[:] = handlers[name]
     logging.getLogger("uvicorn.access").disabled = access_disabled
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads() -> Iterator[None]:
+    """A CPU model's batcher sets its worker thread's intra-op threads, which also sets the default of threads
+    started after it: put the suite's back after every test."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

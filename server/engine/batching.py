@@ -4,8 +4,10 @@ Lifecycle of a request: enqueue -> wait (<= max_delay after the oldest queued re
 or until the group fills max_batch_size) -> drop if expired or abandoned -> collate -> forward ->
 split, on the thread that owns the model. The task's runner supplies the four (`server.tasks.TaskRunner`).
 
-Batching must never cost throughput: per group key, the batcher keeps the seconds per item of batched
-passes and of items run alone, and runs a batch item by item while that is cheaper (`Pays`).
+Batching must never cost throughput, and neither must threads: per group key and batch size, the batcher keeps
+the seconds per item of each way to run a batch (one pass or item by item; on every core, half or one, for CPU
+models) and runs the cheapest (`Pays`). A small model's ops are too short to share among cores (waking the other
+threads costs more than they save, and the event loop needs a core); a large one's matmuls use every core.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,36 +50,56 @@ class Outcome:
     batch: int = 0  # which forward pass of its batcher: items of one pass share it
 
 
+@dataclass(frozen=True)
+class Plan:
+    """One way to run a batch: as one forward pass or item by item (`alone`), on how many intra-op threads of the
+    batcher's worker thread (0: as they are; on CUDA the host threads hardly matter)."""
+
+    alone: bool = False
+    threads: int = 0
+
+    def next_to(self, other: Plan) -> bool:
+        """One change away from `other`: batched or alone, or the thread count."""
+        return (self.alone != other.alone) + (self.threads != other.threads) == 1
+
+
 @dataclass
 class Pays:
-    """Whether batching pays for one group key: moving averages of the seconds per item of batched passes and of
-    items run alone (from lone requests, or from batches run item by item). Until both are known, batches run
-    batched; after `EXPLORE_AFTER` batched passes with no lone timing, and every `EXPLORE_EVERY` passes after,
-    one batch runs the other way so the choice follows the load and the machine."""
+    """Which way of running batches of one group key and size pays: the seconds per item of each `Plan` run (moving
+    averages of the batcher's own passes; a lone request times running alone). Batches run as the first plan
+    offered until it is timed; after `EXPLORE_AFTER` passes, each plan one change away from the fastest so far
+    runs once (a walk to the fastest plan that never tries the far corner of a slow one: for a large model, item
+    by item on one thread); from then on the fastest runs, and every `EXPLORE_EVERY` passes the least recently
+    run of its neighbours, so the choice follows the load and the machine."""
 
-    EXPLORE_AFTER = 16
+    EXPLORE_AFTER = 4
     EXPLORE_EVERY = 64
 
-    batched_s: float | None = None
-    alone_s: float | None = None
+    seconds: dict[Plan, float] = field(default_factory=dict)  # per item
+    last_run: dict[Plan, int] = field(default_factory=dict)  # pass number
     passes: int = 0
 
-    def run_alone(self) -> bool:
+    def choose(self, plans: Sequence[Plan]) -> Plan:
         self.passes += 1
-        if self.batched_s is None:
-            return False
-        if self.alone_s is None:
-            return self.passes >= self.EXPLORE_AFTER
-        alone = self.alone_s < self.batched_s
-        return not alone if self.passes % self.EXPLORE_EVERY == 0 else alone
+        if plans[0] not in self.seconds:
+            return plans[0]
+        best = self.best(plans)
+        near = [p for p in plans if p.next_to(best)]
+        untimed = [p for p in near if p not in self.seconds]
+        if untimed and self.passes >= self.EXPLORE_AFTER:
+            return untimed[0]
+        if near and self.passes % self.EXPLORE_EVERY == 0:
+            return min(near, key=lambda p: self.last_run.get(p, 0))
+        return best
 
-    def record(self, *, alone: bool, per_item_s: float) -> None:
-        old = self.alone_s if alone else self.batched_s
-        new = per_item_s if old is None else 0.8 * old + 0.2 * per_item_s
-        if alone:
-            self.alone_s = new
-        else:
-            self.batched_s = new
+    def best(self, plans: Sequence[Plan]) -> Plan:
+        """The fastest of `plans` timed so far (the first of them when none is)."""
+        return min((p for p in plans if p in self.seconds), key=self.seconds.__getitem__, default=plans[0])
+
+    def record(self, plan: Plan, *, per_item_s: float) -> None:
+        self.last_run[plan] = self.passes
+        old = self.seconds.get(plan)
+        self.seconds[plan] = per_item_s if old is None else 0.8 * old + 0.2 * per_item_s
 
 
 @dataclass(eq=False)
@@ -102,8 +124,18 @@ class Batcher:
         max_queue: int,
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
+        threads: Sequence[int] = (),
     ) -> None:
+        """`threads`: the intra-op thread counts the worker thread may run a pass on (CPU models; the first is the
+        default, the others are tried and kept where faster: `Pays`); empty leaves torch's threads as they are."""
         self.name, self.runner, self.metrics = name, runner, metrics
+        self._thread_options = tuple(dict.fromkeys(threads)) or (0,)
+        self._threads = 0  # the worker thread's intra-op threads, once set
+        self._threads_hint = self._thread_options[0]  # where a new shape starts: the count last found fastest
+        # (key, threads) -> the smallest batch size at which that many threads ran slower than more: not tried on
+        # bigger batches of the key, whose larger ops only gain more from threads (a large model's slow tries);
+        # that size keeps re-trying them now and then, and lifts the verdict if they win there.
+        self._fewer_lose: dict[tuple[Hashable, int], int] = {}
         self.tracing = tracing or Tracing()
         self.max_batch_size, self.max_delay_s, self.max_queue = max_batch_size, max_delay_s, max_queue
         self._groups: dict[Hashable, deque[Pending]] = {}
@@ -114,7 +146,7 @@ class Batcher:
         self._running_since: float | None = None
         self._finished_at = time.monotonic()  # when the collector last finished a batch
         self._batches = itertools.count(1)
-        self._pays: dict[Hashable, Pays] = {}  # per group key: whether batching pays (worker thread only)
+        self._pays: dict[Hashable, Pays] = {}  # per (group key, batch size): the plan that pays (worker thread only)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{name}")
         # A context of its own: not that of the request whose arrival happened to load the model.
         self._task = asyncio.get_running_loop().create_task(
@@ -299,16 +331,42 @@ class Batcher:
         does not pay for this key (`Pays`)."""
         if len(self._pays) > 4096:  # keys are shapes and length buckets; bounded all the same
             self._pays.clear()
-        pays = self._pays.setdefault(key, Pays())
-        alone = len(items) == 1 or pays.run_alone()
+            self._fewer_lose.clear()
+        # Timed per shape and batch size (to a power of two): per-item costs are only comparable at one size, and a
+        # slower plan builds bigger batches, whose lower per-item cost must not be credited to it.
+        size = 1 << (len(items) - 1).bit_length()
+        pays = self._pays.setdefault((key, size), Pays())
+        ways = (False, True) if len(items) > 1 else (True,)
+        options = [n for n in self._thread_options if self._fewer_lose.get((key, n), size) >= size]
+        options.sort(key=lambda n: n != self._threads_hint)
+        plans = [Plan(alone, threads) for threads in options or self._thread_options[:1] for alone in ways]
+        plan = pays.choose(plans)
+        if plan.threads and plan.threads != self._threads:
+            torch.set_num_threads(plan.threads)  # this thread's OpenMP team (and the default of threads to come)
+            self._threads = plan.threads
         started = time.perf_counter()
         with torch.inference_mode():
-            if alone:
+            if plan.alone:
                 results = [r for item, rid in zip(items, request_ids, strict=True) for r in self._bisect([item], [rid])]
             else:
                 results = self._bisect(items, request_ids)
-        pays.record(alone=alone, per_item_s=(time.perf_counter() - started) / len(items))
-        return results, 1 if alone else len(items)
+        pays.record(plan, per_item_s=(time.perf_counter() - started) / len(items))
+        self._learn_threads(key, size, pays, plans)
+        return results, 1 if plan.alone else len(items)
+
+    def _learn_threads(self, key: Hashable, size: int, pays: Pays, plans: list[Plan]) -> None:
+        """What a batch size that has compared thread counts says of the others: where new shapes start, and
+        which counts bigger batches of this key need not try."""
+        timed = {p.threads for p in pays.seconds}
+        if len(timed) < 2:
+            return
+        best = pays.best(plans).threads
+        self._threads_hint = best
+        for threads in timed:
+            if threads < best:
+                self._fewer_lose[key, threads] = min(size, self._fewer_lose.get((key, threads), size))
+        if self._fewer_lose.get((key, best), size + 1) <= size:  # faster now where it lost: things changed
+            self._fewer_lose.pop((key, best), None)
 
     def _bisect(self, items: list[Any], request_ids: list[str]) -> list[Any]:
         """Run a batch; on failure (out of memory included) retry its halves so only the culprit fails."""

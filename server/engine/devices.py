@@ -77,17 +77,28 @@ def check_devices(settings: Settings) -> None:
 
 def cpu_threads(settings: Settings) -> int:
     """Intra-op threads for CPU inference: `[server] cpu_threads`; else torch's own choice (every core, or
-    OMP_NUM_THREADS when set).
+    OMP_NUM_THREADS when set): the most a model's pass runs on (`thread_options`).
 
-    Every core computes: a forward's parallel regions then leave no core idle while the event loop waits. What
-    made that slow before is OpenMP's default spin-waiting: idle workers spun on the cores the event loop and
-    other processes needed, and each small op then waited for a worker pushed off its core (a small model's
-    forward ran ~10x slower at 2 threads than at 1 on 2 busy cores). `perceiver-serve` starts torch with a
-    passive wait policy (`server.cli`), under which all cores are never slower than one fewer and up to
-    ~1.7x faster on an idle machine (BENCHMARKS.md)."""
+    `perceiver-serve` starts torch with a passive OpenMP wait policy (`server.cli`): idle workers sleep instead of
+    spinning on the cores the event loop and other processes need. With the default spinning policy, each small op
+    of a forward waited for a worker pushed off its core (a small model ran ~10x slower at 2 threads than at 1 on 2
+    busy cores)."""
     if settings.server.cpu_threads is not None:
         return settings.server.cpu_threads
     return max(1, torch.get_num_threads())
+
+
+def thread_options(device: torch.device | None, settings: Settings, threads: int) -> tuple[int, ...]:
+    """The intra-op thread counts a model's batcher may run its passes on (`Batcher(threads=...)`): none on CUDA;
+    `[server] cpu_threads` alone when set; else `threads` (every core), half of them, or one, the batcher keeping
+    whichever runs a shape faster. Every core wins for large models (~1.8x on 2 cores); one wins for small ones,
+    whose short ops cost more to wake the other threads for than they save and leave the event loop a core; half
+    is there for mid-size models on many cores, and for models busy at once (BENCHMARKS.md)."""
+    if device is None or device.type != "cpu":
+        return ()
+    if settings.server.cpu_threads is not None or threads <= 1:
+        return (threads,)
+    return tuple(dict.fromkeys((threads, max(1, threads // 2), 1)))
 
 
 def configure_cpu_threads(settings: Settings) -> int:

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel
 
 from server.engine.batching import Batcher
-from server.engine.devices import dtype_name
+from server.engine.devices import cpu_threads, dtype_name, thread_options
 from server.engine.loading import LoadedModel, load_model
 from server.engine.metrics import Metrics
 from server.errors import ErrorCode, ServeError
@@ -75,6 +75,7 @@ class Registry:
         self.tracing = tracing or Tracing()
         self.entries = {name: Entry(spec) for name, spec in settings.models.items()}
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model-loader")
+        self._cpu_threads = cpu_threads(settings)  # every core (or the setting), read before any batcher runs
 
     def resolve(self, task: Task, name: str | None) -> ModelSpec:
         """The model of `task` called `name` (name, alias or source), or the task's default."""
@@ -128,6 +129,7 @@ class Registry:
                     max_queue=spec.max_queue,
                     metrics=self.metrics,
                     tracing=self.tracing,
+                    threads=thread_options(getattr(model, "device", None), self.settings, self._cpu_threads),
                 )
             entry.model, entry.state = model, ModelState.READY
             gc.freeze()  # the model's objects live as long as it is loaded: keep them out of every collection

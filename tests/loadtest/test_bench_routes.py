@@ -60,6 +60,25 @@ def test_flow_route_and_colab_loop_agree(tiny_models: dict[str, dict[str, Any]])
     assert agree["flow_max_abs_diff_px"] <= 1e-4 * agree["flow_max_abs_px"]
 
 
+def test_flow_route_cost_is_nine_tiles(tiny_models: dict[str, dict[str, Any]]) -> None:
+    """With --flops: one more request counted, nine times a one-tile pair's FLOPs, and a fraction of peak."""
+    from loadtest.bench_routes import _row
+    from loadtest.flops import route_flops
+    from loadtest.payloads import BUILDERS, ModelShapes
+
+    flow = case(tiny_models, "flow", flow_size=FLOW_SIZE, flops=True)
+    ours, _ = run_ours(flow)
+    table = tiny_models["flow"]
+    one_tile = BUILDERS["/optical-flow"](np.random.default_rng(0), 1, ModelShapes.from_source(table["source"]))
+    config = {"server": {"device": "cpu"}, "models": {"flow": table}}
+    assert ours["gflop_per_request"] == pytest.approx(9 * route_flops(config, "/optical-flow", one_tile) / 1e9)
+    [row] = _row(flow, ours, {"runs": [{"p50_s": 1.0, "requests_per_s": 1.0}]}, {})
+    assert 0 < row["ours_fraction_of_peak"] < 1
+    assert row["ours_fraction_of_peak"] == pytest.approx(
+        ours["runs"][0]["requests_per_s"] * ours["gflop_per_request"] / ours["peak_gflop_s"]
+    )
+
+
 def test_reconstruction_agrees_on_the_chunks_measured(tiny_models: dict[str, dict[str, Any]]) -> None:
     recon = case(tiny_models, "video-recon", hf_chunks=3)
     ours, ours_out = run_ours(recon)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from server.engine.batching import Batcher, Pays
+from server.engine.batching import Batcher, Pays, Plan
 from server.engine.metrics import Metrics
 from server.errors import ErrorCode, ServeError
 
@@ -224,6 +224,102 @@ async def test_batches_stay_batched_when_batching_pays(monkeypatch: pytest.Monke
 
 
 def test_pays_explores_the_other_way_now_and_then() -> None:
-    pays = Pays(batched_s=1.0, alone_s=2.0)
-    runs = [pays.run_alone() for _ in range(2 * Pays.EXPLORE_EVERY)]
-    assert runs.count(True) == 2 and runs[Pays.EXPLORE_EVERY - 1]  # batching pays: alone once in EXPLORE_EVERY
+    batched, alone = Plan(alone=False), Plan(alone=True)
+    pays = Pays(seconds={batched: 1.0, alone: 2.0})
+    runs = [pays.choose([batched, alone]) for _ in range(2 * Pays.EXPLORE_EVERY)]
+    assert runs.count(alone) == 2 and runs[Pays.EXPLORE_EVERY - 1] == alone  # batching pays: alone once in 64
+
+
+def test_pays_walks_to_the_fastest_plan_one_change_at_a_time() -> None:
+    plans = [Plan(False, 2), Plan(True, 2), Plan(False, 1), Plan(True, 1)]
+    cost = {plans[0]: 4.0, plans[1]: 3.0, plans[2]: 1.0, plans[3]: 2.0}
+    pays, runs = Pays(), []
+    for _ in range(4 * Pays.EXPLORE_EVERY):
+        plan = pays.choose(plans)
+        pays.record(plan, per_item_s=cost[plan])
+        runs.append(plan)
+    assert runs[: Pays.EXPLORE_AFTER - 1] == [plans[0]] * (Pays.EXPLORE_AFTER - 1)  # the default until then
+    # alone (faster), then alone on one thread (faster again), then batched on one thread: the fastest
+    assert runs[Pays.EXPLORE_AFTER - 1 : Pays.EXPLORE_AFTER + 2] == [plans[1], plans[3], plans[2]]
+    later = runs[Pays.EXPLORE_AFTER + 2 :]
+    explored = [plan for plan in later if plan != plans[2]]
+    assert explored == [plans[0], plans[3], plans[0], plans[3]]  # every 64th pass, its neighbours in turn
+
+
+def test_pays_never_tries_the_far_corner_of_a_fast_default() -> None:
+    """A large model: batched on every thread is fastest; item by item on one thread (the slowest by far) is two
+    changes away and never run."""
+    plans = [Plan(False, 2), Plan(True, 2), Plan(False, 1), Plan(True, 1)]
+    cost = {plans[0]: 1.0, plans[1]: 1.2, plans[2]: 1.9, plans[3]: 2.2}
+    pays = Pays()
+    runs = []
+    for _ in range(4 * Pays.EXPLORE_EVERY):
+        runs.append(pays.choose(plans))
+        pays.record(runs[-1], per_item_s=cost[runs[-1]])
+    assert plans[3] not in runs and runs.count(plans[1]) == runs.count(plans[2]) == 3
+
+
+class ThreadBound(Doubler):
+    """A pass sleeps `seconds[threads]`, threads being the worker thread's intra-op threads as the pass runs."""
+
+    def __init__(self, seconds: dict[int, float]) -> None:
+        super().__init__()
+        self.seconds, self.threads_seen = seconds, []
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        threads = torch.get_num_threads()
+        self.threads_seen.append(threads)
+        time.sleep(self.seconds[threads])
+        return super().forward(batch)
+
+
+def thread_bound(
+    monkeypatch: pytest.MonkeyPatch, seconds: dict[int, float], *, size: int = 1, delay_s: float = 0.0
+) -> tuple[ThreadBound, Batcher]:
+    """A batcher that may run on 2 threads or 1, over a model whose passes take `seconds[threads]`."""
+    monkeypatch.setattr(Pays, "EXPLORE_AFTER", 2)
+    model = ThreadBound(seconds)
+    batcher = Batcher(name="toy", runner=model, max_batch_size=size, max_delay_s=delay_s, max_queue=8, threads=(2, 1))
+    return model, batcher
+
+
+@pytest.mark.parametrize("faster", [1, 2])
+async def test_passes_run_on_the_thread_count_measured_faster(monkeypatch: pytest.MonkeyPatch, faster: int) -> None:
+    """A small model's passes run faster on one thread, a large one's on every core: the batcher keeps whichever
+    it measured faster, for this shape; the event loop's own thread count is left alone."""
+    loop_threads = torch.get_num_threads()
+    model, batcher = thread_bound(monkeypatch, {faster: 0.002, 3 - faster: 0.03})
+    for i in range(8):
+        assert await run(batcher, [("k", i)]) == [2 * i]
+    await batcher.close()
+    assert model.threads_seen[:2] == [2, 1]  # the default (every core), then the other tried once
+    assert model.threads_seen[2:] == [faster] * 6
+    assert torch.get_num_threads() == loop_threads
+
+
+async def test_a_new_shape_starts_on_the_thread_count_found_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, batcher = thread_bound(monkeypatch, {1: 0.002, 2: 0.03})
+    for i in range(3):
+        await run(batcher, [("short", i)])
+    await run(batcher, [("long", 0)])
+    await batcher.close()
+    assert model.threads_seen == [2, 1, 1, 1]  # "long" never pays for the slow default "short" found
+
+
+async def test_bigger_batches_skip_thread_counts_a_smaller_one_found_slower(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large model: one thread loses on a single item, so batches of 4 never try it (it would lose by more)."""
+    model, batcher = thread_bound(monkeypatch, {2: 0.002, 1: 0.02}, size=4, delay_s=0.2)
+    for i in range(3):
+        await run(batcher, [("k", i)])
+    assert model.threads_seen == [2, 1, 2]
+    await batches_of_four(batcher, 6)
+    await batcher.close()
+    assert set(model.threads_seen[3:]) == {2}  # batched, then alone once (on 2 threads), never on 1
+
+
+async def test_without_thread_options_the_threads_are_left_as_they_are() -> None:
+    model = ThreadBound(dict.fromkeys(range(1, 1 + max(2, torch.get_num_threads())), 0.0))
+    batcher = make(model)
+    await run(batcher, [("k", 1)])
+    await batcher.close()
+    assert model.threads_seen == [torch.get_num_threads()]

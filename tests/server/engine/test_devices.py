@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from server.engine.devices import configure_cpu_threads, cpu_threads
+from server.engine.devices import configure_cpu_threads, cpu_threads, thread_options
 from server.settings import build_settings
 
 
@@ -45,3 +45,13 @@ def test_bad_values_are_refused() -> None:
 
     with pytest.raises(SettingsError, match="cpu_threads"):
         build_settings({"server": {"cpu_threads": 0}})
+
+
+def test_cpu_models_choose_between_every_core_and_one() -> None:
+    cpu, default = torch.device("cpu"), build_settings({})
+    assert thread_options(cpu, default, 8) == (8, 4, 1)  # every core first; fewer where the batcher finds it faster
+    assert thread_options(cpu, default, 3) == (3, 1) and thread_options(cpu, default, 2) == (2, 1)
+    assert thread_options(cpu, default, 1) == (1,)
+    assert thread_options(cpu, build_settings({"server": {"cpu_threads": 3}}), 3) == (3,)  # the override: fixed
+    assert thread_options(torch.device("cuda", 0), default, 8) == ()  # host threads left alone
+    assert thread_options(None, default, 8) == ()
