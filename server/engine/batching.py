@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from server.engine.metrics import Metrics
+from server.engine.plans import Pays, Plan
 from server.errors import ErrorCode, ServeError
 from server.observability import logs
 from server.observability.tracing import Tracing
@@ -50,58 +51,6 @@ class Outcome:
     batch: int = 0  # which forward pass of its batcher: items of one pass share it
 
 
-@dataclass(frozen=True)
-class Plan:
-    """One way to run a batch: as one forward pass or item by item (`alone`), on how many intra-op threads of the
-    batcher's worker thread (0: as they are; on CUDA the host threads hardly matter)."""
-
-    alone: bool = False
-    threads: int = 0
-
-    def next_to(self, other: Plan) -> bool:
-        """One change away from `other`: batched or alone, or the thread count."""
-        return (self.alone != other.alone) + (self.threads != other.threads) == 1
-
-
-@dataclass
-class Pays:
-    """Which way of running batches of one group key and size pays: the seconds per item of each `Plan` run (moving
-    averages of the batcher's own passes; a lone request times running alone). Batches run as the first plan
-    offered until it is timed; after `EXPLORE_AFTER` passes, each plan one change away from the fastest so far
-    runs once (a walk to the fastest plan that never tries the far corner of a slow one: for a large model, item
-    by item on one thread); from then on the fastest runs, and every `EXPLORE_EVERY` passes the least recently
-    run of its neighbours, so the choice follows the load and the machine."""
-
-    EXPLORE_AFTER = 4
-    EXPLORE_EVERY = 64
-
-    seconds: dict[Plan, float] = field(default_factory=dict)  # per item
-    last_run: dict[Plan, int] = field(default_factory=dict)  # pass number
-    passes: int = 0
-
-    def choose(self, plans: Sequence[Plan]) -> Plan:
-        self.passes += 1
-        if plans[0] not in self.seconds:
-            return plans[0]
-        best = self.best(plans)
-        near = [p for p in plans if p.next_to(best)]
-        untimed = [p for p in near if p not in self.seconds]
-        if untimed and self.passes >= self.EXPLORE_AFTER:
-            return untimed[0]
-        if near and self.passes % self.EXPLORE_EVERY == 0:
-            return min(near, key=lambda p: self.last_run.get(p, 0))
-        return best
-
-    def best(self, plans: Sequence[Plan]) -> Plan:
-        """The fastest of `plans` timed so far (the first of them when none is)."""
-        return min((p for p in plans if p in self.seconds), key=self.seconds.__getitem__, default=plans[0])
-
-    def record(self, plan: Plan, *, per_item_s: float) -> None:
-        self.last_run[plan] = self.passes
-        old = self.seconds.get(plan)
-        self.seconds[plan] = per_item_s if old is None else 0.8 * old + 0.2 * per_item_s
-
-
 @dataclass(eq=False)
 class Pending:
     item: Any
@@ -114,6 +63,11 @@ class Pending:
 
 
 class Batcher:
+    # Thread counts are tried at most once in this many passes of the model, whatever the shape: each new shape
+    # and size would otherwise pay for its own slow try, while the count found fastest elsewhere (where new
+    # shapes start) is almost always right for it too.
+    THREAD_TRY_EVERY = 16
+
     def __init__(
         self,
         *,
@@ -132,6 +86,8 @@ class Batcher:
         self._thread_options = tuple(dict.fromkeys(threads)) or (0,)
         self._threads = 0  # the worker thread's intra-op threads, once set
         self._threads_hint = self._thread_options[0]  # where a new shape starts: the count last found fastest
+        self._passes = 0
+        self._thread_tried = -self.THREAD_TRY_EVERY  # the pass that last tried a thread count not the fastest
         # (key, threads) -> the smallest batch size at which that many threads ran slower than more: not tried on
         # bigger batches of the key, whose larger ops only gain more from threads (a large model's slow tries);
         # that size keeps re-trying them now and then, and lifts the verdict if they win there.
@@ -340,7 +296,10 @@ class Batcher:
         options = [n for n in self._thread_options if self._fewer_lose.get((key, n), size) >= size]
         options.sort(key=lambda n: n != self._threads_hint)
         plans = [Plan(alone, threads) for threads in options or self._thread_options[:1] for alone in ways]
-        plan = pays.choose(plans)
+        self._passes += 1
+        plan = pays.choose(plans, try_threads=self._passes - self._thread_tried >= self.THREAD_TRY_EVERY)
+        if plan.threads != pays.best(plans).threads:
+            self._thread_tried = self._passes
         if plan.threads and plan.threads != self._threads:
             torch.set_num_threads(plan.threads)  # this thread's OpenMP team (and the default of threads to come)
             self._threads = plan.threads

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from server.engine.batching import Batcher, Pays, Plan
+from server.engine.batching import Batcher
 from server.engine.metrics import Metrics
+from server.engine.plans import Pays, Plan
 from server.errors import ErrorCode, ServeError
 
 pytestmark = pytest.mark.anyio
@@ -315,6 +316,16 @@ async def test_bigger_batches_skip_thread_counts_a_smaller_one_found_slower(monk
     await batches_of_four(batcher, 6)
     await batcher.close()
     assert set(model.threads_seen[3:]) == {2}  # batched, then alone once (on 2 threads), never on 1
+
+
+async def test_thread_counts_are_tried_once_in_a_while_across_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many shapes, each new: the slow thread count is tried at most once every THREAD_TRY_EVERY passes."""
+    model, batcher = thread_bound(monkeypatch, {2: 0.001, 1: 0.003})
+    for i in range(48):
+        await run(batcher, [(f"shape-{i % 12}", i)])
+    await batcher.close()
+    assert model.threads_seen.count(1) <= 48 // Batcher.THREAD_TRY_EVERY
+    assert model.threads_seen.count(1) >= 1  # tried all the same
 
 
 async def test_without_thread_options_the_threads_are_left_as_they_are() -> None:
