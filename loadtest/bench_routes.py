@@ -88,7 +88,7 @@ def run_ours(case: Case) -> tuple[dict[str, Any], Outputs]:
 
 
 async def _drive(app: Any, case: Case) -> tuple[dict[str, Any], Outputs]:
-    import httpx
+    from loadtest.inprocess import app_client, post_ok
 
     shapes = model_shapes(case)
     path, params = ROUTES[case.task]
@@ -103,26 +103,21 @@ async def _drive(app: Any, case: Case) -> tuple[dict[str, Any], Outputs]:
         )
     else:  # warm-up (and model load): the labels of the clip
         warm = ("/autoencode-video", ROUTES["video-labels"][1], files)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=None) as client:
+    async with app_client(app) as client:
 
-            async def post(route: str, query: dict[str, str], parts: dict[str, Any]) -> httpx.Response:
-                response = await client.post(route, params=query, files=parts)
-                if response.status_code != 200:
-                    raise RuntimeError(f"{route} answered {response.status_code}: {response.text[:300]}")
-                return response
+        async def post(route: str, query: dict[str, str], parts: dict[str, Any]) -> Any:
+            return await post_ok(client, route, params=query, files=parts)
 
-            await post(*warm)
-            runs, last = [], None
-            gc.collect()
-            with PeakRSS() as mem:
-                for concurrency in case.concurrency:
-                    latencies, wall_s, last = await _concurrent(
-                        lambda: post(path, params, files), case.requests, concurrency
-                    )
-                    runs.append(timings(latencies, wall_s, concurrency))
-            cost = await _cost(case, lambda: post(path, params, files)) if case.flops else {}
+        await post(*warm)
+        runs, last = [], None
+        gc.collect()
+        with PeakRSS() as mem:
+            for concurrency in case.concurrency:
+                latencies, wall_s, last = await _concurrent(
+                    lambda: post(path, params, files), case.requests, concurrency
+                )
+                runs.append(timings(latencies, wall_s, concurrency))
+        cost = await _cost(case, lambda: post(path, params, files)) if case.flops else {}
     assert last is not None
     return (
         dict(runs=runs, peak_delta_mb=mem.delta_mb, peak_rss_mb=max_rss_mb(), threads=torch.get_num_threads(), **cost),

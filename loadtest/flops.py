@@ -14,6 +14,7 @@ The fraction of peak at saturation is then `req/s x FLOPs per request / peak` (`
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,10 +39,7 @@ if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
     @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
     def _packed_linear_flop(x_shape: Any, w_shape: Any, *args: Any, **kwargs: Any) -> int:
         """A linear on a prepacked (oneDNN) weight, as model_core runs bfloat16 linears on CPU."""
-        rows = 1
-        for size in x_shape[:-1]:
-            rows *= size
-        return 2 * rows * x_shape[-1] * w_shape[0]
+        return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * w_shape[0]
 
 
 class FlopCount(TorchDispatchMode):
@@ -133,22 +131,14 @@ def route_flops(config: dict[str, Any], route: str, payloads: Sequence[Any], *, 
 
 
 async def _count(app: Any, route: str, payloads: list[Any]) -> float:
-    import httpx
+    from loadtest.inprocess import app_client, post_ok
 
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://flops", timeout=None) as client:
-            await _post(client, payloads[0])  # loads the model; not counted
-            with counting_forwards() as totals:
-                for payload in payloads:
-                    await _post(client, payload)
+    async with app_client(app) as client:
+        await post_ok(client, route, **payloads[0].httpx_kwargs())  # loads the model; not counted
+        with counting_forwards() as totals:
+            for payload in payloads:
+                await post_ok(client, payload.route, **payload.httpx_kwargs())
     return sum(totals) / len(payloads)
-
-
-async def _post(client: Any, payload: Any) -> None:
-    response = await client.post(payload.route, **payload.httpx_kwargs())
-    if response.status_code != 200:
-        raise RuntimeError(f"{payload.route} answered {response.status_code}: {response.text[:300]}")
 
 
 def peak_fractions(
@@ -156,7 +146,7 @@ def peak_fractions(
 ) -> dict[str, Any]:
     """Per route: FLOPs per request, the best throughput `variant` reached in `rows` (its saturation), and the
     share of the machine's matmul peak (in the server's dtype, on its threads) that throughput is."""
-    from server.engine.devices import cpu_threads, resolve_dtype
+    from server.engine.devices import cpu_threads, dtype_name, resolve_dtype
     from server.settings import build_settings
 
     settings = build_settings(config)
@@ -177,7 +167,7 @@ def peak_fractions(
             "fraction_of_peak": best.rps * flops / peak,
         }
     return {
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype),
         "threads": threads,
         "peak_gflop_s": peak / 1e9,
         "routes": routes,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import gc
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,26 @@ class InProcessResult:
     @property
     def items_per_s(self) -> float:
         return self.items / self.elapsed_s if self.elapsed_s else float("nan")
+
+
+@asynccontextmanager
+async def app_client(app: Any) -> AsyncIterator[Any]:
+    """An httpx client of `app` in this process, its lifespan running (models load on first use, batchers stop at
+    the end)."""
+    import httpx
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://in-process", timeout=None) as client:
+            yield client
+
+
+async def post_ok(client: Any, route: str, **kwargs: Any) -> Any:
+    """POST `route`; anything but 200 is an error naming the route and the answer."""
+    response = await client.post(route, **kwargs)
+    if response.status_code != 200:
+        raise RuntimeError(f"{route} answered {response.status_code}: {response.text[:300]}")
+    return response
 
 
 def _image_bytes(payload: Payload) -> bytes:

@@ -33,8 +33,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -42,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from loadtest.workers import spawn
 
 SIZES = {  # size -> (model set of loadtest.servers, its model, clients, max_batch_size, seconds warming, measured)
     "tiny": ("small", "small-fill-mask", 32, 32, 3.0, 15.0),
@@ -90,22 +90,14 @@ class ProcessRunner:
 
         ctx = mp.get_context("spawn")
         self.runner, self.requests, self.answers = runner, ctx.Queue(), ctx.Queue()
+        self.key, self.collate, self.split = runner.key, runner.collate, runner.split
         self.child = ctx.Process(target=_serve_forwards, args=(source, threads, self.requests, self.answers))
         self.child.start()
         assert self.answers.get(timeout=600) == "ready"
 
-    def key(self, item: Any) -> Any:
-        return self.runner.key(item)
-
-    def collate(self, items: Sequence[Any]) -> Any:
-        return self.runner.collate(items)
-
     def forward(self, batch: Any) -> Any:
         self.requests.put(batch)
         return self.answers.get()
-
-    def split(self, output: Any, items: Sequence[Any]) -> list[Any]:
-        return self.runner.split(output, items)
 
     def close(self) -> None:
         self.requests.put(None)
@@ -136,11 +128,6 @@ def _load(source: str, name: str) -> Any:
     return load_model(settings.models[name], settings)
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _measure(
     runners: list[Any],
     threads: Sequence[int],
@@ -151,6 +138,7 @@ async def _measure(
     pids: list[int],
 ) -> dict[str, Any]:
     from loadtest.payloads import masked_text, text_lengths
+    from loadtest.servers import process_cpu_s
     from server.engine.batching import Batcher
 
     batchers = [
@@ -185,9 +173,9 @@ async def _measure(
 
     tasks = [asyncio.create_task(client(i)) for i in range(clients)] + [asyncio.create_task(ticker())]
     await asyncio.sleep(warm_s)
-    counting, cpu0, t0 = True, sum(_cpu_s(p) for p in pids), time.monotonic()
+    counting, cpu0, t0 = True, sum(process_cpu_s(p) for p in pids), time.monotonic()
     await asyncio.sleep(seconds)
-    cpu1, t1 = sum(_cpu_s(p) for p in pids), time.monotonic()
+    cpu1, t1 = sum(process_cpu_s(p) for p in pids), time.monotonic()
     await asyncio.gather(*tasks)
     for b in batchers:
         await b.close(timeout_s=60)
@@ -233,16 +221,7 @@ def worker(policy: str, source: str, clients: int, max_batch: int, warm_s: float
 
 def run_policy(policy: str, source: str, clients: int, max_batch: int, warm_s: float, seconds: float) -> dict[str, Any]:
     args = [policy, source, str(clients), str(max_batch), str(warm_s), str(seconds)]
-    out = subprocess.run(
-        [sys.executable, "-m", "loadtest.thread_policy", "--worker", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=policy_env(policy),
-    )
-    if out.returncode:
-        return {"policy": policy, "error": (out.stderr.strip().splitlines() or ["?"])[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return {"policy": policy, **spawn("loadtest.thread_policy", args, env=policy_env(policy))}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,10 +63,11 @@ def make_checkpoint(config: dict[str, Any], folder: Path) -> str:
     return str(folder)
 
 
-def spawn(module: str, args: list[str]) -> dict[str, Any]:
-    """Run `python -m MODULE --worker ARGS`; its last stdout line is a JSON object. A failure
-    comes back as {"error": the last line of its stderr}."""
-    out = subprocess.run([sys.executable, "-m", module, "--worker", *args], capture_output=True, text=True, check=False)
+def spawn(module: str, args: list[str], *, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run `python -m MODULE --worker ARGS` (in `env`, else this process's environment); its last stdout line is
+    a JSON object. A failure comes back as {"error": the last line of its stderr}."""
+    command = [sys.executable, "-m", module, "--worker", *args]
+    out = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if out.returncode:
         return {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
